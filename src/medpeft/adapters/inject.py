@@ -1,0 +1,179 @@
+"""Find target Linears by name, wrap them with adapters, freeze, and count parameters.
+
+Target names:
+    ``q``, ``k``, ``v``: segments of a fused ``qkv`` Linear (timm ViTs), so
+    ``["q", "v"]`` is MeLo's default. Any other name (``qkv``, ``attn.proj``,
+    ``mlp.fc1``, ``mlp.fc2``, or a Hugging Face name such as
+    ``attention.query``) matches every Linear whose qualified name ends with it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from medpeft.adapters.lora import LoRALinear, Segment
+
+QKV_PARTS = {"q": 0, "k": 1, "v": 2}
+FUSED_QKV_NAME = "qkv"
+_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layer|layers)\.(\d+)\.")
+
+
+def block_index(module_name: str) -> int | None:
+    """The transformer block a module belongs to (``blocks.3.attn.qkv`` -> 3)."""
+    match = _BLOCK_INDEX.search(module_name)
+    return int(match.group(1)) if match else None
+
+
+def find_linears(
+    model: nn.Module, targets: Sequence[str], blocks: Iterable[int] | None = None
+) -> dict[str, list[Segment] | None]:
+    """Map each target Linear's qualified name to the output segments to adapt.
+
+    Raises:
+        ValueError: if a target name matches no Linear in the model.
+    """
+    wanted_blocks = None if blocks is None else set(blocks)
+    qkv_parts = sorted(QKV_PARTS[t] for t in set(targets) & QKV_PARTS.keys())
+    suffixes = [t for t in targets if t not in QKV_PARTS]
+    found: dict[str, list[Segment] | None] = {}
+    hits = {t: 0 for t in targets}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, LoRALinear)) or name.endswith(".base"):
+            continue
+        if wanted_blocks is not None and block_index(name) not in wanted_blocks:
+            continue
+        for suffix in suffixes:
+            if name == suffix or name.endswith("." + suffix):
+                found[name] = None
+                hits[suffix] += 1
+        if qkv_parts and name.split(".")[-1] == FUSED_QKV_NAME:
+            dim = module.out_features // 3
+            found[name] = [(p * dim, (p + 1) * dim) for p in qkv_parts]
+            for t in targets:
+                hits[t] += t in QKV_PARTS
+    missing = [t for t, n in hits.items() if n == 0]
+    if missing:
+        raise ValueError(
+            f"LoRA targets {missing} match no Linear in {type(model).__name__}"
+            + (f" within blocks {sorted(wanted_blocks)}" if wanted_blocks is not None else "")
+            + "; use q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1"
+        )
+    return found
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` is."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def wrap_linears(
+    model: nn.Module, names: Iterable[str], wrap: Callable[[nn.Linear, str], nn.Module]
+) -> None:
+    """Replace each named Linear by ``wrap(linear, name)``."""
+    for name in names:
+        replace_module(model, name, wrap(model.get_submodule(name), name))
+
+
+def add_lora(
+    model: nn.Module,
+    targets: Sequence[str] = ("q", "v"),
+    rank: int = 4,
+    alpha: float = 4.0,
+    dropout: float = 0.0,
+    blocks: Iterable[int] | None = None,
+    adapter_name: str = "default",
+) -> list[str]:
+    """Add a LoRA adapter called ``adapter_name`` to the target Linears of ``model``.
+
+    Linears already wrapped keep their wrapper and get one more named adapter,
+    so many task adapters can share one backbone. Returns the wrapped names.
+    """
+    targets_found = find_linears(model, targets, blocks)
+    for name, segments in targets_found.items():
+        layer = model.get_submodule(name)
+        if not isinstance(layer, LoRALinear):
+            layer = LoRALinear(layer, segments)
+            replace_module(model, name, layer)
+        elif segments is not None and layer.segments != segments:
+            raise ValueError(f"{name} is already adapted on segments {layer.segments}, not {segments}")
+        layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
+    return list(targets_found)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """All LoRA-wrapped layers of a model by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_active_adapter(model: nn.Module, name: str | None) -> None:
+    """Route every LoRA layer through adapter ``name`` (``None``: base model only)."""
+    layers = lora_layers(model)
+    if name is not None and not any(name in layer.lora_A for layer in layers.values()):
+        raise KeyError(f"no adapter named {name!r}; known: {adapter_names(model)}")
+    for layer in layers.values():
+        layer.active_adapter = name if name is None or name in layer.lora_A else None
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Names of the LoRA adapters present in a model, in insertion order."""
+    names: dict[str, None] = {}
+    for layer in lora_layers(model).values():
+        names.update(dict.fromkeys(layer.lora_A))
+    return list(names)
+
+
+def merge_lora(model: nn.Module, name: str | None = None) -> None:
+    """Fold adapter ``name`` (default: each layer's active one) into the base weights."""
+    for layer in lora_layers(model).values():
+        layer.merge(name)
+
+
+def unmerge_lora(model: nn.Module, name: str | None = None) -> None:
+    """Undo :func:`merge_lora`."""
+    for layer in lora_layers(model).values():
+        layer.unmerge(name)
+
+
+def freeze_except(model: nn.Module, trainable: Callable[[str], bool]) -> None:
+    """Freeze every parameter whose qualified name does not satisfy ``trainable``."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable(name))
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Trainable vs total parameters of a model."""
+
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return f"{self.trainable:,} trainable / {self.total:,} total ({self.percent:.3f}%)"
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Count trainable and total parameters (each shared tensor once)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return ParameterCount(
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        total=sum(p.numel() for p in params),
+    )
+
+
+def count_adapter_parameters(model: nn.Module, adapter_name: str = "default") -> int:
+    """Number of LoRA parameters of one adapter (MeLo ViT-B/16 r=4 q+v: 147,456)."""
+    return sum(
+        layer.lora_A[adapter_name].numel() + layer.lora_B[adapter_name].numel()
+        for layer in lora_layers(model).values()
+        if adapter_name in layer.lora_A
+    )

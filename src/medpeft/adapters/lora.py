@@ -1,0 +1,155 @@
+"""LoRA layer for ViT diagnosis ("MeLo", arXiv 2311.08236).
+
+A :class:`LoRALinear` wraps a frozen ``nn.Linear`` and adds, per adapter name,
+a low-rank update ``scale * B @ A`` to some output *segments* of the layer.
+For timm's fused ``attn.qkv`` (dim -> 3*dim) the MeLo default adapts the query
+segment ``[0:dim]`` and the value segment ``[2*dim:3*dim]`` with independent
+rank-r pairs and leaves the key untouched; for any other Linear the single
+segment is the whole output.
+
+Weights are stored per adapter name (``lora_A[name]`` of shape
+``(segments, r, in)``, ``lora_B[name]`` of shape ``(segments, seg_out, r)``), so
+several task adapters can live on one frozen backbone and be switched,
+merged, saved or deleted by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Segment = tuple[int, int]
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus named low-rank updates on chosen output segments.
+
+    Args:
+        base: The Linear to adapt; its weights are frozen and kept as they are.
+        segments: ``(start, stop)`` output ranges that receive an update, all of
+            equal length. ``None`` means the whole output.
+    """
+
+    def __init__(self, base: nn.Linear, segments: Sequence[Segment] | None = None) -> None:
+        super().__init__()
+        self.base = base
+        self.segments: list[Segment] = list(segments or [(0, base.out_features)])
+        lengths = {stop - start for start, stop in self.segments}
+        if len(lengths) != 1 or self.segments[-1][1] > base.out_features:
+            raise ValueError(f"segments {self.segments} must have equal lengths within 0..{base.out_features}")
+        self.segment_size = lengths.pop()
+        index = torch.cat([torch.arange(start, stop) for start, stop in self.segments])
+        self.register_buffer("segment_index", index, persistent=False)
+        self.covers_all = self.segments == [(0, base.out_features)]
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight, so code that inspects ``layer.weight`` keeps working."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
+        """Add a fresh adapter: A kaiming-uniform(a=sqrt 5), B zeros, scale = alpha / rank."""
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        if name in self.lora_A:
+            raise ValueError(f"adapter {name!r} already exists on this layer")
+        n_seg = len(self.segments)
+        ref = self.base.weight
+        a = torch.empty(n_seg, rank, self.in_features, device=ref.device, dtype=ref.dtype)
+        for part in a:
+            nn.init.kaiming_uniform_(part, a=math.sqrt(5))
+        self.lora_A[name] = nn.Parameter(a)
+        self.lora_B[name] = nn.Parameter(
+            torch.zeros(n_seg, self.segment_size, rank, device=ref.device, dtype=ref.dtype)
+        )
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling[name] = alpha / rank  # real division: MeLo's `alpha // r` floors to 0
+        if self.active_adapter is None:
+            self.active_adapter = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter (unmerging it first if it is merged)."""
+        if name in self.merged_adapters:
+            self.unmerge(name)
+        del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        del self.scaling[name]
+        if self.active_adapter == name:
+            self.active_adapter = next(iter(self.lora_A.keys()), None)
+
+    def rank(self, name: str) -> int:
+        return self.lora_A[name].shape[1]
+
+    def delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The adapter's contribution for the adapted segments, shape ``(..., S*seg)``."""
+        a, b = self.lora_A[name], self.lora_B[name]
+        n_seg, rank, _ = a.shape
+        hidden = F.linear(self.lora_dropout[name](x), a.reshape(n_seg * rank, -1))
+        hidden = hidden.unflatten(-1, (n_seg, rank))
+        return torch.einsum("...sr,sor->...so", hidden, b).flatten(-2) * self.scaling[name]
+
+    def add_delta(self, out: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Add a segment-shaped delta to the full layer output."""
+        if self.covers_all:
+            return out + delta
+        return out.index_add(-1, self.segment_index, delta.to(out.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        name = self.active_adapter
+        if name is None or name in self.merged_adapters:
+            return out
+        return self.add_delta(out, self.delta(x, name))
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""
+        a, b = self.lora_A[name], self.lora_B[name]
+        return torch.einsum("sor,sri->soi", b, a).flatten(0, 1) * self.scaling[name]
+
+    @torch.no_grad()
+    def merge(self, name: str | None = None) -> None:
+        """Fold an adapter into the base weight (inference: zero extra cost)."""
+        name = name or self.active_adapter
+        if name is None or name in self.merged_adapters:
+            return
+        w = self.base.weight
+        w.index_add_(0, self.segment_index, self.delta_weight(name).to(w.dtype))
+        self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self, name: str | None = None) -> None:
+        """Undo :meth:`merge`."""
+        name = name or self.active_adapter
+        if name not in self.merged_adapters:
+            return
+        w = self.base.weight
+        w.index_add_(0, self.segment_index, -self.delta_weight(name).to(w.dtype))
+        self.merged_adapters.remove(name)
+
+    def extra_repr(self) -> str:
+        ranks = {n: self.rank(n) for n in self.lora_A}
+        return f"segments={self.segments}, adapters={ranks}, active={self.active_adapter!r}"
