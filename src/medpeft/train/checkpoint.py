@@ -1,0 +1,159 @@
+"""Seeding, trainable-weight files and resumable training checkpoints.
+
+``best.safetensors`` holds the trainable parameters only (``requires_grad``,
+keyed by parameter name). ``checkpoint.pt`` adds the optimizer, scheduler,
+GradScaler, progress counters and RNG states (python, numpy, torch, CUDA);
+it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medpeft.atomic import atomic_write
+from medpeft.errors import WeightsError
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, optimizer steps, best result, early-stop counter."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states, as tensors and plain python values."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore RNG states saved by ``rng_state``."""
+    random.setstate(state["python"])
+    numpy_state = dict(state["numpy"])
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    numpy_state["state"] = {**numpy_state["state"], "key": key}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters with ``requires_grad``, by name."""
+    return {
+        name: param.detach().cpu().clone().contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def load_trainable(
+    model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "weights"
+) -> None:
+    """Copy ``tensors`` into the model's trainable parameters.
+
+    Raises:
+        WeightsError: if names or shapes differ from the model's trainable parameters.
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if params.keys() != tensors.keys():
+        missing = sorted(params.keys() - tensors.keys())
+        extra = sorted(tensors.keys() - params.keys())
+        raise WeightsError(
+            f"{source}: trainable parameters do not match the model "
+            f"(missing {missing[:5]}, unexpected {extra[:5]}); was it saved from another model?"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            if param.shape != tensors[name].shape:
+                raise WeightsError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                                   f"model expects {tuple(param.shape)}")
+            param.copy_(tensors[name])
+
+
+def save_trainable(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the trainable parameters to a safetensors file atomically."""
+    tensors = trainable_state(model)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_trainable_file(model: nn.Module, path: str | Path) -> None:
+    """Load a file written by ``save_trainable`` into the model."""
+    load_trainable(model, load_file(str(path)), source=str(path))
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+) -> Path:
+    """Write everything needed to resume training, atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "progress": asdict(progress),
+        "rng": rng_state(),
+    }
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> Progress:
+    """Restore a checkpoint written by ``save_checkpoint``; return its progress.
+
+    Raises:
+        WeightsError: if the file is unreadable or belongs to another model.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise WeightsError(f"{path}: cannot read checkpoint ({error})") from error
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: unknown checkpoint format {state.get('format')!r}")
+    load_trainable(model, state["trainable"], source=str(path))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return Progress(**state["progress"])

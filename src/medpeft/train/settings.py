@@ -1,0 +1,149 @@
+"""``TrainSettings``: the trainer's hyper-parameters, validated on construction.
+
+Defaults follow MeLo's public recipe (Adam lr 1e-3, cosine to 1e-6, 20 epochs,
+AMP, label smoothing 0.1, best by validation AUROC). MoRA: ``optimizer="adamw"``,
+``betas=(0.9, 0.98)``, ``weight_decay=0.02``, ``lr=5e-3``, ``warmup_fraction=0.02``,
+``schedule="linear"``, ``min_lr=0``, ``monitor="f1_macro"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medpeft.errors import ConfigError
+from medpeft.train.schedules import OPTIMIZERS, SCHEDULES
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainSettings:
+    """Trainer hyper-parameters.
+
+    Attributes:
+        warmup: warmup length in epochs (may be fractional).
+        warmup_fraction: warmup as a fraction of all optimizer steps (use one of the two).
+        amp: mixed precision (CUDA only): ``amp_dtype`` "fp16" (with GradScaler) or "bf16".
+        max_grad_norm: clip the gradient norm to this value; None = no clipping.
+        monitor: history value that selects the best epoch ("auroc", "f1_macro", "val_loss", ...).
+        patience: stop after this many epochs without improvement; None = never.
+        log_every: optimizer steps between progress-bar/TensorBoard updates.
+        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    """
+
+    epochs: int = 20
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: float = 0.0
+    warmup_fraction: float = 0.0
+    schedule: str = "cosine"
+    label_smoothing: float = 0.1
+    grad_accum_steps: int = 1
+    amp: bool = True
+    amp_dtype: str = "fp16"
+    max_grad_norm: float | None = None
+    monitor: str = "auroc"
+    monitor_mode: str = "max"
+    patience: int | None = None
+    seed: int = 0
+    log_every: int = 10
+    tensorboard: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Check every field; raise ConfigError naming the first bad one."""
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name, (check, expected) in _RULES.items():
+            if not _passes(check, getattr(self, name)):
+                value = getattr(self, name)
+                raise ConfigError(f"TrainSettings.{name}: expected {expected}, got {value!r}")
+        if self.min_lr > self.lr:
+            raise ConfigError(
+                f"TrainSettings.min_lr: expected <= lr ({self.lr}), got {self.min_lr!r}"
+            )
+        if self.warmup and self.warmup_fraction:
+            raise ConfigError(
+                "TrainSettings.warmup_fraction: set either warmup (epochs) or warmup_fraction"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_device(value: Any) -> bool:
+    if value == "auto":
+        return True
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _passes(check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:
+        return False
+
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "min_lr": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "betas": (
+        lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1)",
+    ),
+    "warmup": (lambda v: _is_number(v) and v >= 0, "a number of epochs >= 0"),
+    "warmup_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "grad_accum_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "amp": (lambda v: isinstance(v, bool), "true or false"),
+    "amp_dtype": (lambda v: v in AMP_DTYPES, f"one of {list(AMP_DTYPES)}"),
+    "max_grad_norm": (lambda v: v is None or (_is_number(v) and v > 0), "None or a number > 0"),
+    "monitor": (lambda v: isinstance(v, str) and v != "", "a metric name"),
+    "monitor_mode": (lambda v: v in ("max", "min"), "'max' or 'min'"),
+    "patience": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
+    "seed": (_is_int, "an integer"),
+    "log_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "tensorboard": (lambda v: isinstance(v, bool), "true or false"),
+    "device": (_is_device, "'auto' or a torch device such as 'cpu', 'cuda:0'"),
+}
+
+
+def autocast_dtype(settings: TrainSettings) -> torch.dtype | None:
+    """The autocast dtype the settings ask for, or None without AMP."""
+    return AMP_DTYPES[settings.amp_dtype] if settings.amp else None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; other names as torch devices.
+
+    Raises:
+        ConfigError: if a CUDA device is asked for but none is available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"TrainSettings.device: {name!r} asked for but CUDA is not available")
+    return device

@@ -1,0 +1,238 @@
+"""Training loop ``fit``: validation each epoch, best weights, resume, early stopping.
+
+``fit`` writes to ``out_dir``: ``metrics.csv`` (a row per epoch), ``best.safetensors``
+(trainable weights of the best epoch by the monitored value), ``checkpoint.pt`` (resume
+state, end of each epoch) and, when enabled, ``tensorboard/``. The train loader yields
+``(inputs, targets)``; inputs are a tensor or a nested dict of tensors, passed as
+``model(inputs)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from medpeft.errors import ConfigError, DataError
+from medpeft.train.checkpoint import (
+    Progress,
+    load_checkpoint,
+    load_trainable_file,
+    save_checkpoint,
+    save_trainable,
+    seed_everything,
+)
+from medpeft.train.evaluation import autocast, evaluate, to_device
+from medpeft.train.losses import build_loss, check_task
+from medpeft.train.runlog import RunLog
+from medpeft.train.schedules import build_optimizer, build_scheduler
+from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
+
+BEST_NAME = "best.safetensors"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history rows, the best epoch (0-based; None if none improved) and its row."""
+
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    best_metrics: dict[str, float]
+
+
+@dataclass
+class _Parts:
+    """What one optimizer step needs."""
+
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    def resumable(self) -> tuple:
+        """The parts a checkpoint saves and restores: optimizer, scheduler, scaler."""
+        return self.optimizer, self.scheduler, self.scaler
+
+
+def _build_parts(
+    model: nn.Module, task: str, settings: TrainSettings, device: torch.device, steps_per_epoch: int
+) -> _Parts:
+    """Loss, optimizer, per-step scheduler and GradScaler for a run."""
+    s = settings
+    total = steps_per_epoch * s.epochs
+    warmup = round(s.warmup * steps_per_epoch) if s.warmup else round(s.warmup_fraction * total)
+    optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum, s.betas)
+    fp16 = device.type == "cuda" and autocast_dtype(s) is torch.float16
+    return _Parts(
+        loss_fn=build_loss(task, s.label_smoothing),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, s.schedule, total, min(warmup, total), s.min_lr),
+        scaler=torch.amp.GradScaler("cuda", enabled=fp16),
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Any,
+    val_loader: Any,
+    task: str,
+    settings: TrainSettings,
+    out_dir: str | Path,
+    class_names: list[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> FitResult:
+    """Train the model's trainable parameters, validating each epoch; end with the best weights.
+
+    With ``resume`` and ``out_dir/checkpoint.pt`` present, training continues
+    after the last completed epoch with the saved optimizer, scheduler, scaler
+    and RNG states, so an interrupted run ends as an uninterrupted one would.
+
+    Raises:
+        ConfigError: bad task or monitor name. DataError: an empty loader.
+    """
+    check_task(task)
+    if len(train_loader) == 0:
+        raise DataError("train_loader yields no batches")
+    run = _Run(model, task, settings, Path(out_dir), class_names, progress, len(train_loader))
+    if resume and run.checkpoint_path.exists():
+        run.state = load_checkpoint(run.checkpoint_path, model, *run.parts.resumable())
+    log = RunLog(run.out_dir, settings.tensorboard, purge_step=run.state.global_step or None)
+    try:
+        while run.state.epoch < settings.epochs and not run.stopped_early():
+            run.epoch(train_loader, val_loader, log)
+    finally:
+        log.close()
+    if run.state.best_epoch is not None:
+        load_trainable_file(model, run.out_dir / BEST_NAME)
+    best = next((row for row in run.state.history if row["epoch"] == run.state.best_epoch), {})
+    return FitResult(run.state.history, run.state.best_epoch, dict(best))
+
+
+class _Run:
+    """State of one ``fit`` call: model, settings, device, optimizer parts and progress."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        settings: TrainSettings,
+        out_dir: Path,
+        class_names: list[str] | None,
+        progress: bool,
+        num_batches: int,
+    ) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model, self.task, self.settings, self.out_dir = model, task, settings, out_dir
+        self.class_names, self.progress = class_names, progress
+        self.checkpoint_path = out_dir / CHECKPOINT_NAME
+        self.device = resolve_device(settings.device)
+        self.dtype = autocast_dtype(settings)
+        self.state = Progress()
+        seed_everything(settings.seed)
+        model.to(self.device)
+        steps_per_epoch = math.ceil(num_batches / settings.grad_accum_steps)
+        self.parts = _build_parts(model, task, settings, self.device, steps_per_epoch)
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping has triggered (also in a resumed run)."""
+        patience = self.settings.patience
+        return patience is not None and self.state.bad_epochs >= patience
+
+    def epoch(self, train_loader: Any, val_loader: Any, log: RunLog) -> None:
+        """Train one epoch, validate, keep the best weights, checkpoint and log."""
+        state, settings = self.state, self.settings
+        train_loss = self.train_epoch(train_loader, log)
+        val = evaluate(
+            self.model, val_loader, self.task, self.class_names, self.progress, self.dtype
+        )
+        lr = self.parts.optimizer.param_groups[0]["lr"]
+        row = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val.loss, "lr": lr}
+        row.update(val.metrics)
+        state.history.append(row)
+        self.track_best(row)
+        state.epoch += 1
+        save_checkpoint(self.checkpoint_path, self.model, *self.parts.resumable(), state)
+        log.epochs(state.history, state.global_step)
+        if self.progress:
+            tqdm.write(
+                f"epoch {row['epoch']}: train_loss {train_loss:.4f}  val_loss {val.loss:.4f}  "
+                f"{settings.monitor} {row[settings.monitor]:.4f}  best epoch {state.best_epoch}"
+            )
+
+    def train_epoch(self, loader: Any, log: RunLog) -> float:
+        """One pass with gradient accumulation; returns the mean training loss per sample."""
+        model, parts, state = self.model, self.parts, self.state
+        model.train()
+        parts.optimizer.zero_grad(set_to_none=True)
+        accum, num_batches = self.settings.grad_accum_steps, len(loader)
+        total_loss, total_count = torch.zeros((), device=self.device), 0
+        bar = tqdm(loader, total=num_batches, desc=f"epoch {state.epoch}", leave=False,
+                   disable=not self.progress)
+        for index, (inputs, targets) in enumerate(bar):
+            group_start = index - index % accum
+            group_size = min(accum, num_batches - group_start)
+            targets = to_device(targets, self.device)
+            with autocast(self.device, self.dtype):
+                logits = model(to_device(inputs, self.device))
+            loss = parts.loss_fn(logits.float(), targets)
+            parts.scaler.scale(loss / group_size).backward()
+            total_loss += loss.detach() * len(targets)
+            total_count += len(targets)
+            if index + 1 == group_start + group_size:
+                _optimizer_step(model, parts, self.settings.max_grad_norm)
+                state.global_step += 1
+                if state.global_step % self.settings.log_every == 0:
+                    self.log_step(bar, log, loss.item())
+        return total_loss.item() / max(total_count, 1)
+
+    def log_step(self, bar: Any, log: RunLog, loss: float) -> None:
+        """Show the latest loss and lr on the progress bar and in TensorBoard."""
+        lr = self.parts.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        log.scalars({"loss": loss, "lr": lr}, self.state.global_step, prefix="train")
+
+    def track_best(self, row: dict) -> None:
+        """Save the trainable weights if ``row`` improves the monitor, else count patience."""
+        settings, state = self.settings, self.state
+        if settings.monitor not in row:
+            raise ConfigError(
+                f"TrainSettings.monitor: {settings.monitor!r} is not a validation value; "
+                f"have {sorted(row)}"
+            )
+        value = float(row[settings.monitor])
+        if _improves(value, state.best_value, settings.monitor_mode):
+            state.best_value, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            meta = {"epoch": str(state.epoch), "monitor": settings.monitor, "value": repr(value)}
+            save_trainable(self.model, self.out_dir / BEST_NAME, meta)
+        else:
+            state.bad_epochs += 1
+
+
+def _optimizer_step(model: nn.Module, parts: _Parts, max_grad_norm: float | None) -> None:
+    """Clip (optional), step the optimizer through the scaler, advance the schedule."""
+    if max_grad_norm is not None:
+        parts.scaler.unscale_(parts.optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scheduler.step()
+
+
+def _improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether a finite ``value`` beats ``best`` (any finite value beats None)."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
