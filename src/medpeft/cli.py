@@ -1,0 +1,172 @@
+"""``medpeft`` command line: train, eval, predict, export, import, demo.
+
+Configs are YAML files (or the name of a built-in recipe, see ``medpeft configs``);
+any key can be overridden with ``section.key=value`` arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from medpeft.errors import MedpeftError
+
+
+def builtin_configs() -> dict[str, Path]:
+    """Built-in recipe configs by name (``melo_shenzhen``, ...)."""
+    folder = resources.files("medpeft") / "configs"
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A config file path, or the built-in config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = builtin_configs()
+    if name_or_path in known:
+        return known[name_or_path]
+    raise MedpeftError(
+        f"config {name_or_path!r} is neither a file nor a built-in config; built-in: {sorted(known)}"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from medpeft.config import load_config
+    from medpeft.reporting import print_run_report
+    from medpeft.runner import train_run
+
+    config = load_config(resolve_config(args.config), args.overrides)
+    print_run_report(train_run(config, resume=not args.no_resume, progress=not args.quiet))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from medpeft.config import load_config
+    from medpeft.metrics import format_metrics_table
+    from medpeft.runner import ADAPTER_DIR, evaluate_adapter
+
+    run_dir = Path(args.run)
+    config = load_config(run_dir / "config.yaml", args.overrides)
+    adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR
+    weights = args.weights or config.model.weights
+    metrics = evaluate_adapter(adapter, config.data, args.split, weights, config.model.pretrained, config.train.seed)
+    print(format_metrics_table(metrics))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from medpeft.runner import predict_images
+
+    rows = predict_images(args.adapter, args.images, args.weights, args.pretrained, args.batch_size)
+    labels = list(rows[0]) if rows else []
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["image", *labels, "prediction"])
+        for path, scores in zip(args.images, rows):
+            best = max(scores, key=scores.get)
+            writer.writerow([path, *(f"{scores[k]:.4f}" for k in labels), best])
+    finally:
+        if args.output:
+            out.close()
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from medpeft.adapters.formats import export_peft
+    from medpeft.adapters.io import load_adapter
+
+    model, _ = load_adapter(args.adapter, adapter_name="default", weights=args.weights)
+    print(f"wrote {export_peft(model, args.output, 'default')}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from medpeft.adapters.formats import import_lora_vit
+
+    folder = import_lora_vit(args.file, args.backbone, args.output, img_size=args.img_size, labels=args.labels)
+    print(f"wrote {folder}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from medpeft.demo import run_demo
+
+    run_demo(Path(args.output), epochs=args.epochs, progress=not args.quiet)
+
+
+def cmd_configs(_: argparse.Namespace) -> None:
+    for name, path in sorted(builtin_configs().items()):
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        print(f"{name:24s} {first}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medpeft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an adapter from a YAML config")
+    p.add_argument("config", help="YAML file or built-in config name (see `medpeft configs`)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run's adapter on a data split")
+    p.add_argument("run", help="run folder (holds config.yaml and adapter/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the run's config")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--adapter", help="adapter folder (default: RUN/adapter)")
+    p.add_argument("--weights", help="backbone checkpoint file (default: the run's model.weights)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a saved adapter")
+    p.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG/DICOM/NIfTI/.npy)")
+    p.add_argument("--weights", help="backbone checkpoint file")
+    p.add_argument("--pretrained", action="store_true", help="fetch the backbone weights from the hub")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--output", help="CSV file to write (default: stdout)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a LoRA adapter to Hugging Face PEFT format")
+    p.add_argument("adapter", help="medpeft adapter folder")
+    p.add_argument("--output", required=True, help="folder for the PEFT adapter")
+    p.add_argument("--weights", help="backbone checkpoint file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-lora-vit", help="convert a published LoRA-ViT/MeLo .safetensors file")
+    p.add_argument("file", help="e.g. ..._lora_4_4.safetensors (rank 4, alpha 4)")
+    p.add_argument("--backbone", default="vit_base_patch16_224", help="timm model the file was trained on")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--labels", nargs="+", help="class names in head order (default: class_0 ...)")
+    p.add_argument("--output", required=True, help="medpeft adapter folder to write")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("configs", help="list the built-in recipe configs")
+    p.set_defaults(func=cmd_configs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MedpeftError as error:
+        print(f"medpeft {args.command}: error: {error}", file=sys.stderr)
+        if os.environ.get("MEDPEFT_DEBUG"):
+            raise
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

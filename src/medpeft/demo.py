@@ -1,0 +1,85 @@
+"""``medpeft demo``: the whole MeLo workflow offline, in about two minutes on 2 CPU cores.
+
+1. Writes a synthetic chest-X-ray-like dataset (PNG files + CSV manifest).
+2. "Pretrains" a tiny ViT on a different synthetic task and saves it as a local
+   checkpoint: the stand-in for a foundation model, loaded like a real one
+   through ``model.weights``.
+3. Adapts it to the target task three ways on the same trainer: linear probe,
+   LoRA (q/v, r=4) and full fine-tuning; saves each adapter.
+4. Prints a table: trainable parameters, adapter size, test metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from medpeft.atomic import atomic_write_text
+from medpeft.config import DataSettings, ModelSettings, RunConfig
+from medpeft.data.synthetic import make_synthetic_dataset
+from medpeft.model import LoraSettings
+from medpeft.reporting import markdown_table, summary_header, summary_row
+from medpeft.runner import ADAPTER_DIR, RunReport, train_run
+from medpeft.train.settings import TrainSettings
+
+TARGET_CLASSES = ("normal", "upper_opacity", "middle_opacity", "lower_opacity")
+SOURCE_FINDINGS = ("f0", "f1", "f2", "f3", "f4", "f5")
+IMG_SIZE = 32
+TINY_VIT = ModelSettings(
+    backbone="vit_tiny_patch16_224",
+    img_size=IMG_SIZE,
+    pretrained=False,
+    kwargs={"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4},
+)
+METHODS = ("linear", "lora", "full")
+LEARNING_RATES = {"linear": 3e-3, "lora": 3e-3, "full": 5e-4, "pretrain": 1e-3}
+PRETRAIN_EPOCHS = 20
+
+
+def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, lr: float, **model) -> RunConfig:
+    """Run config of one demo stage (tiny ViT, CPU, no AMP)."""
+    return RunConfig(
+        name=name,
+        output_dir=str(out / name),
+        method=method,
+        model=dataclasses.replace(TINY_VIT, **model),
+        lora=LoraSettings(targets=("q", "v"), rank=4, alpha=4),
+        data=DataSettings(source="csv", manifest=str(data_dir / "manifest.csv"), batch_size=32, num_workers=0),
+        train=TrainSettings(
+            epochs=epochs, lr=lr, amp=False, device="cpu", warmup=1,
+            monitor="auroc", label_smoothing=0.1, seed=0,
+        ),
+    )
+
+
+def pretrain_backbone(out: Path, progress: bool) -> Path:
+    """Train the stand-in foundation model (full training, multi-label task); return its checkpoint."""
+    data = out / "pretrain-data"
+    make_synthetic_dataset(data, SOURCE_FINDINGS, n_per_class=100, img_size=IMG_SIZE, seed=1, task="multilabel")
+    config = demo_config("pretrain", out, "full", data, PRETRAIN_EPOCHS, LEARNING_RATES["pretrain"])
+    report = train_run(config, progress=progress)
+    return report.adapter_dir / "adapter_model.safetensors"
+
+
+def run_demo(out: Path, epochs: int = 6, progress: bool = True) -> dict[str, RunReport]:
+    """Run the demo under ``out``; return the report of each method."""
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[1/3] writing synthetic data under {out}")
+    data = out / "data"
+    make_synthetic_dataset(data, TARGET_CLASSES, n_per_class=50, img_size=IMG_SIZE, seed=0)
+    print("[2/3] pretraining a tiny ViT (stand-in for a foundation model)")
+    backbone = pretrain_backbone(out, progress)
+    print(f"[3/3] adapting {backbone} with {', '.join(METHODS)}")
+    reports = {
+        method: train_run(
+            demo_config(method, out, method, data, epochs, LEARNING_RATES[method], weights=str(backbone)),
+            progress=progress,
+        )
+        for method in METHODS
+    }
+    table = markdown_table(summary_header(), [summary_row(m, r) for m, r in reports.items()])
+    atomic_write_text(out / "summary.md", table + "\n")
+    print("\nTest-set results (synthetic data, tiny ViT):\n" + table)
+    print(f"\nLoRA adapter: {reports['lora'].run_dir / ADAPTER_DIR}  (try: medpeft predict "
+          f"{reports['lora'].run_dir / ADAPTER_DIR} {data / 'images' / '00000.png'} --weights {backbone})")
+    return reports
