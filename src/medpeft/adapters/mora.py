@@ -1,0 +1,283 @@
+"""Modality-aware LoRA ("MoRA", arXiv 2408.09064) for inputs with missing modalities.
+
+One shared down-projection ``A`` (``dim -> r``, no bias) and one up-projection
+``B_m`` per modality (``r -> dim``, no bias, zero init), no scaling. For each
+sample the update sums the up-projections of the modalities it has::
+
+    delta = sum_{m present} B_m A x
+
+(two modalities: complete -> ``(B_1 + B_2) A x``, one missing -> the other's
+``B`` only). The per-sample sum is one batched op: the presence mask
+``[batch, M]`` mixes the stacked ``B`` into one ``[batch, dim, r]`` tensor.
+
+Placements:
+    :class:`MoRABlockBranch`: a parallel branch around a whole transformer
+    block, ``out = block(x) + delta(x)`` on every token (the public code's
+    placement: first block only).
+    :class:`MoRALinear`: around a target Linear, ``out = W x + b + delta(x)``.
+
+``A`` is initialised ``normal(std=1/r)``: the public code's
+``nn.init.normal_(down.weight, std=1 / rank)``, so the paper's ``N(0, 1/r)``
+is read as a standard deviation (variance ``1/r**2``).
+
+The presence mask reaches the layers through :func:`modality_presence`, which
+the multimodal models enter in their ``forward``. MoRA is not mergeable in
+general (the update depends on the mask); for one fixed presence pattern it
+equals a LoRA with ``B = sum_{m present} B_m`` (:meth:`ModalityDelta.delta_weight`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medpeft.adapters.inject import block_index, replace_module
+from medpeft.errors import ConfigError
+
+BLOCK_LIST_NAMES = ("blocks", "layer", "layers")
+
+
+class ModalityDelta(nn.Module):
+    """Named MoRA adapters: ``mora_A[name]`` ``(r, in)``, ``mora_B[name]`` ``(M, out, r)``.
+
+    Args:
+        in_features: Width of the input ``x``.
+        out_features: Width of the update.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.mora_A = nn.ParameterDict()
+        self.mora_B = nn.ParameterDict()
+        self.modalities: dict[str, tuple[str, ...]] = {}
+        self.active_adapter: str | None = None
+        self.presence: torch.Tensor | None = None
+
+    def add_adapter(self, name: str, modalities: Sequence[str], rank: int = 4) -> None:
+        """Add a fresh adapter: ``A ~ normal(std=1/r)``, every ``B_m`` zero."""
+        if rank < 1:
+            raise ValueError(f"MoRA rank must be >= 1, got {rank}")
+        if name in self.mora_A:
+            raise ValueError(f"adapter {name!r} already exists on this layer")
+        ref = next(self.parameters())
+        a = torch.empty(rank, self.in_features, device=ref.device, dtype=ref.dtype)
+        self.mora_A[name] = nn.Parameter(nn.init.normal_(a, std=1.0 / rank))
+        shape = (len(modalities), self.out_features, rank)
+        self.mora_B[name] = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
+        self.modalities[name] = tuple(modalities)
+        if self.active_adapter is None:
+            self.active_adapter = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name``."""
+        del self.mora_A[name], self.mora_B[name], self.modalities[name]
+        if self.active_adapter == name:
+            self.active_adapter = next(iter(self.mora_A.keys()), None)
+
+    def _mask(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        present = self.presence
+        if present is None:
+            raise RuntimeError(
+                f"{type(self).__name__} ran without a modality presence mask; call the model "
+                "inside `with modality_presence(model, present):` (the multimodal models do so)"
+            )
+        expected = (x.shape[0], len(self.modalities[name]))
+        if tuple(present.shape) != expected:
+            raise ValueError(
+                f"presence mask of shape {tuple(present.shape)} does not fit batch/modalities "
+                f"{expected} ({self.modalities[name]})"
+            )
+        return present
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_{m present in sample b} B_m A x_b`` for every sample, shape ``(..., out)``."""
+        name = self.active_adapter
+        a, b = self.mora_A[name], self.mora_B[name]
+        weights = self._mask(x, name).to(device=b.device, dtype=b.dtype)
+        up = torch.einsum("bm,mor->bor", weights, b)  # per-sample up-projection
+        hidden = F.linear(x, a).reshape(x.shape[0], -1, a.shape[0])
+        return torch.bmm(hidden, up.transpose(1, 2).to(hidden.dtype)).reshape(*x.shape[:-1], -1)
+
+    def delta_weight(self, name: str, pattern: Sequence[bool]) -> torch.Tensor:
+        """The LoRA-equivalent ``(sum_{m in pattern} B_m) A`` of one presence pattern."""
+        b = self.mora_B[name]
+        weights = torch.as_tensor(pattern, dtype=b.dtype, device=b.device)
+        return torch.einsum("m,mor->or", weights, b) @ self.mora_A[name]
+
+    def rank(self, name: str) -> int:
+        return self.mora_A[name].shape[0]
+
+    def extra_repr(self) -> str:
+        adapters = {n: (self.rank(n), self.modalities[n]) for n in self.mora_A}
+        return f"adapters={adapters}, active={self.active_adapter!r}"
+
+
+class MoRALinear(ModalityDelta):
+    """A frozen Linear plus a modality-aware update: ``W x + b + delta(x)``."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__(base.in_features, base.out_features)
+        self.base = base
+        base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.active_adapter is None:
+            return out
+        return out + self.delta(x).to(out.dtype)
+
+
+class MoRABlockBranch(ModalityDelta):
+    """A frozen transformer block plus a parallel branch: ``block(x) + delta(x)``.
+
+    The block's extra arguments (e.g. an attention mask) pass through. A tuple
+    output (Hugging Face layers) gets the update on its first element.
+    """
+
+    def __init__(self, base: nn.Module, dim: int) -> None:
+        super().__init__(dim, dim)
+        self.base = base
+        base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        out = self.base(x, *args, **kwargs)
+        if self.active_adapter is None:
+            return out
+        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = hidden + self.delta(x).to(hidden.dtype)
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+def mora_layers(model: nn.Module) -> dict[str, ModalityDelta]:
+    """All MoRA-wrapped modules of a model by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, ModalityDelta)}
+
+
+@contextmanager
+def modality_presence(model: nn.Module, present: torch.Tensor) -> Iterator[None]:
+    """Give every MoRA layer of ``model`` the batch's presence mask ``Bool[B, M]``.
+
+    Example::
+
+        with modality_presence(model, batch["present"]):
+            tokens = model.blocks[0](tokens)
+    """
+    layers = list(mora_layers(model).values())
+    previous = [layer.presence for layer in layers]
+    for layer in layers:
+        layer.presence = present
+    try:
+        yield
+    finally:
+        for layer, mask in zip(layers, previous):
+            layer.presence = mask
+
+
+def find_block_list(model: nn.Module) -> nn.ModuleList | nn.Sequential:
+    """The transformer block list (``blocks``, ``layer`` or ``layers``) of a model."""
+    for name, module in model.named_modules():
+        is_list = isinstance(module, (nn.ModuleList, nn.Sequential))
+        if is_list and name.split(".")[-1] in BLOCK_LIST_NAMES:
+            return module
+    raise ConfigError(f"{type(model).__name__} has no block list named one of {BLOCK_LIST_NAMES}")
+
+
+def block_width(block: nn.Module) -> int:
+    """Hidden width of a residual block: the input width of its first Linear."""
+    first = next((m for m in block.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ConfigError(f"cannot infer the width of {type(block).__name__}: it has no Linear")
+    return first.in_features
+
+
+def _wrap_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[ModalityDelta]:
+    block_list = find_block_list(model)
+    indices = range(len(block_list)) if blocks is None else list(blocks)
+    bad = [i for i in indices if not 0 <= i < len(block_list)]
+    if bad:
+        raise ConfigError(f"MoRA blocks {bad} out of range: the model has {len(block_list)} blocks")
+    for i in indices:
+        if not isinstance(block_list[i], MoRABlockBranch):
+            block_list[i] = MoRABlockBranch(block_list[i], block_width(block_list[i]))
+    return [block_list[i] for i in indices]
+
+
+def _wrap_linears(
+    model: nn.Module, targets: Sequence[str], blocks: Sequence[int] | None
+) -> list[ModalityDelta]:
+    wanted = None if blocks is None else set(blocks)
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, MoRALinear)) or name.endswith(".base"):
+            continue
+        if wanted is not None and block_index(name) not in wanted:
+            continue
+        if any(name == t or name.endswith("." + t) for t in targets):
+            found[name] = module
+    if not found:
+        raise ConfigError(
+            f"MoRA targets {list(targets)} match no Linear in {type(model).__name__}; use whole "
+            "Linear name suffixes such as attention.query (ViLT) or attn.qkv, mlp.fc1 (timm)"
+        )
+    for name, module in found.items():
+        if isinstance(module, nn.Linear):
+            found[name] = MoRALinear(module)
+            replace_module(model, name, found[name])
+    return list(found.values())
+
+
+def add_mora(
+    model: nn.Module,
+    modalities: Sequence[str],
+    rank: int = 4,
+    blocks: Sequence[int] | None = (0,),
+    targets: Sequence[str] | None = None,
+    adapter_name: str = "default",
+) -> int:
+    """Add a MoRA adapter called ``adapter_name``; return how many layers carry it.
+
+    Args:
+        model: Model with a block list; its ``modalities`` (if any) must equal ``modalities``.
+        modalities: Names in presence-mask column order; one ``B_m`` each.
+        rank: ``r``.
+        blocks: Block indices (``None``: all). Without ``targets`` each chosen
+            block gets a parallel branch (paper: ``(0,)``).
+        targets: Linear name suffixes to adapt instead of whole blocks.
+        adapter_name: Key of the adapter's weights.
+    """
+    own = getattr(model, "modalities", None)
+    if own is not None and tuple(own) != tuple(modalities):
+        raise ConfigError(
+            f"MoRA modalities {tuple(modalities)} differ from the model's {tuple(own)}"
+        )
+    if targets is None:
+        layers = _wrap_blocks(model, blocks)
+    else:
+        layers = _wrap_linears(model, targets, blocks)
+    for layer in layers:
+        layer.add_adapter(adapter_name, modalities, rank)
+    return len(layers)
+
+
+def set_active_mora(model: nn.Module, name: str | None) -> None:
+    """Route every MoRA layer through adapter ``name`` (``None``: base model only)."""
+    layers = mora_layers(model).values()
+    if name is not None and not any(name in layer.mora_A for layer in layers):
+        raise KeyError(f"no MoRA adapter named {name!r}")
+    for layer in layers:
+        layer.active_adapter = name if name is None or name in layer.mora_A else None
+
+
+def count_mora_parameters(model: nn.Module, adapter_name: str = "default") -> int:
+    """MoRA parameters of one adapter (ViLT-B, first block, r=4, 2 modalities: 9,216)."""
+    return sum(
+        layer.mora_A[adapter_name].numel() + layer.mora_B[adapter_name].numel()
+        for layer in mora_layers(model).values()
+        if adapter_name in layer.mora_A
+    )

@@ -1,0 +1,115 @@
+"""ViltClassifier: block-by-block forward against transformers' ViltModel, weights, tokenizer."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import ViltModel
+
+from medpeft.backbones.vilt import (
+    ViltClassifier,
+    additive_mask,
+    attend_with_prefix,
+    build_tokenizer,
+    build_vilt,
+)
+from medpeft.errors import DataError, WeightsError
+
+MIXED = [[1, 1], [1, 0], [0, 1]]
+
+
+def _reference_pooled(vilt: ViltModel, batch: dict) -> torch.Tensor:
+    out = vilt(
+        input_ids=batch["text"]["input_ids"],
+        attention_mask=batch["text"]["attention_mask"],
+        pixel_values=batch["images"]["image"],
+    )
+    return out.pooler_output
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_block_by_block_equals_vilt_model(vilt_config, vilt_batch, size):
+    torch.manual_seed(0)
+    vilt = ViltModel(vilt_config).eval()
+    model = ViltClassifier(vilt, num_classes=3).eval()
+    batch = vilt_batch(MIXED, size=size)
+    with torch.no_grad():
+        ours = model.forward_features(batch)
+        reference = _reference_pooled(vilt, batch)
+        logits = model(batch)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    assert logits.shape == (3, 3)
+
+
+def test_attend_with_empty_prefix_equals_layer(vilt_config):
+    torch.manual_seed(0)
+    layer = ViltModel(vilt_config).encoder.layer[0].eval()
+    x = torch.randn(2, 5, 32)
+    bias = additive_mask(torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]), x.dtype)
+    empty = x.new_zeros(2, 0, 32)
+    with torch.no_grad():
+        ours = attend_with_prefix(layer, x, bias, empty, empty)
+        torch.testing.assert_close(ours, layer(x, bias)[0])
+
+
+def test_several_images_append_tokens(vilt_config, vilt_batch):
+    model = ViltClassifier(ViltModel(vilt_config), num_classes=2).eval()
+    batch = vilt_batch(MIXED)
+    tokens, mask = model.embed(batch)
+    batch["images"]["image"] = torch.stack([batch["images"]["image"]] * 3, 1)
+    stacked, stacked_mask = model.embed(batch)
+    text_len, per_image = 8, 1 + 16
+    assert tokens.shape == (3, text_len + per_image, 32) and mask.shape == (3, text_len + per_image)
+    assert stacked.shape == (3, text_len + 3 * per_image, 32)
+    assert model(batch).shape == (3, 2)
+
+
+def test_missing_token_ignores_pixels_of_absent_images(vilt_config, vilt_batch):
+    torch.manual_seed(0)
+    model = ViltClassifier(ViltModel(vilt_config), 2, missing_token=True).eval()
+    batch = vilt_batch(MIXED)
+    first = model(batch)
+    batch["images"]["image"][2] = torch.randn(3, 32, 32)
+    batch["images"]["image"][0] += 1.0
+    second = model(batch)
+    torch.testing.assert_close(first[2], second[2])
+    assert not torch.allclose(first[0], second[0])
+
+
+def test_batch_without_text_is_a_data_error(vilt_config, vilt_batch):
+    model = ViltClassifier(ViltModel(vilt_config), 2)
+    batch = vilt_batch(MIXED)
+    del batch["text"]
+    with pytest.raises(DataError, match="text"):
+        model(batch)
+
+
+def test_weights_from_file_folder_and_missing_hub(vilt_config, tmp_path: Path):
+    torch.manual_seed(1)
+    source = ViltModel(vilt_config)
+    state = {f"vilt.{k}": v.contiguous() for k, v in source.state_dict().items()}
+    state["classifier.weight"] = torch.zeros(2, 32)  # a task head the loader drops
+    save_file(state, str(tmp_path / "vilt.safetensors"))
+    source.save_pretrained(tmp_path / "folder")
+    from_file = build_vilt(config=vilt_config, weights=tmp_path / "vilt.safetensors")
+    from_folder = build_vilt(weights=tmp_path / "folder")
+    for loaded in (from_file, from_folder):
+        for key, value in source.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value)
+    wider = copy.deepcopy(vilt_config)
+    wider.hidden_size = 48
+    with pytest.raises(WeightsError, match="does not fit"):
+        build_vilt(config=wider, weights=tmp_path / "vilt.safetensors")
+    with pytest.raises(WeightsError, match="Offline"):
+        build_vilt(str(tmp_path / "absent"), pretrained=True)
+
+
+def test_tokenizer_from_vocab_file_and_clear_error(tokenizer, tmp_path: Path):
+    ids = tokenizer([""], padding="max_length", max_length=4)["input_ids"][0]
+    assert ids == [2, 3, 0, 0]  # missing text: [CLS] [SEP] + padding
+    with pytest.raises(WeightsError, match="vocab.txt"):
+        build_tokenizer(tmp_path / "absent")
