@@ -77,7 +77,8 @@ def test_loader_batches_seeding_and_drop_last():
     assert len(build_loader(data, 16, train=True)) == 1
 
     def order(seed):
-        return [round(x.item() * 255) for b, _ in build_loader(data, 5, True, seed=seed) for x in b[:, 0, 0, 0]]
+        batches = build_loader(data, 5, True, seed=seed)
+        return [round(x.item() * 255) for images, _ in batches for x in images[:, 0, 0, 0]]
 
     assert order(1) == order(1) and order(1) != order(2) and sorted(order(1)) == list(range(10))
 

@@ -37,7 +37,7 @@ def test_multiclass_with_split(tmp_path):
     rows = [["a.png", "tb", "train"], ["b.png", "normal", "Validation"], ["c.png", "tb", "test"]]
     manifest = read_csv_manifest(write_csv(tmp_path, ["image", "label", "split"], rows))
     assert manifest.task == "multiclass" and manifest.classes == ["normal", "tb"]
-    assert manifest.has_splits and manifest.num_classes == 2
+    assert sorted(manifest.splits) == ["test", "train", "val"]
     train, val = manifest.split("train"), manifest.split("val")
     assert train[0] == Sample(str(tmp_path / "a.png"), 1, f"{tmp_path / 'manifest.csv'} line 2")
     assert val[0].target == 0 and len(manifest.split("test")) == 1
@@ -48,7 +48,7 @@ def test_multilabel_by_separator_empty_is_normal_and_classes_order(tmp_path):
     manifest = read_csv_manifest(
         write_csv(tmp_path, ["image", "label"], rows), classes=["nodule", "mass", "edema"]
     )
-    assert manifest.task == "multilabel" and not manifest.has_splits
+    assert manifest.task == "multilabel" and list(manifest.splits) == [UNSPLIT]
     assert [s.target for s in manifest.split(UNSPLIT)] == [
         (1.0, 1.0, 0.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0)
     ]
@@ -165,5 +165,9 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"class folder\(s\) \['x'\] not in classes"):
         read_image_folder(tmp_path / "mixed" / "train", classes=["a"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="no class folders"):
         read_image_folder(tmp_path / "empty")
+    (tmp_path / "stray" / "2.png").unlink()
+    (tmp_path / "stray" / "z").mkdir()
+    with pytest.raises(DataError, match="z: class folder holds no image files"):
+        read_image_folder(tmp_path / "stray")

@@ -15,9 +15,8 @@ def files(folder):
 
 
 def features(samples, size=8):
-    return np.stack(
-        [np.asarray(load_image(s.path).convert("L").resize((size, size))).ravel() / 255 for s in samples]
-    )
+    images = [load_image(s.path).convert("L").resize((size, size)) for s in samples]
+    return np.stack([np.asarray(image).ravel() / 255 for image in images])
 
 
 def test_same_seed_same_bytes(tmp_path):
@@ -38,7 +37,9 @@ def test_manifest_reads_back_with_splits(tmp_path):
 
 
 def test_multilabel_reads_as_multilabel(tmp_path):
-    path = make_synthetic_dataset(tmp_path, classes=("a", "b", "c"), n_per_class=5, task="multilabel")
+    path = make_synthetic_dataset(
+        tmp_path, classes=("a", "b", "c"), n_per_class=5, task="multilabel"
+    )
     manifest = read_csv_manifest(path)
     targets = [s.target for n in ("train", "val", "test") for s in manifest.split(n)]
     assert manifest.task == "multilabel" and len(targets) == 15

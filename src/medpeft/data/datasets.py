@@ -49,7 +49,9 @@ class ImageClassificationDataset(Dataset):
             _check_target(sample, len(self.classes), self.task)
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, split: str, transform: Transform) -> ImageClassificationDataset:
+    def from_manifest(
+        cls, manifest: Manifest, split: str, transform: Transform
+    ) -> ImageClassificationDataset:
         """Dataset of one split of a manifest."""
         return cls(manifest.split(split), manifest.classes, manifest.task, transform)
 
@@ -123,10 +125,10 @@ def build_loader(
     if train and balanced:
         targets = getattr(dataset, "targets", None)
         if targets is None:
-            raise ConfigError(f"balanced sampling needs dataset.targets; {type(dataset).__name__} has none")
-        sampler = WeightedRandomSampler(
-            balanced_weights(targets), num_samples=len(dataset), replacement=True, generator=generator
-        )
+            name = type(dataset).__name__
+            raise ConfigError(f"balanced sampling needs dataset.targets; {name} has none")
+        weights = balanced_weights(targets)
+        sampler = WeightedRandomSampler(weights, len(dataset), generator=generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,

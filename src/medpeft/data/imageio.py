@@ -86,7 +86,9 @@ def to_rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array[:, :, :3]))
 
 
-def scale_to_uint8(array: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+def scale_to_uint8(
+    array: np.ndarray, low: float | None = None, high: float | None = None
+) -> np.ndarray:
     """Linearly map ``[low, high]`` (default the array's min and max) to ``[0, 255]``."""
     array = np.asarray(array, dtype=np.float64)
     low = float(np.nanmin(array)) if low is None else low
@@ -101,9 +103,7 @@ def _import_optional(module: str, path: Path) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise DataError(
-            f"reading {path} needs {module}: pip install 'medpeft[medical]'"
-        ) from err
+        raise DataError(f"reading {path} needs {module}: pip install 'medpeft[medical]'") from err
 
 
 def _middle_or(index: int | None, count: int, path: Path) -> int:
@@ -114,11 +114,8 @@ def _middle_or(index: int | None, count: int, path: Path) -> int:
 
 
 def _read_pil(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as err:
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+    with Image.open(path) as image:
+        image.load()
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         return to_rgb(scale_to_uint8(np.asarray(image)))
     return image.convert("RGB")
@@ -172,8 +169,8 @@ def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
     if len(shape) == 2:
         plane = np.asarray(image.dataobj)
     else:
-        index = _middle_or(slice_index, shape[2], path)
-        plane = np.asarray(image.dataobj[(slice(None), slice(None), index) + (0,) * (len(shape) - 3)])
+        index = (slice(None), slice(None), _middle_or(slice_index, shape[2], path))
+        plane = np.asarray(image.dataobj[index + (0,) * (len(shape) - 3)])
     plane = np.rot90(plane.astype(np.float64))
     low, high = np.nanpercentile(plane, NIFTI_PERCENTILES)
     return scale_to_uint8(plane, float(low), float(high))

@@ -1,17 +1,11 @@
 """Single-modality manifests: which image files, which labels, which split.
 
-Two sources give the same `Manifest`:
-
-* `read_csv_manifest`: one row per image. Labels are class names in one column
-  (several joined by ``label_sep`` make the task multi-label; an empty cell is
-  then "no finding", all negative) or one 0/1 column per class (``label_cols``).
-  An optional split column holds ``train``/``val``/``test``.
-* `read_image_folder`: ``root/<class>/...`` or ``root/<split>/<class>/...``.
-
-Without a split, all samples sit under ``"all"``; `split_samples` (or
-`Manifest.with_splits`) makes a seeded, stratified train/val/test split.
-Every problem raises `DataError` naming the file, line and column; no row is
-ever dropped.
+`read_csv_manifest` (one row per image; class names in one column, several joined
+by ``label_sep`` making the task multi-label with an empty cell = all negative, or
+one 0/1 column per class; optional train/val/test column) and `read_image_folder`
+(``root/<class>/...`` or ``root/<split>/<class>/...``) both give a `Manifest`.
+Unsplit samples sit under ``"all"`` until `Manifest.with_splits` splits them.
+Problems raise `DataError` naming the file, line and column; no row is dropped.
 """
 
 from __future__ import annotations
@@ -30,29 +24,21 @@ TASKS = ("multiclass", "multilabel")
 SPLITS = ("train", "val", "test")
 UNSPLIT = "all"
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
-SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test",
-}
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 MAX_LISTED = 5
 
 Target = int | tuple[float, ...]
+Rows = list[tuple[int, dict[str, str]]]
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its label.
-
-    Attributes:
-        path: image file.
-        target: class index (multiclass) or 0/1 tuple in class order (multilabel).
-        where: origin for error messages, e.g. ``labels.csv line 7``.
-    """
+    """One image file, its target and its origin for error messages."""
 
     path: str
-    target: Target
-    where: str = ""
+    target: Target  # class index (multiclass) or 0/1 tuple in class order (multilabel)
+    where: str = ""  # e.g. ``labels.csv line 7``
 
 
 @dataclass
@@ -70,13 +56,8 @@ class Manifest:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes (output units of the head)."""
+        """Number of classes (outputs of the head)."""
         return len(self.classes)
-
-    @property
-    def has_splits(self) -> bool:
-        """Whether the samples are already assigned to train/val/test."""
-        return UNSPLIT not in self.splits
 
     def split(self, name: str) -> list[Sample]:
         """Samples of one split (DataError if the manifest has no such split)."""
@@ -84,11 +65,14 @@ class Manifest:
             raise DataError(f"no split {name!r} in the manifest; it has {list(self.splits)}")
         return self.splits[name]
 
-    def with_splits(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0) -> Manifest:
+    def with_splits(
+        self, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
+    ) -> Manifest:
         """This manifest if already split, else a seeded stratified train/val/test split."""
-        if self.has_splits:
+        if UNSPLIT not in self.splits:
             return self
-        return Manifest(split_samples(self.splits[UNSPLIT], fractions, seed), self.classes, self.task)
+        parts = split_samples(self.splits[UNSPLIT], fractions, seed)
+        return Manifest(parts, self.classes, self.task)
 
 
 def check_task(task: str) -> str:
@@ -102,12 +86,11 @@ def strata(targets: Sequence[Target]) -> list[int]:
     """Group of each target: its class, or for 0/1 vectors its rarest positive label (-1: none)."""
     if not targets or isinstance(targets[0], int):
         return [int(t) for t in targets]
-    positives = np.asarray(targets, dtype=np.float64).sum(axis=0)
-    groups = []
-    for target in targets:
-        labels = [i for i, v in enumerate(target) if v > 0]
-        groups.append(min(labels, key=lambda i: (positives[i], i)) if labels else -1)
-    return groups
+    counts = np.asarray(targets, dtype=np.float64).sum(axis=0)
+    return [
+        min((i for i, v in enumerate(t) if v > 0), key=lambda i: counts[i], default=-1)
+        for t in targets
+    ]
 
 
 def split_samples(
@@ -120,7 +103,7 @@ def split_samples(
     (fractions are normalised to sum 1). Each split keeps the input order.
     """
     if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ConfigError(f"fractions must be three non-negative numbers (train, val, test), got {fractions}")
+        raise ConfigError(f"fractions must be 3 numbers >= 0 (train, val, test), got {fractions}")
     total = float(sum(fractions))
     rng = np.random.default_rng(seed)
     groups = np.asarray(strata([s.target for s in samples]))
@@ -187,14 +170,14 @@ def read_csv_manifest(
     if absent:
         raise DataError(f"{path}: missing column(s) {absent}; the header has {header}")
     if label_cols:
-        names = _classes_from_columns(label_cols, classes)
-        task = check_task(task or "multilabel")
+        if classes is not None and list(classes) != list(label_cols):
+            raise ConfigError(f"classes {list(classes)} differ from label_cols {list(label_cols)}")
+        names, task = list(label_cols), check_task(task or "multilabel")
     else:
-        task = check_task(task or _infer_task(rows, label_col, label_sep))
-        names = _class_names(rows, label_col, label_sep, classes)
+        task, names = _task_and_classes(rows, label_col, label_sep, task, classes)
     base = Path(root) if root is not None else path.parent
     use_split = split_col is not None and split_col in header
-    splits: dict[str, list[Sample]] = {}
+    splits = _empty_splits(use_split)
     missing = []
     for line, row in rows:
         where = f"{path} line {line}"
@@ -207,14 +190,17 @@ def read_csv_manifest(
         if label_cols:
             target = tuple(_binary(row.get(c), f"{where} column {c!r}") for c in label_cols)
         else:
-            target = _encode(row.get(label_col), names, task, label_sep, f"{where} column {label_col!r}")
-        split = parse_split(row.get(split_col), f"{where} column {split_col!r}") if use_split else UNSPLIT
-        splits.setdefault(split, []).append(Sample(str(file), target, where))
+            cell = f"{where} column {label_col!r}"
+            target = _encode(row.get(label_col), names, task, label_sep, cell)
+        split = UNSPLIT
+        if use_split:
+            split = parse_split(row.get(split_col), f"{where} column {split_col!r}")
+        splits[split].append(Sample(str(file), target, where))
     raise_missing(missing, str(path))
     return Manifest(splits, names, task)
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def _read_rows(path: Path) -> tuple[list[str], Rows]:
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -222,10 +208,8 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header
         rows = [(reader.line_num, row) for row in reader]
-    if not header:
-        raise DataError(f"{path}: empty manifest (no header line)")
-    if not rows:
-        raise DataError(f"{path}: empty manifest (no rows after the header)")
+    if not header or not rows:
+        raise DataError(f"{path}: empty manifest (no header line or no rows)")
     return header, rows
 
 
@@ -233,34 +217,22 @@ def _cell_names(cell: str | None, sep: str) -> list[str]:
     return [p.strip() for p in (cell or "").split(sep) if p.strip()]
 
 
-def _infer_task(rows: Sequence[tuple[int, dict]], column: str, sep: str) -> str:
-    multi = any(len(_cell_names(row.get(column), sep)) > 1 for _, row in rows)
-    return "multilabel" if multi else "multiclass"
-
-
-def _class_names(rows: Sequence[tuple[int, dict]], column: str, sep: str, classes: Sequence[str] | None) -> list[str]:
-    if classes is None:
-        return natural_sorted({n for _, row in rows for n in _cell_names(row.get(column), sep)})
-    if len(set(classes)) != len(classes):
+def _task_and_classes(
+    rows: Rows, column: str, sep: str, task: str | None, classes: Sequence[str] | None
+) -> tuple[str, list[str]]:
+    cells = [_cell_names(row.get(column), sep) for _, row in rows]
+    task = task or ("multilabel" if any(len(c) > 1 for c in cells) else "multiclass")
+    if classes is not None and len(set(classes)) != len(classes):
         raise ConfigError(f"classes contain duplicates: {list(classes)}")
-    return list(classes)
-
-
-def _classes_from_columns(label_cols: Sequence[str], classes: Sequence[str] | None) -> list[str]:
-    if classes is not None and list(classes) != list(label_cols):
-        raise ConfigError(f"classes {list(classes)} differ from label_cols {list(label_cols)}")
-    return list(label_cols)
+    names = natural_sorted({n for c in cells for n in c}) if classes is None else list(classes)
+    return check_task(task), names
 
 
 def _binary(value: str | None, where: str) -> float:
     text = (value or "").strip()
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if number not in (0.0, 1.0):
+    if text not in ("0", "1", "0.0", "1.0"):
         raise DataError(f"{where}: expected 0 or 1, got {text!r}")
-    return number
+    return float(text)
 
 
 def _encode(cell: str | None, names: Sequence[str], task: str, sep: str, where: str) -> Target:
@@ -271,59 +243,57 @@ def _encode(cell: str | None, names: Sequence[str], task: str, sep: str, where: 
     if task == "multilabel":
         return tuple(float(n in values) for n in names)
     if len(values) != 1:
-        raise DataError(
-            f"{where}: expected one class name, got {cell!r} "
-            "(pass task='multilabel' if empty cells mean 'no finding')"
-        )
+        hint = "pass task='multilabel' if empty cells mean 'no finding'"
+        raise DataError(f"{where}: expected one class name, got {cell!r} ({hint})")
     return names.index(values[0])
 
 
 def read_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Manifest:
-    """Read ``root/<class>/*`` or ``root/<split>/<class>/*`` (multiclass).
+    """Read ``root/<class>/*`` or ``root/<split>/<class>/*`` as a multiclass manifest.
 
-    Image files are found recursively by extension; hidden files are skipped.
-
-    Args:
-        root: dataset folder.
-        classes: class names in head order (default: sorted folder names).
+    Images are found recursively by extension, hidden files skipped; ``classes``
+    gives the head order (default: sorted folder names).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     folders = _subfolders(root)
-    split_names = [f for f in folders if f.name.lower() in SPLIT_ALIASES]
-    if split_names and len(split_names) != len(folders):
-        raise DataError(f"{root}: mixes split folders and class folders: {[f.name for f in folders]}")
-    if split_names:
-        parts = {parse_split(f.name, str(f)): _class_files(f) for f in folders}
-    else:
-        parts = {UNSPLIT: _class_files(root)}
-    found = {name for files in parts.values() for name in files}
-    names = natural_sorted(found) if classes is None else list(classes)
-    unknown = sorted(found - set(names))
+    split_dirs = [f for f in folders if f.name.lower() in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(folders):
+        names = [f.name for f in folders]
+        raise DataError(f"{root}: mixes split folders and class folders: {names}")
+    groups = [(parse_split(f.name, str(f)), f) for f in split_dirs] or [(UNSPLIT, root)]
+    found = [(split, sub) for split, folder in groups for sub in _subfolders(folder, False)]
+    if not found:
+        raise DataError(f"{root}: no class folders with images")
+    seen = {sub.name for _, sub in found}
+    names = natural_sorted(seen) if classes is None else list(classes)
+    unknown = sorted(seen - set(names))
     if unknown:
         raise DataError(f"{root}: class folder(s) {unknown} not in classes {names}")
-    splits = {
-        split: [Sample(str(p), names.index(c), str(p.parent)) for c in natural_sorted(set(files)) for p in files[c]]
-        for split, files in parts.items()
-    }
-    if not any(splits.values()):
-        raise DataError(f"{root}: no image files found")
+    splits = _empty_splits(bool(split_dirs))
+    for split, sub in found:
+        target = names.index(sub.name)
+        splits[split] += [Sample(str(p), target, str(sub)) for p in _image_files(sub)]
     return Manifest(splits, names, "multiclass")
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def _empty_splits(split: bool) -> dict[str, list[Sample]]:
+    return {name: [] for name in SPLITS} if split else {UNSPLIT: []}
+
+
+def _subfolders(folder: Path, images_allowed: bool = True) -> list[Path]:
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and has_image_suffix(p))
+    if stray and not images_allowed:
+        raise DataError(f"{folder}: image files outside a class folder: {stray[:MAX_LISTED]}")
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
-    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and has_image_suffix(p))
-    if stray:
-        raise DataError(f"{folder}: image files outside a class folder: {stray[:MAX_LISTED]}")
-    return {
-        sub.name: sorted(
-            p for p in sub.rglob("*")
-            if p.is_file() and has_image_suffix(p) and not p.name.startswith(".")
-        )
-        for sub in _subfolders(folder)
-    }
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and has_image_suffix(p) and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"{folder}: class folder holds no image files")
+    return files

@@ -2,12 +2,14 @@
 
 Each image is a noisy grey chest-like picture: a vertical intensity gradient,
 two darker "lung" fields and Gaussian noise. Findings are pairs of bright blobs,
-one in each lung, at a row that identifies the finding. Pairs are mirror
-symmetric, so horizontal flips keep the label. Multiclass: the first class
-shows nothing (the "normal" class), class ``k >= 1`` shows finding ``k - 1``.
+one in each lung, whose row and brightness identify the finding (two cues: a
+position a ViT learns from its position embeddings, and an intensity even a
+linear probe on frozen features picks up). Pairs are mirror symmetric, so
+horizontal flips keep the label. Multiclass: the first class shows nothing
+(the "normal" class), class ``k >= 1`` shows finding ``k - 1`` (top to bottom).
 Multilabel: label ``k`` shows finding ``k``; a sample without labels is normal.
-Rows are spread over the middle 60% of the height, so up to about 8 findings
-stay apart at 32-64 px. The same arguments always give byte-identical files.
+Rows span the middle 60% of the height: meant for up to about 8 findings at
+32-64 px. The same arguments always give byte-identical files.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def make_synthetic_dataset(
     """
     check_task(task)
     if len(classes) < 2 or len(set(classes)) != len(classes) or any("|" in c for c in classes):
-        raise ConfigError(f"need at least two distinct class names without '|', got {list(classes)}")
+        raise ConfigError(f"need two or more distinct class names without '|', got {classes}")
     if n_per_class < 1 or img_size < 8:
         raise ConfigError(f"need n_per_class >= 1 and img_size >= 8, got {n_per_class}, {img_size}")
     rng = np.random.default_rng(seed)
@@ -67,7 +69,8 @@ def make_synthetic_dataset(
     for sample in samples:
         findings = _findings(sample.target, task)
         _write_png(out / sample.path, draw_image(img_size, findings, slots, rng))
-    assigned = {s.path: name for name, part in split_samples(samples, splits, seed).items() for s in part}
+    parts = split_samples(samples, splits, seed)
+    assigned = {s.path: name for name, part in parts.items() for s in part}
     rows = [(s.path, _label_text(s.target, classes), assigned[s.path]) for s in samples]
     return _write_manifest(out / "manifest.csv", rows)
 
@@ -92,7 +95,9 @@ def _label_text(target: int | tuple[float, ...], classes: Sequence[str]) -> str:
     return "|".join(c for c, v in zip(classes, target) if v > 0)
 
 
-def draw_image(size: int, findings: Sequence[int], slots: int, rng: np.random.Generator) -> np.ndarray:
+def draw_image(
+    size: int, findings: Sequence[int], slots: int, rng: np.random.Generator
+) -> np.ndarray:
     """One uint8 ``(size, size)`` image showing the given findings (slot indices)."""
     ys, xs = np.mgrid[0:size, 0:size] / size
     image = 0.35 + 0.25 * ys
@@ -103,7 +108,7 @@ def draw_image(size: int, findings: Sequence[int], slots: int, rng: np.random.Ge
     for slot in findings:
         row = 0.2 + 0.6 * (slot + 0.5) / slots + rng.uniform(-0.02, 0.02)
         offset = 0.22 + rng.uniform(-0.02, 0.02)
-        amplitude = rng.uniform(0.45, 0.6)
+        amplitude = 0.25 + 0.45 * (slot + 1) / slots + rng.uniform(-0.03, 0.03)
         for cx in (0.5 - offset, 0.5 + offset):
             image = image + amplitude * np.exp(-((xs - cx) ** 2 + (ys - row) ** 2) / (2 * sigma**2))
     image = image + rng.normal(0.0, NOISE, image.shape)

@@ -59,7 +59,8 @@ def build_transform(
     if img_size <= 0 or not 0 < crop_pct <= 1:
         raise ConfigError(f"need img_size > 0 and 0 < crop_pct <= 1, got {img_size}, {crop_pct}")
     if interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+        known = list(INTERPOLATIONS)
+        raise ConfigError(f"interpolation must be one of {known}, got {interpolation!r}")
     mode = INTERPOLATIONS[interpolation]
     if train:
         steps: list = [T.RandomResizedCrop(img_size, scale=scale, interpolation=mode)]

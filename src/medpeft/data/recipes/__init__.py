@@ -11,7 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medpeft.data.manifest import Manifest
-from medpeft.data.recipes.melo import load_blood_cells, load_chestxray14, load_inbreast, load_shenzhen
+from medpeft.data.recipes.melo import (
+    load_blood_cells,
+    load_chestxray14,
+    load_inbreast,
+    load_shenzhen,
+)
 from medpeft.errors import ConfigError
 
 RECIPES: dict[str, Callable[..., Manifest]] = {
