@@ -1,15 +1,24 @@
-"""Tiny ViLT fixtures shared by the multimodal tests (dim 32, 2 layers, 32 px, 8 px patches)."""
+"""Fixtures shared by the multimodal tests.
+
+Tiny ViLT (dim 32, 2 layers, 32 px, 8 px patches) with a word-level vocab, and a
+builder of the ODIR-5K native layout (annotation workbook + fundus photographs).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import medpeft  # noqa: F401  (torchvision shim before transformers)
+import numpy as np
 import pytest
 import torch
+from openpyxl import Workbook
+from PIL import Image
 from transformers import ViltConfig
 
 from medpeft.backbones.vilt import build_tokenizer
+from medpeft.data.recipes.odir import LABELS
 
 TINY_VILT = dict(
     hidden_size=32,
@@ -32,10 +41,23 @@ def vilt_config() -> ViltConfig:
 
 
 @pytest.fixture
-def tokenizer(tmp_path: Path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(WORDS) + "\n")
-    return build_tokenizer(vocab)
+def tiny_vilt_fields() -> dict:
+    """``ViltConfig`` fields of the tiny ViLT (e.g. for ``model.vilt_config`` of a run config)."""
+    return dict(TINY_VILT)
+
+
+@pytest.fixture
+def vocab_dir(tmp_path: Path) -> Path:
+    """A folder holding only ``vocab.txt``: a tokenizer that loads offline by folder name."""
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    return folder
+
+
+@pytest.fixture
+def tokenizer(vocab_dir: Path):
+    return build_tokenizer(vocab_dir / "vocab.txt")
 
 
 def _vilt_batch(tokenizer, present, texts=None, size: int = 32, seed: int = 0) -> dict:
@@ -60,3 +82,57 @@ def vilt_batch(tokenizer):
         return _vilt_batch(tokenizer, present, texts, size, seed)
 
     return make
+
+
+ODIR_HEADER = [
+    "ID",
+    "Patient Age",
+    "Patient Sex",
+    "Left-Fundus",
+    "Right-Fundus",
+    "Left-Diagnostic Keywords",
+    "Right-Diagnostic Keywords",
+    *LABELS,
+]
+ODIR_ROWS = [
+    ("normal fundus", "normal fundus", [1, 0, 0, 0, 0, 0, 0, 0]),
+    ("moderate non proliferative retinopathy", "cataract", [0, 1, 0, 1, 0, 0, 0, 0]),
+    ("glaucoma", "pathological myopia", [0, 0, 1, 0, 0, 0, 1, 0]),
+]
+
+
+def write_png(path: Path, rgb, size: tuple[int, int] = (16, 16)) -> None:
+    """A single-colour image file (format from the suffix) of ``size`` = (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), rgb, dtype=np.uint8)).save(path)
+
+
+def write_odir(root: Path, patients: int = 3) -> Path:
+    """ODIR-5K layout under ``root``: patient ``i`` gets `ODIR_ROWS` ``[i % 3]``.
+
+    Left eyes are red 16x16 JPEGs, right eyes blue 8x8 JPEGs.
+    """
+    images = root / "ODIR-5K_Training_Dataset"
+    book = Workbook()
+    book.active.append(ODIR_HEADER)
+    for pid in range(patients):
+        left, right, labels = ODIR_ROWS[pid % len(ODIR_ROWS)]
+        write_png(images / f"{pid}_left.jpg", (255, 0, 0))
+        write_png(images / f"{pid}_right.jpg", (0, 0, 255), size=(8, 8))
+        book.active.append(
+            [pid, 60, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right, *labels]
+        )
+    book.save(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx")
+    return root
+
+
+@pytest.fixture
+def write_image() -> Callable[..., None]:
+    """``write_image(path, rgb, size=(16, 16))``: see `write_png`."""
+    return write_png
+
+
+@pytest.fixture
+def make_odir() -> Callable[..., Path]:
+    """``make_odir(root, patients=3)``: write the ODIR-5K native layout, return ``root``."""
+    return write_odir

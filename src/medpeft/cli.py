@@ -36,12 +36,27 @@ def resolve_config(name_or_path: str) -> Path:
     )
 
 
+def is_multimodal_config(path: Path, overrides: Sequence[str] = ()) -> bool:
+    """Whether a config file (with overrides) says ``run_type: multimodal``."""
+    from medpeft.multimodal_config import is_multimodal, read_config_data
+
+    return is_multimodal(read_config_data(path, overrides))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    path = resolve_config(args.config)
+    if is_multimodal_config(path, args.overrides):
+        from medpeft.multimodal_config import load_multimodal_config
+        from medpeft.multimodal_runner import format_report, train_multimodal
+
+        config = load_multimodal_config(path, args.overrides)
+        print(format_report(train_multimodal(config, not args.no_resume, not args.quiet)))
+        return
     from medpeft.config import load_config
     from medpeft.reporting import print_run_report
     from medpeft.runner import train_run
 
-    config = load_config(resolve_config(args.config), args.overrides)
+    config = load_config(path, args.overrides)
     print_run_report(train_run(config, resume=not args.no_resume, progress=not args.quiet))
 
 
@@ -51,6 +66,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from medpeft.runner import ADAPTER_DIR, evaluate_adapter
 
     run_dir = Path(args.run)
+    if is_multimodal_config(run_dir / "config.yaml"):
+        from medpeft.multimodal_runner import evaluate_multimodal_run, format_evaluation
+
+        overrides = [*args.overrides, *([f"model.weights={args.weights}"] if args.weights else [])]
+        print(format_evaluation(evaluate_multimodal_run(run_dir, overrides, args.adapter, args.split)))
+        return
     config = load_config(run_dir / "config.yaml", args.overrides)
     adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR
     weights = args.weights or config.model.weights
@@ -146,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -61,7 +61,7 @@ def pretrain_backbone(out: Path, progress: bool) -> Path:
     return report.adapter_dir / "adapter_model.safetensors"
 
 
-def run_demo(out: Path, epochs: int = 6, progress: bool = True) -> dict[str, RunReport]:
+def run_demo(out: Path, epochs: int = 8, progress: bool = True) -> dict[str, RunReport]:
     """Run the demo under ``out``; return the report of each method."""
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/3] writing synthetic data under {out}")

@@ -6,30 +6,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from openpyxl import Workbook
-from PIL import Image
 
 from medpeft.data.multimodal import MultiModalDataset
 from medpeft.data.multimodal_manifest import seeded_split
 from medpeft.data.recipes.iu_xray import load_iu_xray, top_problems
-from medpeft.data.recipes.odir import LABELS, load_odir
+from medpeft.data.recipes.odir import load_odir
 from medpeft.errors import DataError
-
-ODIR_HEADER = [
-    "ID",
-    "Patient Age",
-    "Patient Sex",
-    "Left-Fundus",
-    "Right-Fundus",
-    "Left-Diagnostic Keywords",
-    "Right-Diagnostic Keywords",
-    *LABELS,
-]
-
-
-def png(path, rgb, size=(16, 16)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size[1], size[0], 3), rgb, dtype=np.uint8)).save(path)
 
 
 def raw(image):
@@ -37,23 +19,8 @@ def raw(image):
 
 
 @pytest.fixture
-def odir_root(tmp_path):
-    images = tmp_path / "ODIR-5K_Training_Dataset"
-    book = Workbook()
-    book.active.append(ODIR_HEADER)
-    rows = [
-        (0, "normal fundus", "normal fundus", [1, 0, 0, 0, 0, 0, 0, 0]),
-        (1, "moderate non proliferative retinopathy", "cataract", [0, 1, 0, 1, 0, 0, 0, 0]),
-        (2, "glaucoma", "pathological myopia", [0, 0, 1, 0, 0, 0, 1, 0]),
-    ]
-    for pid, left, right, labels in rows:
-        png(images / f"{pid}_left.jpg", (255, 0, 0))
-        png(images / f"{pid}_right.jpg", (0, 0, 255), size=(8, 8))
-        book.active.append(
-            [pid, 60, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right, *labels]
-        )
-    book.save(tmp_path / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx")
-    return tmp_path
+def odir_root(tmp_path, make_odir):
+    return make_odir(tmp_path)
 
 
 def test_odir_records_labels_and_text(odir_root):
@@ -92,7 +59,7 @@ def write_csv(path, header, rows):
 
 
 @pytest.fixture
-def iu_root(tmp_path):
+def iu_root(tmp_path, write_image):
     images = tmp_path / "images" / "images_normalized"
     header = [
         "uid",
@@ -119,7 +86,7 @@ def iu_root(tmp_path):
     projections += [[uid, f"{uid}_f.png", "Frontal"] for uid in "234"]
     projections += [["5", "5_l.png", "Lateral"]]
     for _, name, _ in projections:
-        png(images / name, (100, 100, 100))
+        write_image(images / name, (100, 100, 100))
     write_csv(tmp_path / "indiana_projections.csv", ["uid", "filename", "projection"], projections)
     return tmp_path
 

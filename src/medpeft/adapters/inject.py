@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from medpeft.adapters.lora import LoRALinear, Segment
+from medpeft.errors import ConfigError
 
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 FUSED_QKV_NAME = "qkv"
@@ -34,7 +35,7 @@ def find_linears(
     """Map each target Linear's qualified name to the output segments to adapt.
 
     Raises:
-        ValueError: if a target name matches no Linear in the model.
+        ConfigError: if a target name matches no Linear in the model.
     """
     wanted_blocks = None if blocks is None else set(blocks)
     qkv_parts = sorted(QKV_PARTS[t] for t in set(targets) & QKV_PARTS.keys())
@@ -57,7 +58,7 @@ def find_linears(
                 hits[t] += t in QKV_PARTS
     missing = [t for t, n in hits.items() if n == 0]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"LoRA targets {missing} match no Linear in {type(model).__name__}"
             + (f" within blocks {sorted(wanted_blocks)}" if wanted_blocks is not None else "")
             + "; use q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1"
@@ -100,8 +101,8 @@ def add_lora(
         if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer, segments)
             replace_module(model, name, layer)
-        elif segments is not None and layer.segments != segments:
-            raise ValueError(f"{name} is already adapted on segments {layer.segments}, not {segments}")
+        elif (segments or [(0, layer.out_features)]) != layer.segments:
+            raise ConfigError(f"{name} is already adapted on segments {layer.segments}, not {segments}")
         layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
     return list(targets_found)
 
@@ -112,10 +113,17 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def set_active_adapter(model: nn.Module, name: str | None) -> None:
-    """Route every LoRA layer through adapter ``name`` (``None``: base model only)."""
+    """Route every LoRA layer through adapter ``name`` (``None``: base model only).
+
+    A per-task head (``model.head`` with an ``activate`` method, such as
+    :class:`medpeft.adapters.heads.TaskHeads`) is switched to ``name`` as well.
+    """
     layers = lora_layers(model)
     if name is not None and not any(name in layer.lora_A for layer in layers.values()):
         raise KeyError(f"no adapter named {name!r}; known: {adapter_names(model)}")
+    head = getattr(model, "head", None)
+    if name is not None and hasattr(head, "activate"):
+        head.activate(name)
     for layer in layers.values():
         layer.active_adapter = name if name is None or name in layer.lora_A else None
 
