@@ -52,23 +52,25 @@ def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, 
     )
 
 
-def pretrain_backbone(out: Path, progress: bool) -> Path:
+def pretrain_backbone(out: Path, epochs: int, progress: bool) -> Path:
     """Train the stand-in foundation model (full training, multi-label task); return its checkpoint."""
     data = out / "pretrain-data"
     make_synthetic_dataset(data, SOURCE_FINDINGS, n_per_class=100, img_size=IMG_SIZE, seed=1, task="multilabel")
-    config = demo_config("pretrain", out, "full", data, PRETRAIN_EPOCHS, LEARNING_RATES["pretrain"])
+    config = demo_config("pretrain", out, "full", data, epochs, LEARNING_RATES["pretrain"])
     report = train_run(config, progress=progress)
     return report.adapter_dir / "adapter_model.safetensors"
 
 
-def run_demo(out: Path, epochs: int = 8, progress: bool = True) -> dict[str, RunReport]:
+def run_demo(
+    out: Path, epochs: int = 8, progress: bool = True, pretrain_epochs: int = PRETRAIN_EPOCHS
+) -> dict[str, RunReport]:
     """Run the demo under ``out``; return the report of each method."""
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/3] writing synthetic data under {out}")
     data = out / "data"
     make_synthetic_dataset(data, TARGET_CLASSES, n_per_class=50, img_size=IMG_SIZE, seed=0)
     print("[2/3] pretraining a tiny ViT (stand-in for a foundation model)")
-    backbone = pretrain_backbone(out, progress)
+    backbone = pretrain_backbone(out, pretrain_epochs, progress)
     print(f"[3/3] adapting {backbone} with {', '.join(METHODS)}")
     reports = {
         method: train_run(
