@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from medpeft.cli import builtin_configs, main
+from medpeft.data.missing import MissingSetting
 from medpeft.data.synthetic import make_synthetic_dataset
 
 TINY = ["model.backbone=vit_tiny_patch16_224", "model.img_size=32", "model.pretrained=false",
@@ -89,11 +90,21 @@ def test_unknown_config_lists_builtins(capsys):
 
 
 def test_builtin_configs_load():
+    from medpeft.cli import is_multimodal_config
     from medpeft.config import load_config
+    from medpeft.multimodal_config import load_multimodal_config
 
     names = builtin_configs()
     assert {"melo_shenzhen", "melo_blood_cells", "melo_chestxray14", "melo_inbreast"} <= set(names)
-    for path in names.values():
+    assert {"mora_odir", "mora_iu_xray", "mora_synthetic"} <= set(names)
+    for name, path in names.items():
+        assert path.read_text().startswith(f"# How to run: medpeft train {name}")
+        if is_multimodal_config(path):
+            config = load_multimodal_config(path)
+            assert config.method == "mora" and config.mora.rank == 4 and list(config.mora.blocks) == [0]
+            assert config.missing.train == MissingSetting(0.7, "both")
+            assert config.train.lr == 5e-3 and config.train.monitor == "f1_macro"
+            continue
         config = load_config(path)
         assert config.lora.rank == 4 and config.lora.alpha == 4.0 and config.method == "lora"
         assert config.model.img_size in (224, 384)

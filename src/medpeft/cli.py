@@ -70,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from medpeft.multimodal_runner import evaluate_multimodal_run, format_evaluation
 
         overrides = [*args.overrides, *([f"model.weights={args.weights}"] if args.weights else [])]
-        print(format_evaluation(evaluate_multimodal_run(run_dir, overrides, args.adapter, args.split)))
+        evaluation = evaluate_multimodal_run(run_dir, overrides, args.adapter, args.split)
+        print(format_evaluation(evaluation))
         return
     config = load_config(run_dir / "config.yaml", args.overrides)
     adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR

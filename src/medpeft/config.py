@@ -45,7 +45,7 @@ class DataSettings:
     """Where the data is and how to read it.
 
     Attributes:
-        source: ``csv`` (a manifest), ``folder`` (class sub-folders), ``synthetic``,
+        source: ``csv`` (a manifest), ``folder`` (class sub-folders),
             or a public dataset recipe (``shenzhen``, ``blood_cells``, ``chestxray14``, ``inbreast``).
         root: dataset folder (recipes, folder layout) or image root for relative CSV paths.
         manifest: CSV manifest path (``source: csv``).

@@ -1,0 +1,221 @@
+"""Foreign adapter formats: import LoRA-ViT/MeLo files, export Hugging Face PEFT LoRA.
+
+LoRA-ViT (the public MeLo code, arXiv 2311.08236) stores one safetensors file:
+``w_a_{i:03d}`` ``(r, dim)`` and ``w_b_{i:03d}`` ``(dim, r)`` where even
+``i = 2*block`` adapts q and odd ``i = 2*block+1`` adapts v, plus the head weight
+``fc_{dim}in_{C}out`` ``(C, dim)`` without bias. Rank comes from the shapes,
+alpha from the file name ``..._lora_{r}_{alpha}.safetensors`` (else alpha = r).
+
+PEFT sees a q+v adapter as one rank-2r LoRA on the fused ``qkv``: ``lora_A`` is
+``[A_q; A_v]`` and ``lora_B`` holds ``B_q`` in the q rows / first r columns and
+``B_v`` in the v rows / last r columns, zeros elsewhere; ``lora_alpha = 2r * scale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
+from medpeft.adapters.inject import lora_layers
+from medpeft.adapters.io import (
+    adapter_parameters,
+    add_lora_weights,
+    copy_weights,
+    head_of,
+    write_tensors,
+)
+from medpeft.adapters.lora import LoRALinear
+from medpeft.atomic import atomic_write_text
+from medpeft.backbones.timm_vit import HEAD_NAME
+from medpeft.backbones.weights import read_state_dict
+from medpeft.errors import ConfigError, WeightsError
+from medpeft.model import LoraSettings, ModelSpec, build_model
+
+_NAME_RANK_ALPHA = re.compile(r"_lora_(\d+)_(\d+(?:\.\d+)?)\.safetensors$")
+_HEAD_KEY = re.compile(r"fc_(\d+)in_(\d+)out")
+_PEFT_PREFIX = "base_model.model."
+
+
+def import_lora_vit(
+    path: str | Path,
+    model_or_spec: nn.Module | ModelSpec,
+    adapter_name: str | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Load a LoRA-ViT/MeLo ``.safetensors`` adapter (q+v LoRA and head weight).
+
+    Args:
+        path: The adapter file, e.g. ``melo_lora_4_4.safetensors``.
+        model_or_spec: A timm ViT to add the adapter to (multi-adapter), or a
+            :class:`ModelSpec` of the backbone to build (LoRA settings come from
+            the file; ``num_classes`` must match its head).
+        adapter_name: Name of the adapter; defaults to the file's stem.
+        weights: Backbone checkpoint when building from a spec.
+        pretrained: Fetch hub weights when building from a spec.
+
+    Returns:
+        The model with this adapter active; the head bias is zero (not stored).
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    name = adapter_name or path.stem
+    head_key, num_classes = _head_key(state, path)
+    rank = _lora_tensor(state, "w_a_000", path).shape[0]
+    lora = LoraSettings(targets=("q", "v"), rank=rank, alpha=_alpha_from_name(path, rank))
+    if not isinstance(model_or_spec, ModelSpec):
+        tensors = _to_medpeft(state, model_or_spec, head_key, path)
+        add_lora_weights(model_or_spec, name, lora, tensors, path)
+        return model_or_spec
+    if model_or_spec.num_classes != num_classes:
+        raise WeightsError(
+            f"{path}: head {head_key} has {num_classes} classes, spec {model_or_spec.num_classes}"
+        )
+    spec = dataclasses.replace(model_or_spec, method="lora", lora=lora)
+    model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=name)
+    tensors = _to_medpeft(state, model, head_key, path)
+    copy_weights(adapter_parameters(model, name, "lora"), tensors, path)
+    return model
+
+
+def _head_key(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
+    keys = [k for k in state if _HEAD_KEY.fullmatch(k)]
+    if len(keys) != 1:
+        raise WeightsError(f"{path}: need one head tensor fc_<dim>in_<C>out, got {keys or 'none'}")
+    return keys[0], int(_HEAD_KEY.fullmatch(keys[0]).group(2))
+
+
+def _lora_tensor(state: dict[str, torch.Tensor], key: str, path: Path) -> torch.Tensor:
+    if key not in state:
+        raise WeightsError(f"{path}: missing tensor {key} (LoRA-ViT has w_a_/w_b_ 000..2*depth-1)")
+    return state[key]
+
+
+def _alpha_from_name(path: Path, rank: int) -> float:
+    match = _NAME_RANK_ALPHA.search(path.name)
+    if match is None:
+        return float(rank)
+    if int(match.group(1)) != rank:
+        raise WeightsError(f"{path}: file name says rank {match.group(1)}, w_a_000 has rank {rank}")
+    return float(match.group(2))
+
+
+def _to_medpeft(
+    state: dict[str, torch.Tensor], model: nn.Module, head_key: str, path: Path
+) -> dict[str, torch.Tensor]:
+    """Check a LoRA-ViT state against ``model`` and re-key it to medpeft's layout."""
+    depth, dim = len(model.blocks), model.embed_dim
+    rank = state["w_a_000"].shape[0]
+    extra = sorted(k for k in state if k != head_key and k not in _lora_keys(depth))
+    if extra:
+        raise WeightsError(f"{path}: unexpected tensors {extra[:5]} for a model of depth {depth}")
+    tensors = {}
+    for block in range(depth):
+        pair = [2 * block, 2 * block + 1]
+        a = [_checked(state, f"w_a_{i:03d}", (rank, dim), path) for i in pair]
+        b = [_checked(state, f"w_b_{i:03d}", (dim, rank), path) for i in pair]
+        tensors[f"blocks.{block}.attn.qkv.lora_A"] = torch.stack(a)
+        tensors[f"blocks.{block}.attn.qkv.lora_B"] = torch.stack(b)
+    weight = _checked(state, head_key, (state[head_key].shape[0], dim), path)
+    tensors[f"{HEAD_NAME}.weight"] = weight
+    tensors[f"{HEAD_NAME}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    return tensors
+
+
+def _lora_keys(depth: int) -> set[str]:
+    return {f"w_{ab}_{i:03d}" for ab in "ab" for i in range(2 * depth)}
+
+
+def _checked(
+    state: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], path: Path
+) -> torch.Tensor:
+    tensor = _lora_tensor(state, key, path)
+    if tuple(tensor.shape) != shape:
+        raise WeightsError(f"{path}: tensor {key} has shape {tuple(tensor.shape)}, not {shape}")
+    return tensor
+
+
+def export_peft(model: nn.Module, out_dir: str | Path, adapter_name: str = "default") -> Path:
+    """Write adapter ``adapter_name`` in Hugging Face PEFT's LoRA format.
+
+    The folder loads with ``peft.PeftModel.from_pretrained(timm_model, out_dir)``
+    on a timm model with the same backbone weights and head size.
+    """
+    layers = {n: layer for n, layer in lora_layers(model).items() if adapter_name in layer.lora_A}
+    if not layers:
+        raise ConfigError(f"model has no LoRA adapter named {adapter_name!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    ranks, alphas = {}, {}
+    for name, layer in layers.items():
+        a, b = peft_pair(layer, adapter_name)
+        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = a
+        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = b
+        ranks[name] = a.shape[0]
+        alphas[name] = a.shape[0] * layer.scaling[adapter_name]
+    for key, value in head_of(model, adapter_name).state_dict().items():
+        tensors[f"{_PEFT_PREFIX}{HEAD_NAME}.{key}"] = value
+    dropout = getattr(next(iter(layers.values())).lora_dropout[adapter_name], "p", 0.0)
+    config = _peft_config(model, ranks, alphas, dropout)
+    out_dir = Path(out_dir)
+    write_tensors(out_dir / WEIGHTS_NAME, tensors)
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+def peft_pair(layer: LoRALinear, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter of a layer as a plain LoRA pair: ``A (S*r, in)``, ``B (out, S*r)``.
+
+    Segment ``s`` of B lands in its output rows and in columns ``[s*r:(s+1)*r]``.
+    """
+    a = layer.lora_A[adapter_name].detach().cpu()
+    b = layer.lora_B[adapter_name].detach().cpu()
+    rank = a.shape[1]
+    full_b = torch.zeros(layer.out_features, len(layer.segments) * rank, dtype=b.dtype)
+    for s, (start, stop) in enumerate(layer.segments):
+        full_b[start:stop, s * rank : (s + 1) * rank] = b[s]
+    return a.flatten(0, 1).contiguous(), full_b
+
+
+def _peft_config(
+    model: nn.Module, ranks: dict[str, int], alphas: dict[str, float], dropout: float
+) -> dict[str, object]:
+    """PEFT ``LoraConfig`` fields; per-layer ranks/alphas that differ go to the patterns."""
+    rank = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": getattr(model, "pretrained_cfg", {}).get("architecture"),
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": _peft_targets(model, list(ranks)),
+        "modules_to_save": [HEAD_NAME],
+        "rank_pattern": {re.escape(n): r for n, r in ranks.items() if r != rank},
+        "alpha_pattern": {re.escape(n): a for n, a in alphas.items() if a != alpha},
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+
+
+def _peft_targets(model: nn.Module, names: list[str]) -> list[str]:
+    """Short leaf names (``qkv``) when PEFT would match exactly ``names``, else full names."""
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    wrapped = [n + "." for n in lora_layers(model)]
+    matched = {
+        n
+        for n, _ in model.named_modules()
+        if n.rsplit(".", 1)[-1] in leaves and not any(n.startswith(w) for w in wrapped)
+    }
+    return leaves if matched == set(names) else sorted(names)

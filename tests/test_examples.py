@@ -1,0 +1,89 @@
+"""examples/python_api.py runs and does what it says: two adapters on one frozen backbone."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from medpeft.adapters.heads import TaskHeads
+from medpeft.adapters.inject import adapter_names, lora_layers, set_active_adapter
+from medpeft.adapters.io import load_adapter
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    out = tmp_path_factory.mktemp("example")
+    namespace = runpy.run_path(str(EXAMPLE), run_name="python_api_example")
+    threads = torch.get_num_threads()
+    result = namespace["main"](out, epochs=2)
+    assert torch.get_num_threads() == threads  # main restores the thread setting
+    return out, namespace, result
+
+
+def test_each_task_trained_and_saved(example):
+    out, _, result = example
+    assert set(result["tasks"]) == {"lesion", "zone"}
+    for name, task in result["tasks"].items():
+        folder = out / "adapters" / name
+        assert task["adapter_dir"] == folder
+        assert (folder / "adapter_model.safetensors").is_file()
+        assert (folder / "adapter_config.json").is_file()
+        assert (out / "runs" / name / "metrics.csv").is_file()
+        assert 0.0 <= task["test_metrics"]["auroc"] <= 1.0
+        assert task["adapter_bytes"] < 100_000  # LoRA + head only, never the backbone
+    # the lesion task (bright blobs vs none) is easy: learned, not chance
+    assert result["tasks"]["lesion"]["test_metrics"]["auroc"] > 0.7
+
+
+def test_two_adapters_share_one_frozen_backbone(example):
+    _, _, result = example
+    shared, tasks = result["shared"], result["tasks"]
+    assert adapter_names(shared) == ["lesion", "zone"]
+    assert isinstance(shared.head, TaskHeads) and set(shared.head.heads) == {"lesion", "zone"}
+    assert result["zone_config"].labels == ["lower", "middle", "normal", "upper"]
+    # the backbone is counted once: the second task only adds its LoRA weights and head
+    single = tasks["zone"]["params"]
+    extra = result["params"].total - tasks["lesion"]["params"].total
+    assert extra == single.trainable
+    assert result["params"].trainable == sum(t["params"].trainable for t in tasks.values())
+    frozen = [n for n, p in shared.named_parameters() if not p.requires_grad]
+    assert frozen and all(".lora_" not in n and not n.startswith("head.") for n in frozen)
+
+
+def test_switching_changes_head_and_predictions(example):
+    _, _, result = example
+    outputs, shared = result["outputs"], result["shared"]
+    assert outputs["lesion"].shape[1] == 2 and outputs["zone"].shape[1] == 4
+    assert outputs["lesion"].shape[0] == outputs["zone"].shape[0]
+    # each adapter on the shared backbone reproduces the model it was trained in
+    assert result["matches"] == {"lesion": True, "zone": True}
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        set_active_adapter(shared, "lesion")
+        lesion = shared(images)
+        set_active_adapter(shared, "zone")
+        zone = shared(images)
+        set_active_adapter(shared, "lesion")
+        again = shared(images)
+    assert lesion.shape == (3, 2) and zone.shape == (3, 4)
+    assert torch.equal(lesion, again)
+    assert all(layer.active_adapter == "lesion" for layer in lora_layers(shared).values())
+
+
+def test_saved_adapter_reloads_alone(example):
+    out, _, result = example
+    model, config = load_adapter(
+        out / "adapters" / "zone", weights=out / "backbone.safetensors", adapter_name="zone"
+    )
+    images = torch.randn(2, 3, 32, 32)
+    set_active_adapter(result["shared"], "zone")
+    with torch.no_grad():
+        expected = result["shared"].eval()(images)
+        got = model.eval()(images)
+    assert config.num_classes == 4
+    torch.testing.assert_close(got, expected)
