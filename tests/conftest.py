@@ -6,6 +6,10 @@ builder of the ODIR-5K native layout (annotation workbook + fundus photographs).
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
 from collections.abc import Callable
 from pathlib import Path
 
