@@ -7,7 +7,8 @@ the k rows and cross terms of B, hence twice the parameters). Timings alternate
 between the two models iteration by iteration, so load from other processes
 hits both alike; peak memory is measured in a fresh process per library.
 
-Run: ``python benchmarks/bench_lora_vs_peft.py [--model vit_small_patch16_224] [--batch 8]``
+Run: ``python benchmarks/bench_lora_vs_peft.py [--model vit_small_patch16_224] [--batch 8]``;
+the table is printed and written to ``benchmarks/results/lora_vs_peft.md``.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import medpeft  # noqa: F401  (torchvision shim before timm/peft)
 import peft
 import timm
 import torch
 from torch import nn
 
+import medpeft  # noqa: F401  (torchvision shim before timm/peft)
 from medpeft.adapters.inject import merge_lora
 from medpeft.adapters.io import save_adapter
 from medpeft.model import LoraSettings, ModelSpec, build_model
 
 NUM_CLASSES = 4
 LIBRARIES = ("medpeft", "peft")
+RESULTS = Path(__file__).parent / "results" / "lora_vs_peft.md"
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file for the table")
     return parser.parse_args()
 
 
@@ -188,14 +191,17 @@ def main() -> None:
     args = parse_args()
     start = time.perf_counter()
     results = run(args)
-    print(
+    setup = (
         f"{args.model}, batch {args.batch}, {args.img_size} px, {args.device} "
         f"({torch.get_num_threads()} threads); medpeft q+v r={args.rank} vs peft qkv "
         f"r={2 * args.rank}; torch {torch.__version__}, peft {peft.__version__}; "
-        f"median of {args.iters} after {args.warmup} warm-up\n"
+        f"median of {args.iters} after {args.warmup} warm-up"
     )
-    print(markdown_table(results))
-    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    table = markdown_table(results)
+    print(f"{setup}\n\n{table}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(f"# medpeft LoRA vs Hugging Face PEFT LoRA\n\n{setup}\n\n{table}\n")
+    print(f"\nwrote {args.output} (total {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

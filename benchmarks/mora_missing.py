@@ -47,13 +47,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import medpeft  # noqa: F401  (torchvision shim before timm)
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+import medpeft  # noqa: F401  (torchvision shim before timm)
 from medpeft.adapters.inject import count_parameters
 from medpeft.atomic import atomic_write_text
 from medpeft.data.missing import (

@@ -26,10 +26,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import medpeft  # noqa: F401  (import before timm/torchvision, see docs/CONTRIBUTING-INTERFACES.md)
 import torch
 from safetensors.torch import save_file
 
+import medpeft  # noqa: F401  (import before timm/torchvision, see docs/CONTRIBUTING-INTERFACES.md)
 from medpeft.adapters.inject import (
     adapter_names,
     count_adapter_parameters,

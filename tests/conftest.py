@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 from collections.abc import Callable
 from pathlib import Path
 
-import medpeft  # noqa: F401  (torchvision shim before transformers)
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from openpyxl import Workbook
 from PIL import Image
 from transformers import ViltConfig
 
+import medpeft  # noqa: F401  (torchvision shim before transformers)
 from medpeft.backbones.vilt import build_tokenizer
 from medpeft.data.recipes.odir import LABELS
 
@@ -36,7 +36,7 @@ TINY_VILT = dict(
 )
 SENTENCES = ["left eye lesion", "normal", "right eye no lesion yes", "yes"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = SPECIAL + ["left", "right", "eye", "normal", "lesion", "no", "yes"]
+WORDS = [*SPECIAL, "left", "right", "eye", "normal", "lesion", "no", "yes"]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ fine: medpeft loads images with PIL. On a normal install this does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 _SCHEMAS = {
@@ -23,7 +24,7 @@ def ensure_torchvision_importable() -> None:
     """Import torchvision, defining missing operator schemas if needed."""
     global _library
     try:
-        import torchvision  # noqa: F401
+        import torchvision
         return
     except RuntimeError as error:
         if "torchvision::nms" not in str(error):
@@ -38,7 +39,5 @@ def ensure_torchvision_importable() -> None:
     import torchvision  # noqa: F401
 
 
-try:
+with contextlib.suppress(ImportError):  # torchvision absent: timm will report it itself
     ensure_torchvision_importable()
-except ImportError:  # torchvision absent: timm will report it itself
-    pass

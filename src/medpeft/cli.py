@@ -7,6 +7,7 @@ any key can be overridden with ``section.key=value`` arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -85,16 +86,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     rows = predict_images(args.adapter, args.images, args.weights, args.pretrained, args.batch_size)
     labels = list(rows[0]) if rows else []
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         writer = csv.writer(out)
         writer.writerow(["image", *labels, "prediction"])
         for path, scores in zip(args.images, rows):
             best = max(scores, key=scores.get)
             writer.writerow([path, *(f"{scores[k]:.4f}" for k in labels), best])
-    finally:
-        if args.output:
-            out.close()
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -106,9 +104,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from medpeft.adapters.formats import import_lora_vit
+    from medpeft.adapters.formats import convert_lora_vit
 
-    folder = import_lora_vit(args.file, args.backbone, args.output, img_size=args.img_size, labels=args.labels)
+    folder = convert_lora_vit(
+        args.file, args.backbone, args.output, args.img_size, args.labels, args.weights
+    )
     print(f"wrote {folder}")
 
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--labels", nargs="+", help="class names in head order (default: class_0 ...)")
     p.add_argument("--output", required=True, help="medpeft adapter folder to write")
+    p.add_argument("--weights", help="backbone checkpoint file (checked against the adapter)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")

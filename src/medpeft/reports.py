@@ -15,11 +15,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from medpeft.atomic import atomic_write  # noqa: E402
-from medpeft.errors import ConfigError  # noqa: E402
+from medpeft.atomic import atomic_write
+from medpeft.errors import ConfigError
 
 Results = Mapping[tuple[str, float], Mapping[str, float]]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import medpeft  # noqa: F401  (torchvision shim before timm)
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import medpeft  # noqa: F401  (torchvision shim before timm)
 from medpeft.model import LoraSettings, ModelSpec
 
 BACKBONE = "vit_tiny_patch16_224"

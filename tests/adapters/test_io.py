@@ -6,17 +6,19 @@ import json
 import math
 
 import pytest
+import timm
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
 from medpeft.adapters.formats import export_peft, import_lora_vit
-from medpeft.adapters.inject import adapter_names, set_active_adapter
 from medpeft.adapters.heads import TaskHeads
+from medpeft.adapters.inject import adapter_names, set_active_adapter
 from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
-from medpeft.model import build_model
+from medpeft.model import ModelSpec, build_model
 
 LABELS = ["normal", "tb", "other"]
 
@@ -227,6 +229,32 @@ def test_import_lora_vit_into_existing_model(
     assert adapter_names(model) == ["tb", "melo_lora_4_4"]
     with torch.no_grad():
         assert torch.equal(model.eval()(images), alone(images))
+
+
+def test_cli_import_lora_vit_writes_a_loadable_adapter(tmp_path, images, capsys) -> None:
+    """``medpeft import-lora-vit`` on a real timm name (ViT-Ti at 32 px: depth 12, dim 192)."""
+    backbone = "vit_tiny_patch16_224"
+    torch.manual_seed(0)
+    vit = timm.create_model(backbone, num_classes=3, img_size=32)
+    weights = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    path = tmp_path / "melo_lora_4_8.safetensors"
+    save_file(lora_vit_state(depth=12, dim=192), str(path))
+    common = ["import-lora-vit", str(path), "--backbone", backbone, "--img-size", "32"]
+    out = tmp_path / "adapter"
+    labeled = [*common, "--labels", *LABELS, "--weights", str(weights)]
+    assert main([*labeled, "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    config = read_adapter_config(out)
+    assert (config.labels, config.rank, config.alpha, config.img_size) == (LABELS, 4, 8.0, 32)
+    loaded, _ = load_adapter(out, weights=weights)
+    direct = import_lora_vit(path, ModelSpec(backbone, 3, img_size=32), weights=weights)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(images), direct.eval()(images))
+    assert main([*common, "--output", str(tmp_path / "plain")]) == 0
+    assert read_adapter_config(tmp_path / "plain").labels == ["class_0", "class_1", "class_2"]
+    assert main([*common, "--labels", "a", "b", "--output", str(tmp_path / "bad")]) == 2
+    assert "2 labels given" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

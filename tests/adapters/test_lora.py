@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from medpeft.adapters.inject import (
-    add_lora,
     adapter_names,
+    add_lora,
     count_adapter_parameters,
     count_parameters,
     lora_layers,
@@ -49,6 +49,17 @@ def test_qv_layer_matches_reference(rank: int, alpha: float) -> None:
     a, b = layer.lora_A["t"], layer.lora_B["t"]
     expected = reference_qv(x, layer.base, a[0], b[0], a[1], b[1], alpha / rank)
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_qv_gradients_match_reference() -> None:
+    layer = qv_layer(rank=2, alpha=4.0)
+    x = torch.randn(2, 5, 32)
+    a, b = layer.lora_A["t"], layer.lora_B["t"]
+    reference = reference_qv(x, layer.base, a[0], b[0], a[1], b[1], 2.0)
+    ours = torch.autograd.grad(layer(x).square().sum(), [a, b])
+    expected = torch.autograd.grad(reference.square().sum(), [a, b])
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
 def test_whole_linear_matches_reference() -> None:

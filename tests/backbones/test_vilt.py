@@ -61,7 +61,7 @@ def test_several_images_append_tokens(vilt_config, vilt_batch):
     batch = vilt_batch(MIXED)
     tokens, mask = model.embed(batch)
     batch["images"]["image"] = torch.stack([batch["images"]["image"]] * 3, 1)
-    stacked, stacked_mask = model.embed(batch)
+    stacked, _stacked_mask = model.embed(batch)
     text_len, per_image = 8, 1 + 16
     assert tokens.shape == (3, text_len + per_image, 32) and mask.shape == (3, text_len + per_image)
     assert stacked.shape == (3, text_len + 3 * per_image, 32)

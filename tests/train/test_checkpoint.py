@@ -57,7 +57,7 @@ def test_fit_checkpoint_holds_trainable_weights_and_loads_safely(tmp_path):
 def test_trainable_weights_round_trip(tmp_path):
     source, target = tiny_vit(seed=0), tiny_vit(seed=0)
     with torch.no_grad():
-        for name, param in source.named_parameters():
+        for _name, param in source.named_parameters():
             if param.requires_grad:
                 param.add_(1.0)
     save_trainable(source, tmp_path / "w.safetensors")

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from medpeft.adapters.io import (
     add_lora_weights,
     copy_weights,
     head_of,
+    save_adapter,
     write_tensors,
 )
 from medpeft.adapters.lora import LoRALinear
@@ -83,6 +85,37 @@ def import_lora_vit(
     tensors = _to_medpeft(state, model, head_key, path)
     copy_weights(adapter_parameters(model, name, "lora"), tensors, path)
     return model
+
+
+def convert_lora_vit(
+    path: str | Path,
+    backbone: str,
+    out_dir: str | Path,
+    img_size: int | None = None,
+    labels: Sequence[str] | None = None,
+    weights: str | Path | None = None,
+) -> Path:
+    """Convert a LoRA-ViT/MeLo ``.safetensors`` file into a medpeft adapter folder.
+
+    Args:
+        path: The LoRA-ViT file (rank and alpha as in :func:`import_lora_vit`).
+        backbone: timm model the file was trained on, e.g. ``vit_base_patch16_224``.
+        out_dir: Adapter folder to write (``multiclass`` task).
+        img_size: Input resolution the adapter was trained at (default: the backbone's).
+        labels: Class names in head order; default ``class_0 .. class_{C-1}``.
+        weights: Backbone checkpoint to build the model from (checks that it fits).
+
+    Raises:
+        ConfigError: if the number of labels differs from the file's head classes.
+    """
+    path = Path(path)
+    _, num_classes = _head_key(read_state_dict(path), path)
+    labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise ConfigError(f"{len(labels)} labels given, but {path} has {num_classes} classes")
+    spec = ModelSpec(backbone, num_classes, img_size=img_size)
+    model = import_lora_vit(path, spec, adapter_name="default", weights=weights)
+    return save_adapter(model, out_dir, spec, labels, "multiclass")
 
 
 def _head_key(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
@@ -175,12 +208,7 @@ def peft_pair(layer: LoRALinear, adapter_name: str) -> tuple[torch.Tensor, torch
     Segment ``s`` of B lands in its output rows and in columns ``[s*r:(s+1)*r]``.
     """
     a = layer.lora_A[adapter_name].detach().cpu()
-    b = layer.lora_B[adapter_name].detach().cpu()
-    rank = a.shape[1]
-    full_b = torch.zeros(layer.out_features, len(layer.segments) * rank, dtype=b.dtype)
-    for s, (start, stop) in enumerate(layer.segments):
-        full_b[start:stop, s * rank : (s + 1) * rank] = b[s]
-    return a.flatten(0, 1).contiguous(), full_b
+    return a.flatten(0, 1).contiguous(), layer.dense_B(adapter_name).detach().cpu().contiguous()
 
 
 def _peft_config(

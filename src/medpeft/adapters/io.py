@@ -39,8 +39,8 @@ from medpeft.adapters.config import (
 )
 from medpeft.adapters.heads import TaskHeads, head_of
 from medpeft.adapters.inject import (
-    add_lora,
     adapter_names,
+    add_lora,
     find_linears,
     lora_layers,
     set_active_adapter,

@@ -104,26 +104,30 @@ class LoRALinear(nn.Module):
     def rank(self, name: str) -> int:
         return self.lora_A[name].shape[1]
 
-    def delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """The adapter's contribution for the adapted segments, shape ``(..., S*seg)``."""
-        a, b = self.lora_A[name], self.lora_B[name]
-        n_seg, rank, _ = a.shape
-        hidden = F.linear(self.lora_dropout[name](x), a.reshape(n_seg * rank, -1))
-        hidden = hidden.unflatten(-1, (n_seg, rank))
-        return torch.einsum("...sr,sor->...so", hidden, b).flatten(-2) * self.scaling[name]
+    def scaled_hidden(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """``scale * A x`` for all segments at once, shape ``(..., S*r)``."""
+        a = self.lora_A[name].flatten(0, 1)
+        return F.linear(self.lora_dropout[name](x), a) * self.scaling[name]
 
-    def add_delta(self, out: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Add a segment-shaped delta to the full layer output."""
+    def dense_B(self, name: str) -> torch.Tensor:
+        """All segments' B as one ``(out, S*r)`` matrix, zero outside the segments.
+
+        Segment ``s`` fills its output rows and columns ``[s*r:(s+1)*r]`` (PEFT's layout).
+        """
+        b = self.lora_B[name]
         if self.covers_all:
-            return out + delta
-        return out.index_add(-1, self.segment_index, delta.to(out.dtype))
+            return b[0]
+        blocks = torch.block_diag(*b)  # (S*seg, S*r)
+        dense = blocks.new_zeros(self.out_features, blocks.shape[1])
+        return dense.index_copy(0, self.segment_index, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         name = self.active_adapter
         if name is None or name in self.merged_adapters:
             return out
-        return self.add_delta(out, self.delta(x, name))
+        # One matmul with the dense B over the full output: no scatter of segment deltas.
+        return out + F.linear(self.scaled_hidden(x, name), self.dense_B(name))
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""

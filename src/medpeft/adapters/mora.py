@@ -256,10 +256,7 @@ def add_mora(
         raise ConfigError(
             f"MoRA modalities {tuple(modalities)} differ from the model's {tuple(own)}"
         )
-    if targets is None:
-        layers = _wrap_blocks(model, blocks)
-    else:
-        layers = _wrap_linears(model, targets, blocks)
+    layers = _wrap_blocks(model, blocks) if targets is None else _wrap_linears(model, targets, blocks)
     for layer in layers:
         layer.add_adapter(adapter_name, modalities, rank)
     return len(layers)

@@ -66,10 +66,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     interpolates position embeddings to the model's image size.
     """
     state = read_state_dict(path)
-    filter_fn = getattr(timm.models.vision_transformer, "checkpoint_filter_fn")
+    filter_fn = timm.models.vision_transformer.checkpoint_filter_fn
     try:
         state = filter_fn(state, model)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise WeightsError(f"{path} does not fit {type(model).__name__}: {error}") from error
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_NAME + ".")}
     own = model.state_dict()

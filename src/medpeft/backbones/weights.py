@@ -28,7 +28,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any reader failure means the same to the user
+    except Exception as error:
         raise WeightsError(
             f"cannot read weights from {path}: {error}. Expected a .safetensors file or a "
             "torch state dict (.pth/.pt/.bin) that loads with weights_only=True"

@@ -6,10 +6,10 @@ from medpeft.train.checkpoint import (
     seed_everything,
     trainable_state,
 )
+from medpeft.train.evaluation import EvalResult, evaluate, predict, to_device
 from medpeft.train.losses import build_loss, to_scores
 from medpeft.train.schedules import build_optimizer, build_scheduler, lr_at
 from medpeft.train.settings import TrainSettings
-from medpeft.train.evaluation import EvalResult, evaluate, predict, to_device
 from medpeft.train.trainer import FitResult, fit
 
 __all__ = [

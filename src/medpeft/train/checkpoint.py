@@ -146,7 +146,7 @@ def load_checkpoint(
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+    except Exception as error:
         raise WeightsError(f"{path}: cannot read checkpoint ({error})") from error
     if state.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: unknown checkpoint format {state.get('format')!r}")
