@@ -108,3 +108,24 @@ def test_builtin_configs_load():
         config = load_config(path)
         assert config.lora.rank == 4 and config.lora.alpha == 4.0 and config.method == "lora"
         assert config.model.img_size in (224, 384)
+
+
+def test_adapter_remembers_its_backbone_weights(tmp_path, dataset, capsys):
+    from safetensors.torch import save_file
+
+    from medpeft.backbones import build_vit
+
+    backbone = build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    weights = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
+    run = _train(tmp_path, dataset, "train.epochs=1", f"model.weights={weights}")
+    image = str(sorted((dataset.parent / "images").glob("*.png"))[0])
+    capsys.readouterr()
+    assert main(["predict", str(run / "adapter"), image]) == 0
+    recorded = capsys.readouterr().out
+    assert main(["predict", str(run / "adapter"), image, "--weights", str(weights)]) == 0
+    assert capsys.readouterr().out == recorded  # the recorded checkpoint was used
+    weights.rename(tmp_path / "moved.safetensors")
+    assert main(["predict", str(run / "adapter"), image]) == 2
+    err = capsys.readouterr().err
+    assert "backbone.safetensors" in err and "--weights" in err

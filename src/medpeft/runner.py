@@ -18,7 +18,7 @@ from torch import nn
 
 from medpeft.adapters.config import AdapterConfig, Preprocessing
 from medpeft.adapters.inject import ParameterCount, count_parameters
-from medpeft.adapters.io import default_preprocessing, load_adapter, save_adapter
+from medpeft.adapters.io import HUB, default_preprocessing, load_adapter, save_adapter
 from medpeft.atomic import atomic_write_text
 from medpeft.config import DataSettings, RunConfig, save_config
 from medpeft.data.datasets import ImageClassificationDataset, build_loader
@@ -124,7 +124,11 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         model, loaders["train"], loaders["val"], manifest.task, config.train, run_dir,
         class_names=manifest.classes, resume=resume, progress=progress,
     )
-    adapter_dir = save_adapter(model, run_dir / ADAPTER_DIR, spec, manifest.classes, manifest.task, pre)
+    backbone_weights = config.model.weights or (HUB if config.model.pretrained else None)
+    adapter_dir = save_adapter(
+        model, run_dir / ADAPTER_DIR, spec, manifest.classes, manifest.task, pre,
+        backbone_weights=backbone_weights,
+    )
     test_metrics = {}
     if "test" in loaders:
         test_metrics = evaluate(model, loaders["test"], manifest.task, manifest.classes).metrics

@@ -59,7 +59,9 @@ class AdapterConfig:
     """The contents of ``adapter_config.json``.
 
     LoRA fields (``targets`` .. ``dropout``) are ``None`` for the ``linear`` and
-    ``full`` methods.
+    ``full`` methods. ``backbone_weights`` records where the frozen backbone's
+    weights came from in training: a checkpoint path, ``"hub"`` (timm's
+    pretrained weights) or ``None`` (random init).
     """
 
     backbone: str
@@ -74,6 +76,7 @@ class AdapterConfig:
     rank: int | None = None
     alpha: float | None = None
     dropout: float | None = None
+    backbone_weights: str | None = None
     medpeft_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -122,6 +125,7 @@ def make_config(
     task: str,
     preprocessing: Mapping[str, Any] | Preprocessing,
     lora_values: tuple[int, float, float] | None = None,
+    backbone_weights: str | None = None,
 ) -> AdapterConfig:
     """Build a validated config from a model spec.
 
@@ -132,6 +136,7 @@ def make_config(
         preprocessing: ``size``, ``mean``, ``std``, ``interpolation``, ``crop``.
         lora_values: ``(rank, alpha, dropout)`` read from the trained adapter;
             defaults to ``spec.lora``.
+        backbone_weights: Checkpoint path, ``"hub"`` or ``None`` (see `AdapterConfig`).
     """
     if spec.method not in METHODS:
         raise ConfigError(f"unknown method {spec.method!r}; expected one of {METHODS}")
@@ -159,6 +164,7 @@ def make_config(
             method=spec.method,
             img_size=spec.img_size,
             model_kwargs=dict(spec.model_kwargs),
+            backbone_weights=backbone_weights,
             **fields,
         )
     except ValueError as error:

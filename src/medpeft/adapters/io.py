@@ -20,6 +20,7 @@ head together. Adapters sharing a Linear must adapt the same segments of it
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.model import LoraSettings, ModelSpec, build_model
 
+HUB = "hub"  # backbone_weights value: timm's pretrained weights from the hub
 _WRAPPED = re.compile(r"\.base(?=\.)")
 
 
@@ -107,6 +109,7 @@ def save_adapter(
     task: str,
     preprocessing: Mapping[str, Any] | Preprocessing | None = None,
     adapter_name: str = "default",
+    backbone_weights: str | Path | None = None,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
@@ -122,6 +125,8 @@ def save_adapter(
         preprocessing: ``size``/``mean``/``std``/``interpolation``/``crop``;
             defaults to the backbone's own at ``spec.img_size``.
         adapter_name: Which adapter to save.
+        backbone_weights: The frozen backbone's checkpoint file, or ``"hub"`` for
+            timm's pretrained weights; recorded so that loading finds them again.
 
     Returns:
         The output folder.
@@ -135,7 +140,9 @@ def save_adapter(
         _check_targets(model, spec, adapter_name)
     if preprocessing is None:
         preprocessing = default_preprocessing(model, spec.img_size)
-    config = make_config(spec, labels, task, preprocessing, values)
+    if backbone_weights not in (None, HUB):
+        backbone_weights = str(Path(backbone_weights).resolve())
+    config = make_config(spec, labels, task, preprocessing, values, backbone_weights)
     out_dir = Path(out_dir)
     write_tensors(out_dir / WEIGHTS_NAME, adapter_parameters(model, adapter_name, spec.method))
     write_adapter_config(config, out_dir)
@@ -167,7 +174,8 @@ def load_adapter(
         model: A model with the same backbone to add this LoRA adapter to; its
             other adapters stay. ``None`` builds a model from the config.
         adapter_name: Name for the adapter; defaults to the folder name.
-        weights: Backbone checkpoint file when building the model.
+        weights: Backbone checkpoint file when building the model; by default
+            the one recorded at save time (see `AdapterConfig.backbone_weights`).
         pretrained: Fetch the backbone's hub weights when building the model.
 
     Returns:
@@ -179,6 +187,8 @@ def load_adapter(
     state = read_state_dict(source)
     name = adapter_name or folder.resolve().name
     if model is None:
+        if weights is None and not pretrained:
+            weights, pretrained = recorded_backbone(config, folder)
         spec = config.to_spec()
         model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=name)
         copy_weights(adapter_parameters(model, name, config.method), state, source)
@@ -188,6 +198,33 @@ def load_adapter(
         raise ConfigError(f"{folder}: only LoRA adapters join a given model, not {config.method!r}")
     add_lora_weights(model, name, config.to_spec().lora, state, source)
     return model, config
+
+
+def recorded_backbone(config: AdapterConfig, folder: Path) -> tuple[str | None, bool]:
+    """``(weights, pretrained)`` the adapter was trained on, as recorded in its config.
+
+    Raises:
+        WeightsError: if the recorded checkpoint file is not on this machine, since
+            the adapter on a random backbone would predict nonsense.
+    """
+    recorded = config.backbone_weights
+    if config.method == "full":
+        return None, False
+    if recorded is None:
+        warnings.warn(
+            f"{folder} was trained on a randomly initialised backbone; on a new random "
+            "backbone its outputs are meaningless (pass the backbone weights if you have them)",
+            stacklevel=3,
+        )
+        return None, False
+    if recorded == HUB:
+        return None, True
+    if not Path(recorded).is_file():
+        raise WeightsError(
+            f"{folder} was trained on the backbone weights in {recorded}, which is not here; "
+            "pass that checkpoint with --weights (Python: weights=...)"
+        )
+    return recorded, False
 
 
 def add_lora_weights(
