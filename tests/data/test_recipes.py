@@ -141,8 +141,7 @@ def test_inbreast_errors(tmp_path):
 
 
 def test_inbreast_spreadsheet(tmp_path):
-    pandas = pytest.importorskip("pandas")
-    pytest.importorskip("openpyxl")
+    import pandas
     birads = ["1", "4c", "2", "5", "3"]
     inbreast(tmp_path, birads)
     (tmp_path / "INbreast.csv").unlink()

@@ -270,7 +270,8 @@ def _read_excel(path: Path) -> Rows:
         frame = pandas.read_excel(path, dtype=str).fillna("")
     except ImportError as err:
         raise DataError(
-            f"reading {path} needs pandas with xlrd (.xls) or openpyxl (.xlsx) ({err}); "
+            f"reading {path} needs pandas with xlrd (.xls) or openpyxl (.xlsx) ({err}): "
+            "pip install 'medpeft[medical]', "
             "or save it as INbreast.csv"
         ) from err
     except Exception as err:  # a corrupt or mislabelled spreadsheet
