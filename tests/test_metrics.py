@@ -95,6 +95,7 @@ def test_all_classes_undefined_gives_nan_with_warning():
         ("multiclass", np.ones((3, 2)), np.array([0, 1])),
         ("multiclass", np.ones((2, 2)), np.array([0, 2])),
         ("multilabel", np.ones((2, 3)), np.ones((2, 2))),
+        ("multilabel", np.ones((2, 2)), np.array([[0.0, 0.9], [1.0, 0.0]])),  # soft labels
         ("regression", np.ones((2, 2)), np.array([0, 1])),
         ("multiclass", np.full((2, 2), np.nan), np.array([0, 1])),
     ],

@@ -41,7 +41,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-TASKS = ("multiclass", "multilabel")
+from medpeft.tasks import check_task
 
 
 def compute_metrics(
@@ -82,8 +82,7 @@ def _check_arrays(
     task: str, scores: np.ndarray, targets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate shapes; return float scores and integer targets."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    check_task(task)
     if scores.ndim != 2 or len(scores) == 0:
         raise ValueError(f"scores must be a non-empty [N, C] array, got shape {scores.shape}")
     if not np.isfinite(scores).all():
@@ -94,10 +93,14 @@ def _check_arrays(
             raise ValueError(f"multiclass targets must have shape ({num},), got {targets.shape}")
         if num_classes < 2 or targets.min() < 0 or targets.max() >= num_classes:
             raise ValueError(
-                f"multiclass targets must be class indices in [0, {num_classes}) with C >= 2"
+                f"multiclass targets must be class indices in [0, {num_classes}) with C >= 2, "
+                f"got values {targets.min()}..{targets.max()} for C = {num_classes}"
             )
     elif targets.shape != scores.shape:
         raise ValueError(f"multilabel targets must have shape {scores.shape}, got {targets.shape}")
+    elif not np.isin(targets, (0, 1)).all():
+        bad = np.unique(targets[~np.isin(targets, (0, 1))])[:5]
+        raise ValueError(f"multilabel targets must be 0/1 indicators, got values {bad.tolist()}")
     return scores.astype(np.float64), targets.astype(np.int64)
 
 

@@ -177,6 +177,19 @@ def test_adapters_on_one_layer_must_share_segments(tiny_spec) -> None:
         add_lora(model, ("qkv",), adapter_name="whole")
 
 
+def test_duplicate_adapter_name_is_refused_before_any_change(tiny_spec) -> None:
+    model = build_model(tiny_spec(targets=("q", "v"), blocks=(1,)))
+    with pytest.raises(ConfigError, match=r"blocks\.1\.attn\.qkv already has .* 'default'"):
+        add_lora(model, ("q", "v"), adapter_name="default")  # blocks 0 and 1; 1 has it
+    assert list(lora_layers(model)) == ["blocks.1.attn.qkv"]
+
+
+@pytest.mark.parametrize("segments", [[(0, 32), (64, 100)], [(-8, 0)], [(0, 32), (32, 48)]])
+def test_bad_segments_are_refused(segments) -> None:
+    with pytest.raises(ValueError, match="segments"):
+        LoRALinear(nn.Linear(32, 96), segments)
+
+
 def test_multiple_adapters_switch(tiny_vit, randomize_lora, images) -> None:
     plain = tiny_vit()
     model = copy.deepcopy(plain)

@@ -121,6 +121,8 @@ def test_zero_init_equals_base_model(vilt_config, vilt_batch):
         adapted = model(batch)
         set_active_mora(model, None)
         torch.testing.assert_close(model(batch), adapted)
+    with pytest.raises(KeyError, match=r"'other'; known: \['default'\]"):
+        set_active_mora(model, "other")
 
 
 def test_only_mora_pooler_and_head_get_gradients(vilt_config, vilt_batch):

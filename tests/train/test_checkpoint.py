@@ -77,6 +77,19 @@ def test_mismatched_weights_raise(tmp_path):
         load_trainable(model, tensors)
 
 
+def test_missing_or_partial_trainable_file_raises(tmp_path):
+    model = tiny_vit()
+    with pytest.raises(WeightsError, match="not found"):
+        load_trainable_file(model, tmp_path / "absent.safetensors")
+    tensors = trainable_state(model)
+    tensors["head.weight"] = torch.ones(5, 32)
+    before = model.head.bias.detach().clone()
+    tensors["head.bias"] = torch.ones(3)
+    with pytest.raises(WeightsError, match="head.weight"):
+        load_trainable(model, tensors)
+    assert torch.equal(model.head.bias, before)  # all or nothing: no tensor was copied
+
+
 def test_unreadable_checkpoint_raises(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"not a checkpoint")

@@ -19,11 +19,11 @@ from medpeft.atomic import atomic_write_text
 from medpeft.configtools import from_dict
 from medpeft.errors import ConfigError
 from medpeft.model import METHODS, LoraSettings, ModelSpec
+from medpeft.tasks import check_task
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-TASKS = ("multiclass", "multilabel")
 _REQUIRED = ("backbone", "labels", "task", "preprocessing", "method")
 
 
@@ -140,8 +140,7 @@ def make_config(
     """
     if spec.method not in METHODS:
         raise ConfigError(f"unknown method {spec.method!r}; expected one of {METHODS}")
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    check_task(task)
     if not isinstance(preprocessing, Preprocessing):
         preprocessing = from_dict(Preprocessing, dict(preprocessing), "preprocessing")
     fields: dict[str, Any] = {}

@@ -24,19 +24,13 @@ import torch
 from torch import nn
 
 from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
+from medpeft.adapters.heads import head_of
 from medpeft.adapters.inject import lora_layers
-from medpeft.adapters.io import (
-    adapter_parameters,
-    add_lora_weights,
-    copy_weights,
-    head_of,
-    save_adapter,
-    write_tensors,
-)
+from medpeft.adapters.io import adapter_parameters, add_lora_weights, save_adapter
 from medpeft.adapters.lora import LoRALinear
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.timm_vit import HEAD_NAME
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.model import LoraSettings, ModelSpec, build_model
 
@@ -197,7 +191,7 @@ def export_peft(model: nn.Module, out_dir: str | Path, adapter_name: str = "defa
     dropout = getattr(next(iter(layers.values())).lora_dropout[adapter_name], "p", 0.0)
     config = _peft_config(model, ranks, alphas, dropout)
     out_dir = Path(out_dir)
-    write_tensors(out_dir / WEIGHTS_NAME, tensors)
+    write_state_dict(out_dir / WEIGHTS_NAME, tensors)
     atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out_dir
 

@@ -10,7 +10,7 @@ Target names:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -20,13 +20,31 @@ from medpeft.errors import ConfigError
 
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 FUSED_QKV_NAME = "qkv"
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layer|layers)\.(\d+)\.")
+BLOCK_LIST_NAMES = ("blocks", "layer", "layers")  # timm, Hugging Face encoders
+_BLOCK_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(BLOCK_LIST_NAMES)})\.(\d+)\.")
 
 
 def block_index(module_name: str) -> int | None:
     """The transformer block a module belongs to (``blocks.3.attn.qkv`` -> 3)."""
     match = _BLOCK_INDEX.search(module_name)
     return int(match.group(1)) if match else None
+
+
+def has_suffix(name: str, suffix: str) -> bool:
+    """Whether a qualified module name is ``suffix`` or ends with ``.suffix``."""
+    return name == suffix or name.endswith("." + suffix)
+
+
+def candidate_linears(
+    model: nn.Module, wrapper: type[nn.Module], blocks: Iterable[int] | None = None
+) -> Iterator[tuple[str, nn.Module]]:
+    """Plain Linears and ``wrapper``-wrapped ones (not their ``.base``) in the chosen blocks."""
+    wanted = None if blocks is None else set(blocks)
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, wrapper)) or name.endswith(".base"):
+            continue
+        if wanted is None or block_index(name) in wanted:
+            yield name, module
 
 
 def find_linears(
@@ -37,18 +55,14 @@ def find_linears(
     Raises:
         ConfigError: if a target name matches no Linear in the model.
     """
-    wanted_blocks = None if blocks is None else set(blocks)
+    blocks = None if blocks is None else sorted(set(blocks))
     qkv_parts = sorted(QKV_PARTS[t] for t in set(targets) & QKV_PARTS.keys())
     suffixes = [t for t in targets if t not in QKV_PARTS]
     found: dict[str, list[Segment] | None] = {}
     hits = {t: 0 for t in targets}
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, LoRALinear)) or name.endswith(".base"):
-            continue
-        if wanted_blocks is not None and block_index(name) not in wanted_blocks:
-            continue
+    for name, module in candidate_linears(model, LoRALinear, blocks):
         for suffix in suffixes:
-            if name == suffix or name.endswith("." + suffix):
+            if has_suffix(name, suffix):
                 found[name] = None
                 hits[suffix] += 1
         if qkv_parts and name.split(".")[-1] == FUSED_QKV_NAME:
@@ -60,7 +74,7 @@ def find_linears(
     if missing:
         raise ConfigError(
             f"LoRA targets {missing} match no Linear in {type(model).__name__}"
-            + (f" within blocks {sorted(wanted_blocks)}" if wanted_blocks is not None else "")
+            + (f" within blocks {blocks}" if blocks is not None else "")
             + "; use q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1"
         )
     return found
@@ -71,14 +85,6 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def wrap_linears(
-    model: nn.Module, names: Iterable[str], wrap: Callable[[nn.Linear, str], nn.Module]
-) -> None:
-    """Replace each named Linear by ``wrap(linear, name)``."""
-    for name in names:
-        replace_module(model, name, wrap(model.get_submodule(name), name))
 
 
 def add_lora(
@@ -94,15 +100,25 @@ def add_lora(
 
     Linears already wrapped keep their wrapper and get one more named adapter,
     so many task adapters can share one backbone. Returns the wrapped names.
+
+    Raises:
+        ConfigError: if a target matches nothing, already holds ``adapter_name``,
+            or is already adapted on other segments; the model is left unchanged.
     """
     targets_found = find_linears(model, targets, blocks)
     for name, segments in targets_found.items():
         layer = model.get_submodule(name)
         if not isinstance(layer, LoRALinear):
+            continue
+        if adapter_name in layer.lora_A:
+            raise ConfigError(f"{name} already has a LoRA adapter named {adapter_name!r}")
+        if (segments or [(0, layer.out_features)]) != layer.segments:
+            raise ConfigError(f"{name} is already adapted on segments {layer.segments}, not {segments}")
+    for name, segments in targets_found.items():
+        layer = model.get_submodule(name)
+        if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer, segments)
             replace_module(model, name, layer)
-        elif (segments or [(0, layer.out_features)]) != layer.segments:
-            raise ConfigError(f"{name} is already adapted on segments {layer.segments}, not {segments}")
         layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
     return list(targets_found)
 
@@ -171,7 +187,7 @@ class ParameterCount:
 
 def count_parameters(model: nn.Module) -> ParameterCount:
     """Count trainable and total parameters (each shared tensor once)."""
-    params = {id(p): p for p in model.parameters()}.values()
+    params = list(model.parameters())  # parameters() already skips repeats of a shared tensor
     return ParameterCount(
         trainable=sum(p.numel() for p in params if p.requires_grad),
         total=sum(p.numel() for p in params),

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from medpeft.adapters.config import (
@@ -46,9 +45,8 @@ from medpeft.adapters.inject import (
     lora_layers,
     set_active_adapter,
 )
-from medpeft.atomic import atomic_write
 from medpeft.backbones.timm_vit import HEAD_NAME, build_vit, data_config
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.model import LoraSettings, ModelSpec, build_model
 
@@ -68,12 +66,6 @@ def adapter_parameters(model: nn.Module, adapter_name: str, method: str) -> dict
                 params[f"{name}.lora_A"] = layer.lora_A[adapter_name]
                 params[f"{name}.lora_B"] = layer.lora_B[adapter_name]
     return params
-
-
-def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write a safetensors file atomically (CPU, contiguous copies)."""
-    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata={"format": "pt"}))
 
 
 def lora_values(model: nn.Module, adapter_name: str) -> tuple[int, float, float]:
@@ -144,7 +136,7 @@ def save_adapter(
         backbone_weights = str(Path(backbone_weights).resolve())
     config = make_config(spec, labels, task, preprocessing, values, backbone_weights)
     out_dir = Path(out_dir)
-    write_tensors(out_dir / WEIGHTS_NAME, adapter_parameters(model, adapter_name, spec.method))
+    write_state_dict(out_dir / WEIGHTS_NAME, adapter_parameters(model, adapter_name, spec.method))
     write_adapter_config(config, out_dir)
     return out_dir
 
@@ -193,9 +185,9 @@ def load_adapter(
         model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=name)
         copy_weights(adapter_parameters(model, name, config.method), state, source)
         return model, config
-    check_backbone(model, config, folder)
     if config.method != "lora":
         raise ConfigError(f"{folder}: only LoRA adapters join a given model, not {config.method!r}")
+    check_backbone(model, config, folder)
     add_lora_weights(model, name, config.to_spec().lora, state, source)
     return model, config
 
@@ -302,20 +294,3 @@ def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) 
             f"{config.model_kwargs or 'default dims'}), the given model differs: "
             f"{'; '.join(problems[:4])}. Load it without model= to build its own backbone."
         )
-
-
-def copy_weights(
-    params: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str | Path
-) -> None:
-    """Copy ``state`` into ``params`` after checking names and shapes; errors name the tensor."""
-    missing = sorted(params.keys() - state.keys())
-    unexpected = sorted(state.keys() - params.keys())
-    if missing or unexpected:
-        raise WeightsError(f"{source}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, param in params.items():
-        if param.shape != state[key].shape:
-            shapes = f"{tuple(state[key].shape)}, expected {tuple(param.shape)}"
-            raise WeightsError(f"{source}: tensor {key} has shape {shapes}")
-    with torch.no_grad():
-        for key, param in params.items():
-            param.copy_(state[key])

@@ -39,8 +39,12 @@ class LoRALinear(nn.Module):
         self.base = base
         self.segments: list[Segment] = list(segments or [(0, base.out_features)])
         lengths = {stop - start for start, stop in self.segments}
-        if len(lengths) != 1 or self.segments[-1][1] > base.out_features:
-            raise ValueError(f"segments {self.segments} must have equal lengths within 0..{base.out_features}")
+        inside = all(0 <= start < stop <= base.out_features for start, stop in self.segments)
+        if len(lengths) != 1 or not inside:
+            raise ValueError(
+                f"segments {self.segments} must be non-empty, of equal length and within "
+                f"0..{base.out_features} (the Linear's outputs)"
+            )
         self.segment_size = lengths.pop()
         index = torch.cat([torch.arange(start, stop) for start, stop in self.segments])
         self.register_buffer("segment_index", index, persistent=False)

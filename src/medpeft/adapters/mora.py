@@ -35,10 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.adapters.inject import block_index, replace_module
+from medpeft.adapters.inject import (
+    BLOCK_LIST_NAMES,
+    candidate_linears,
+    has_suffix,
+    replace_module,
+)
 from medpeft.errors import ConfigError
-
-BLOCK_LIST_NAMES = ("blocks", "layer", "layers")
 
 
 class ModalityDelta(nn.Module):
@@ -211,15 +214,11 @@ def _wrap_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[Modalit
 def _wrap_linears(
     model: nn.Module, targets: Sequence[str], blocks: Sequence[int] | None
 ) -> list[ModalityDelta]:
-    wanted = None if blocks is None else set(blocks)
-    found: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, MoRALinear)) or name.endswith(".base"):
-            continue
-        if wanted is not None and block_index(name) not in wanted:
-            continue
-        if any(name == t or name.endswith("." + t) for t in targets):
-            found[name] = module
+    found = {
+        name: module
+        for name, module in candidate_linears(model, MoRALinear, blocks)
+        if any(has_suffix(name, t) for t in targets)
+    }
     if not found:
         raise ConfigError(
             f"MoRA targets {list(targets)} match no Linear in {type(model).__name__}; use whole "
@@ -266,7 +265,8 @@ def set_active_mora(model: nn.Module, name: str | None) -> None:
     """Route every MoRA layer through adapter ``name`` (``None``: base model only)."""
     layers = mora_layers(model).values()
     if name is not None and not any(name in layer.mora_A for layer in layers):
-        raise KeyError(f"no MoRA adapter named {name!r}")
+        known = list(dict.fromkeys(n for layer in layers for n in layer.mora_A))
+        raise KeyError(f"no MoRA adapter named {name!r}; known: {known}")
     for layer in layers:
         layer.active_adapter = name if name is None or name in layer.mora_A else None
 

@@ -76,10 +76,6 @@ class MissingAwarePrompts(nn.Module):
             lookup[pattern_codes(torch.tensor([pattern]))] = row
         self.register_buffer("lookup", lookup, persistent=False)
 
-    @property
-    def num_layers(self) -> int:
-        return self.prompts.shape[1]
-
     def pattern_index(self, present: torch.Tensor) -> torch.Tensor:
         """Row of the prompt set for each sample, ``Long[B]``."""
         expected = len(self.patterns[0])

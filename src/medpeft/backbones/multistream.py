@@ -39,8 +39,12 @@ class MultiStreamViT(nn.Module):
         self, vit: nn.Module, modalities: Sequence[str], missing_token: bool = False
     ) -> None:
         super().__init__()
-        if not modalities or not hasattr(vit, "patch_embed") or not hasattr(vit, "blocks"):
-            raise ConfigError("MultiStreamViT needs image modalities and a timm VisionTransformer")
+        if not modalities:
+            raise ConfigError("MultiStreamViT needs at least one image modality")
+        if not hasattr(vit, "patch_embed") or not hasattr(vit, "blocks"):
+            raise ConfigError(
+                f"MultiStreamViT needs a timm VisionTransformer, got {type(vit).__name__}"
+            )
         self.modalities = tuple(modalities)
         self.dim = vit.embed_dim
         self.head = vit.head

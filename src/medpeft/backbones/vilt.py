@@ -178,11 +178,13 @@ class ViltClassifier(nn.Module):
         missing_token: bool = False,
     ) -> None:
         super().__init__()
-        if text_modality not in modalities or len(modalities) < 2 or vilt.pooler is None:
+        if text_modality not in modalities or len(modalities) < 2:
             raise ConfigError(
-                f"ViLT needs the text modality {text_modality!r} and at least one image modality "
-                f"in {tuple(modalities)}, and a ViltModel with a pooler"
+                f"ViLT needs the text modality {text_modality!r} and at least one image modality, "
+                f"got modalities {tuple(modalities)}"
             )
+        if vilt.pooler is None:
+            raise ConfigError("ViLT needs a ViltModel with its pooler (add_pooling_layer=True)")
         self.vilt = vilt
         self.modalities = tuple(modalities)
         self.image_modalities = [m for m in self.modalities if m != text_modality]
@@ -231,7 +233,9 @@ class ViltClassifier(nn.Module):
     def embed(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
         """Text tokens then each image modality's tokens, and their 1/0 attention mask."""
         missing = [m for m in self.image_modalities if m not in batch.get("images", {})]
-        if "text" not in batch or missing:
+        if "text" not in batch:
+            missing.insert(0, "text")
+        if missing:
             raise DataError(
                 f"ViLT batch needs 'text' and images for {self.image_modalities}; "
                 f"missing {missing}"
@@ -250,13 +254,14 @@ class ViltClassifier(nn.Module):
     ) -> tuple[torch.Tensor, int]:
         """Run the layers, inserting prompts; return the tokens and the count of prompt tokens."""
         num_prompts = 0
+        bias = additive_mask(mask, x.dtype)  # rebuilt only when input prompts extend the mask
         for i, layer in enumerate(self.blocks):
             prompt = prompts[:, i] if prompts is not None and i < prompts.shape[1] else None
             if prompt is not None and self.prompts.placement == "input":
                 x = torch.cat([prompt.to(x.dtype), x], 1)
                 mask = torch.cat([mask.new_ones(prompt.shape[:2]), mask], 1)
                 num_prompts += prompt.shape[1]
-            bias = additive_mask(mask, x.dtype)
+                bias = additive_mask(mask, x.dtype)
             if prompt is not None and self.prompts.placement == "attention":
                 x = attend_with_prefix(layer, x, bias, *split_key_value(prompt.to(x.dtype)))
             else:

@@ -1,11 +1,14 @@
-"""Read model weights from local files: safetensors, or torch pickles loaded safely."""
+"""Model weights in local files: read (safetensors, or torch pickles loaded safely),
+write (safetensors, atomically) and copy into a model's tensors with checks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from medpeft.atomic import atomic_write
 from medpeft.errors import WeightsError
 
 _NESTED_KEYS = ("state_dict", "model", "module", "teacher")
@@ -39,3 +42,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a flat name -> tensor state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def write_state_dict(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` (as contiguous CPU copies) to a safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"format": "pt", **(metadata or {})}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def copy_weights(
+    params: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str | Path
+) -> None:
+    """Copy ``state`` into ``params`` after checking all names and shapes; errors name the tensor.
+
+    Nothing is copied unless every tensor fits.
+
+    Raises:
+        WeightsError: naming ``source`` and the missing, unexpected or misshapen tensors.
+    """
+    missing = sorted(params.keys() - state.keys())
+    unexpected = sorted(state.keys() - params.keys())
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: tensors do not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    for key, param in params.items():
+        if param.shape != state[key].shape:
+            shapes = f"{tuple(state[key].shape)}, expected {tuple(param.shape)}"
+            raise WeightsError(f"{source}: tensor {key} has shape {shapes}")
+    with torch.no_grad():
+        for key, param in params.items():
+            param.copy_(state[key])

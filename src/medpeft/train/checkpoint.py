@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medpeft.atomic import atomic_write
+from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import WeightsError
 
 CHECKPOINT_FORMAT = 1
@@ -69,46 +69,40 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of the parameters with ``requires_grad``, by name."""
     return {
         name: param.detach().cpu().clone().contiguous()
-        for name, param in model.named_parameters()
-        if param.requires_grad
+        for name, param in trainable_parameters(model).items()
     }
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters with ``requires_grad``, by name."""
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
 
 def load_trainable(
     model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "weights"
 ) -> None:
-    """Copy ``tensors`` into the model's trainable parameters.
+    """Copy ``tensors`` into the model's trainable parameters (all or nothing).
 
     Raises:
         WeightsError: if names or shapes differ from the model's trainable parameters.
     """
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if params.keys() != tensors.keys():
-        missing = sorted(params.keys() - tensors.keys())
-        extra = sorted(tensors.keys() - params.keys())
-        raise WeightsError(
-            f"{source}: trainable parameters do not match the model "
-            f"(missing {missing[:5]}, unexpected {extra[:5]}); was it saved from another model?"
-        )
-    with torch.no_grad():
-        for name, param in params.items():
-            if param.shape != tensors[name].shape:
-                raise WeightsError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                                   f"model expects {tuple(param.shape)}")
-            param.copy_(tensors[name])
+    copy_weights(trainable_parameters(model), tensors, source)
 
 
 def save_trainable(
     model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
     """Write the trainable parameters to a safetensors file atomically."""
-    tensors = trainable_state(model)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return write_state_dict(path, trainable_parameters(model), metadata)
 
 
 def load_trainable_file(model: nn.Module, path: str | Path) -> None:
-    """Load a file written by ``save_trainable`` into the model."""
-    load_trainable(model, load_file(str(path)), source=str(path))
+    """Load a file written by ``save_trainable`` into the model.
+
+    Raises:
+        WeightsError: if the file is missing or unreadable, or holds other tensors.
+    """
+    load_trainable(model, read_state_dict(path), source=str(path))
 
 
 def save_checkpoint(
@@ -148,8 +142,12 @@ def load_checkpoint(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightsError(f"{path}: cannot read checkpoint ({error})") from error
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{path}: unknown checkpoint format {state.get('format')!r}")
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != CHECKPOINT_FORMAT:
+        raise WeightsError(
+            f"{path}: not a medpeft training checkpoint (format {found!r}, "
+            f"expected {CHECKPOINT_FORMAT})"
+        )
     load_trainable(model, state["trainable"], source=str(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

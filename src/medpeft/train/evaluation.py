@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from medpeft.errors import DataError
 from medpeft.metrics import compute_metrics
-from medpeft.train.losses import build_loss, check_task, to_scores
+from medpeft.tasks import check_task
+from medpeft.train.losses import build_loss, to_scores
 
 
 @dataclass
@@ -84,6 +85,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = torch.float16,
 ) -> EvalResult:
     """Metrics, probabilities and mean (unsmoothed) loss of the model over a labelled loader."""
+    check_task(task)  # before the pass over the loader, not after
     logits, targets = _collect(model, loader, progress, amp_dtype)
     if targets is None:
         raise DataError("evaluate needs (inputs, targets) batches")
@@ -101,5 +103,6 @@ def predict(
     amp_dtype: torch.dtype | None = torch.float16,
 ) -> np.ndarray:
     """Probabilities ``[N, C]`` for batches of ``inputs`` or ``(inputs, targets)``."""
+    check_task(task)  # before the pass over the loader, not after
     logits, _ = _collect(model, loader, progress, amp_dtype)
-    return to_scores(check_task(task), logits).numpy()
+    return to_scores(task, logits).numpy()

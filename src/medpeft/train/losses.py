@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medpeft.errors import ConfigError
-
-TASKS = ("multiclass", "multilabel")
+from medpeft.tasks import check_task
 
 
 class MultilabelBCE(nn.Module):
@@ -20,17 +18,6 @@ class MultilabelBCE(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean binary cross-entropy over all sample-label pairs."""
         return self.bce(logits, targets.to(logits.dtype))
-
-
-def check_task(task: str) -> str:
-    """Return ``task`` if it is a known task type.
-
-    Raises:
-        ConfigError: otherwise.
-    """
-    if task not in TASKS:
-        raise ConfigError(f"task: expected one of {TASKS}, got {task!r}")
-    return task
 
 
 def build_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:

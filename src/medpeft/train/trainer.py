@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medpeft.errors import ConfigError, DataError
+from medpeft.tasks import check_task
 from medpeft.train.checkpoint import (
     Progress,
     load_checkpoint,
@@ -28,7 +29,7 @@ from medpeft.train.checkpoint import (
     seed_everything,
 )
 from medpeft.train.evaluation import autocast, evaluate, to_device
-from medpeft.train.losses import build_loss, check_task
+from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
 from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
