@@ -74,7 +74,12 @@ from medpeft.data.synthetic_multimodal import (
 from medpeft.errors import ConfigError
 from medpeft.model import LoraSettings
 from medpeft.multimodal_model import MoraSettings, build_multimodal_model
-from medpeft.reports import missing_grid_table, plot_missing_curves, plot_missing_heatmap
+from medpeft.reports import (
+    markdown_table,
+    missing_grid_table,
+    plot_missing_curves,
+    plot_missing_heatmap,
+)
 from medpeft.train import TrainSettings, evaluate, fit, seed_everything
 
 MODALITIES = ("a", "b")
@@ -343,26 +348,22 @@ def _seeds(values: Sequence[float]) -> str:
 
 def headline_table(result: dict) -> str:
     """Markdown: every method at the headline test setting, mean ± std and per-seed F1."""
-    lines = [
-        "| method | train/val data | trainable params | accuracy | F1-macro | F1 per seed |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = ["method", "train/val data", "trainable params", "accuracy", "F1-macro", "F1 per seed"]
+    rows = []
     for name, info in result["methods"].items():
         cells = [grid[HEADLINE] for grid in result["per_seed"][name]]
         f1 = [c["f1_macro"] for c in cells]
-        lines.append(
-            f"| {name} | {info['train_setting']} | {info['trainable_params']:,} | "
-            f"{_pm([c['accuracy'] for c in cells])} | {_pm(f1)} | {_seeds(f1)} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([
+            name, info["train_setting"], f"{info['trainable_params']:,}",
+            _pm([c["accuracy"] for c in cells]), _pm(f1), _seeds(f1),
+        ])
+    return markdown_table(header, rows) + "\n"
 
 
 def gains_table(gains: dict[tuple[str, str], list[float]]) -> str:
     """Markdown: paired (same seed) F1-macro differences at the headline setting."""
-    lines = ["| comparison | F1-macro gain | per seed |", "|---|---|---|"]
-    for (better, baseline), diffs in gains.items():
-        lines.append(f"| {better} - {baseline} | {_pm(diffs)} | {_seeds(diffs)} |")
-    return "\n".join(lines) + "\n"
+    rows = [[f"{better} - {baseline}", _pm(diffs), _seeds(diffs)] for (better, baseline), diffs in gains.items()]
+    return markdown_table(["comparison", "F1-macro gain", "per seed"], rows) + "\n"
 
 
 def render_report(result: dict) -> str:

@@ -3,7 +3,12 @@
 import pytest
 
 from medpeft.errors import ConfigError
-from medpeft.reports import missing_grid_table, plot_missing_curves, plot_missing_heatmap
+from medpeft.reports import (
+    markdown_table,
+    missing_grid_table,
+    plot_missing_curves,
+    plot_missing_heatmap,
+)
 
 RESULTS = {
     ("text", 0.1): {"f1_macro": 0.8, "f1_micro": 0.9},
@@ -40,3 +45,13 @@ def test_plots_write_png(tmp_path):
     ]
     with pytest.raises(ConfigError, match="auroc"):
         plot_missing_heatmap(RESULTS, tmp_path / "x.png", metric="auroc")
+
+
+def test_markdown_table_formats_floats_and_marks_gaps():
+    table = markdown_table(["method", "auroc", "map"], [["lora", 0.91234, float("nan")], ["x", None, 2]])
+    assert table.splitlines() == [
+        "| method | auroc | map |",
+        "|---|---|---|",
+        "| lora | 0.9123 | - |",
+        "| x | - | 2 |",
+    ]

@@ -39,7 +39,8 @@ def resolve_config(name_or_path: str) -> Path:
 
 def is_multimodal_config(path: Path, overrides: Sequence[str] = ()) -> bool:
     """Whether a config file (with overrides) says ``run_type: multimodal``."""
-    from medpeft.multimodal_config import is_multimodal, read_config_data
+    from medpeft.configtools import read_config_data
+    from medpeft.multimodal_config import is_multimodal
 
     return is_multimodal(read_config_data(path, overrides))
 
@@ -54,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(format_report(train_multimodal(config, not args.no_resume, not args.quiet)))
         return
     from medpeft.config import load_config
-    from medpeft.reporting import print_run_report
+    from medpeft.reports import print_run_report
     from medpeft.runner import train_run
 
     config = load_config(path, args.overrides)
@@ -64,17 +65,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from medpeft.config import load_config
     from medpeft.metrics import format_metrics_table
-    from medpeft.runner import ADAPTER_DIR, evaluate_adapter
+    from medpeft.runner import ADAPTER_DIR, CONFIG_NAME, evaluate_adapter
 
     run_dir = Path(args.run)
-    if is_multimodal_config(run_dir / "config.yaml"):
+    if is_multimodal_config(run_dir / CONFIG_NAME):
         from medpeft.multimodal_runner import evaluate_multimodal_run, format_evaluation
 
         overrides = [*args.overrides, *([f"model.weights={args.weights}"] if args.weights else [])]
         evaluation = evaluate_multimodal_run(run_dir, overrides, args.adapter, args.split)
         print(format_evaluation(evaluation))
         return
-    config = load_config(run_dir / "config.yaml", args.overrides)
+    config = load_config(run_dir / CONFIG_NAME, args.overrides)
     adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR
     weights = args.weights or config.model.weights
     metrics = evaluate_adapter(adapter, config.data, args.split, weights, config.model.pretrained, config.train.seed)

@@ -12,10 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from medpeft.atomic import atomic_write_text
-from medpeft.configtools import apply_overrides, from_dict, read_yaml, to_dict
+from medpeft.configtools import from_dict, read_config_data
 from medpeft.errors import ConfigError
 from medpeft.model import METHODS, LoraSettings
 from medpeft.train.settings import TrainSettings
@@ -92,11 +89,4 @@ class RunConfig:
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML run config (or start from defaults) and apply ``key=value`` overrides."""
-    data = read_yaml(path) if path is not None else {}
-    apply_overrides(data, overrides)
-    return from_dict(RunConfig, data, path=str(path or "config"))
-
-
-def save_config(config: RunConfig, path: str | Path) -> Path:
-    """Write the resolved config (what actually ran) as YAML, atomically."""
-    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    return from_dict(RunConfig, read_config_data(path, overrides), path=str(path or "config"))

@@ -1,6 +1,8 @@
 """Typed configs from YAML: nested dataclasses, validated on load, ``a.b=c`` overrides.
 
 Every error names the offending key path (``train.lr``) and what was expected.
+Shared by the single-modality (`medpeft.config`) and multimodal
+(`medpeft.multimodal_config`) run configs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from medpeft.atomic import atomic_write_text
 from medpeft.errors import ConfigError
 
 T = TypeVar("T")
@@ -119,6 +122,17 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def read_config_data(path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
+    """A YAML config (or ``{}``) as a mapping with ``key=value`` overrides applied."""
+    data = read_yaml(path) if path is not None else {}
+    return apply_overrides(data, overrides)
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write a resolved dataclass config (what actually ran) as YAML, atomically."""
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def to_dict(config: Any) -> dict:

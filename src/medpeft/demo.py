@@ -18,7 +18,7 @@ from medpeft.atomic import atomic_write_text
 from medpeft.config import DataSettings, ModelSettings, RunConfig
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.model import LoraSettings
-from medpeft.reporting import markdown_table, summary_header, summary_row
+from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runner import ADAPTER_DIR, RunReport, train_run
 from medpeft.train.settings import TrainSettings
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from medpeft.configtools import apply_overrides, from_dict, read_yaml
+from medpeft.configtools import from_dict, read_config_data
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.data.multimodal import MISSING_IMAGE_POLICIES
 from medpeft.errors import ConfigError
 from medpeft.model import LoraSettings
 from medpeft.multimodal_model import KINDS, METHODS, MoraSettings, PromptSettings
+from medpeft.tasks import TASKS
 from medpeft.train.settings import TrainSettings
 
 RUN_TYPE = "multimodal"
 SOURCES = ("csv", "odir", "iu_xray", "synthetic")
-TASKS = ("multiclass", "multilabel")
 SYNTHETIC_MODALITIES = {"a": "image", "b": "image"}
 
 
@@ -168,12 +168,6 @@ class MultiModalRunConfig:
 def is_multimodal(data: Mapping) -> bool:
     """Whether raw config data (a YAML mapping) describes a multimodal run."""
     return data.get("run_type") == RUN_TYPE
-
-
-def read_config_data(path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
-    """A YAML config (or ``{}``) as a mapping with ``key=value`` overrides applied."""
-    data = read_yaml(path) if path is not None else {}
-    return apply_overrides(data, overrides)
 
 
 def load_multimodal_config(

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from medpeft.adapters.config import Preprocessing
 from medpeft.adapters.io import default_preprocessing
+from medpeft.data.datasets import build_loader
+from medpeft.data.manifest import SPLITS, holdout_fractions
 from medpeft.data.missing import (
-    SPLITS,
     MissingTable,
     make_missing_table,
     make_split_tables,
@@ -106,9 +106,10 @@ def _synthetic(
 def _fill_splits(source: MultiModalSource, data: MultiModalDataSettings, seed: int) -> None:
     """Give samples without a split one, seeded, by ``val_fraction``/``test_fraction``."""
     unsplit = [r for r in source.records if r.split is None]
-    weights = (1.0 - data.val_fraction - data.test_fraction, data.val_fraction, data.test_fraction)
-    for record, split in zip(unsplit, seeded_split(len(unsplit), weights, seed)):
-        record.split = split
+    if unsplit:
+        weights = holdout_fractions(data.val_fraction, data.test_fraction)
+        for record, split in zip(unsplit, seeded_split(len(unsplit), weights, seed)):
+            record.split = split
     empty = [s for s in ("train", "val") if not source.ids(s)]
     if empty:
         raise ConfigError(f"data: the {empty} split(s) are empty; check the split column/fractions")
@@ -189,13 +190,9 @@ class RunData:
 
     def loader(self, split: str, table: MissingTable | None, train: bool = False) -> DataLoader:
         """Shuffled training (``train``) or in-order evaluation loader of ``split``."""
-        dataset = self.dataset(split, table, train)
-        batch_size, workers = self.settings.batch_size, self.settings.num_workers
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-            collate_fn=self.collate, generator=torch.Generator().manual_seed(self.seed),
-            drop_last=train and len(dataset) > batch_size,
-            persistent_workers=train and workers > 0,
+        return build_loader(
+            self.dataset(split, table, train), self.settings.batch_size, train,
+            self.settings.num_workers, seed=self.seed, collate_fn=self.collate,
         )
 
 

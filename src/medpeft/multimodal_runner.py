@@ -28,7 +28,6 @@ from torch import nn
 
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.atomic import atomic_write_text
-from medpeft.config import save_config
 from medpeft.configtools import from_dict, to_dict
 from medpeft.data.missing import MissingTable, save_tables
 from medpeft.data.multimodal import MultiModalSource
@@ -55,10 +54,10 @@ from medpeft.reports import (
     plot_missing_curves,
     plot_missing_heatmap,
 )
+from medpeft.runner import ADAPTER_DIR, CONFIG_NAME, start_run, write_metrics
 from medpeft.train import evaluate, fit, load_trainable_file, save_trainable
 from medpeft.train.settings import autocast_dtype, resolve_device
 
-ADAPTER_DIR = "adapter"
 WEIGHTS_NAME = "trainable.safetensors"
 SPEC_NAME = "model_spec.json"
 DEFAULT_METRIC = "f1_macro"
@@ -150,9 +149,7 @@ def train_multimodal(
     config: MultiModalRunConfig, resume: bool = True, progress: bool = True
 ) -> MultiModalReport:
     """Train, keep the best epoch, save the model, evaluate on the test split and the grid."""
-    run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    run_dir = start_run(config)
     source = load_source(config, run_dir)
     tables = split_tables(source, config.missing)
     save_tables(tables, run_dir)
@@ -192,7 +189,7 @@ def evaluate_multimodal_run(
         progress: Show progress bars.
     """
     run_dir = Path(run_dir)
-    config = load_multimodal_config(run_dir / "config.yaml", overrides)
+    config = load_multimodal_config(run_dir / CONFIG_NAME, overrides)
     source = load_source(config, run_dir)
     tables = split_tables(source, config.missing)
     if split not in tables:
@@ -225,7 +222,7 @@ def evaluate_split(
         return evaluate(model, loader, task, labels, progress, dtype).metrics
 
     metrics = run(table)
-    atomic_write_text(out_dir / f"{split}_metrics.json", json.dumps(metrics, indent=2))
+    write_metrics(out_dir, split, metrics)
     tables = grid_tables(data.source, config.missing, split)
     grid = {key: overall(run(grid_table)) for key, grid_table in tables.items()}
     metric = config.train.monitor if config.train.monitor in metrics else DEFAULT_METRIC

@@ -3,7 +3,8 @@
 ``train_run`` is what ``medpeft train`` does: read the data, build the model,
 train with evaluation each epoch, keep the best epoch, save the adapter and
 report test metrics. ``evaluate_adapter`` and ``predict_images`` serve
-``medpeft eval`` and ``medpeft predict``.
+``medpeft eval`` and ``medpeft predict``. ``start_run`` and ``write_metrics``
+lay out the run folder of single-modality and multimodal runs alike.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ from medpeft.adapters.config import AdapterConfig, Preprocessing
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.adapters.io import HUB, default_preprocessing, load_adapter, save_adapter
 from medpeft.atomic import atomic_write_text
-from medpeft.config import DataSettings, RunConfig, save_config
+from medpeft.config import DataSettings, RunConfig
+from medpeft.configtools import save_config
 from medpeft.data.datasets import ImageClassificationDataset, build_loader
 from medpeft.data.imageio import load_image
-from medpeft.data.manifest import Manifest, read_csv_manifest, read_image_folder
+from medpeft.data.manifest import (
+    UNSPLIT,
+    Manifest,
+    holdout_fractions,
+    read_csv_manifest,
+    read_image_folder,
+)
 from medpeft.data.recipes import RECIPES
 from medpeft.data.transforms import build_transform
 from medpeft.errors import ConfigError
@@ -32,6 +40,7 @@ from medpeft.train import evaluate, fit, predict
 from medpeft.train.settings import resolve_device
 
 ADAPTER_DIR = "adapter"
+CONFIG_NAME = "config.yaml"
 SOURCES = ("csv", "folder", *RECIPES)
 
 
@@ -46,6 +55,19 @@ class RunReport:
     best_epoch: int | None
     val_metrics: dict[str, float]
     test_metrics: dict[str, float]
+
+
+def start_run(config: object) -> Path:
+    """Create the run folder ``config.output_dir`` and write the resolved config into it."""
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / CONFIG_NAME)
+    return run_dir
+
+
+def write_metrics(out_dir: Path, split: str, metrics: dict[str, float]) -> Path:
+    """Write ``{split}_metrics.json`` into ``out_dir``."""
+    return atomic_write_text(out_dir / f"{split}_metrics.json", json.dumps(metrics, indent=2))
 
 
 def load_manifest(data: DataSettings, seed: int = 0) -> Manifest:
@@ -69,8 +91,9 @@ def load_manifest(data: DataSettings, seed: int = 0) -> Manifest:
         manifest = RECIPES[data.source](_dataset_root(data))
     else:
         raise ConfigError(f"data.source: {data.source!r} is not one of {list(SOURCES)}")
-    fractions = (1.0 - data.val_fraction - data.test_fraction, data.val_fraction, data.test_fraction)
-    return manifest.with_splits(fractions, seed)
+    if UNSPLIT not in manifest.splits:
+        return manifest
+    return manifest.with_splits(holdout_fractions(data.val_fraction, data.test_fraction), seed)
 
 
 def _dataset_root(data: DataSettings) -> str:
@@ -104,9 +127,7 @@ def model_spec(config: RunConfig, num_classes: int) -> ModelSpec:
 
 def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> RunReport:
     """Train, keep the best epoch, save the adapter and evaluate on the test split."""
-    run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    run_dir = start_run(config)
     seed = config.train.seed
     manifest = load_manifest(config.data, seed)
     spec = model_spec(config, manifest.num_classes)
@@ -132,7 +153,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     test_metrics = {}
     if "test" in loaders:
         test_metrics = evaluate(model, loaders["test"], manifest.task, manifest.classes).metrics
-        atomic_write_text(run_dir / "test_metrics.json", json.dumps(test_metrics, indent=2))
+        write_metrics(run_dir, "test", test_metrics)
     return RunReport(
         run_dir=run_dir,
         adapter_dir=adapter_dir,

@@ -10,7 +10,9 @@ from PIL import Image
 from medpeft.data.manifest import (
     UNSPLIT,
     Sample,
+    holdout_fractions,
     read_csv_manifest,
+    read_csv_rows,
     read_image_folder,
     split_samples,
 )
@@ -171,3 +173,28 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "stray" / "z").mkdir()
     with pytest.raises(DataError, match="z: class folder holds no image files"):
         read_image_folder(tmp_path / "stray")
+
+
+def test_csv_rows_keep_true_line_numbers_and_reject_stray_cells(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('image, label ,note\na.png,x,"two\nlines"\n\nb.png,y\n')
+    header, rows = read_csv_rows(path)
+    assert header == ["image", "label", "note"]
+    assert [(line, row["image"], row["note"]) for line, row in rows] == [
+        (2, "a.png", "two\nlines"), (5, "b.png", "")  # a short row's absent cells read as ""
+    ]
+    path.write_text("image,label\na.png,x,\nb.png,lung, clear\n")  # an empty extra cell is fine
+    with pytest.raises(DataError, match=r"m\.csv line 3: 1 cell\(s\) beyond the header's 2"):
+        read_csv_rows(path)
+    path.write_text("image,label,,label,\na.png,x,,y,\n")  # blank names may repeat
+    with pytest.raises(DataError, match=r"m\.csv: column name\(s\) \['label'\] appear more than once"):
+        read_csv_rows(path)
+
+
+def test_holdout_fractions_name_the_config_keys():
+    assert holdout_fractions(0.1, 0.2) == pytest.approx((0.7, 0.1, 0.2))
+    assert holdout_fractions(0.7, 0.3)[0] == pytest.approx(0.0)
+    assert holdout_fractions(0.8, 0.2)[0] == 0.0  # 1 - 0.8 - 0.2 is -5.6e-17 in floats
+    for val, test in ((0.6, 0.6), (-0.1, 0.2)):
+        with pytest.raises(ConfigError, match="data.val_fraction, data.test_fraction"):
+            holdout_fractions(val, test)

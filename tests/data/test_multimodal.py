@@ -168,3 +168,20 @@ def test_errors_name_the_culprit(tmp_path, manifest):
     with pytest.raises(ConfigError, match="tokenizer"):
         ds = dataset(manifest)
         multimodal_collate(None)([ds[0]])
+
+
+def test_every_missing_image_listed_and_lines_count_multiline_text(tmp_path):
+    write_png(tmp_path / "a.png", 5)
+    rows = [
+        ["0", "a.png", "gone1.png", "dry\ndrusen", "dry", "train"],
+        ["1", "gone2.png", "a.png", "", "dry", "train"],
+    ]
+    with pytest.raises(DataError) as info:
+        read_multimodal_manifest(write_manifest(tmp_path, rows), KINDS, ["label"])
+    message = str(info.value)
+    assert "2 image file(s)" in message
+    assert "line 2 column 'oct'" in message and "gone1.png" in message
+    assert "line 4 column 'fundus'" in message and "gone2.png" in message  # row 2 spans lines 2-3
+    rows = [["0", "a.png", "", "", "dry", "later"]]
+    with pytest.raises(DataError, match="line 2 column 'split': bad split value 'later'"):
+        read_multimodal_manifest(write_manifest(tmp_path, rows), KINDS, ["label"])

@@ -11,7 +11,7 @@ from medpeft.data.multimodal import MultiModalDataset
 from medpeft.data.multimodal_manifest import seeded_split
 from medpeft.data.recipes.iu_xray import load_iu_xray, top_problems
 from medpeft.data.recipes.odir import load_odir
-from medpeft.errors import DataError
+from medpeft.errors import ConfigError, DataError
 
 
 def raw(image):
@@ -113,6 +113,22 @@ def test_iu_xray_options(iu_root):
     assert top_problems(reports, k=2) == ["a", "b"]
 
 
+def test_odir_lines_count_blank_sheet_rows_and_every_missing_image_is_listed(odir_root):
+    from openpyxl import load_workbook
+
+    path = next(odir_root.glob("*.xlsx"))
+    book = load_workbook(path)
+    book.active.insert_rows(3)  # a blank row between patients 0 and 1
+    book.save(path)
+    for name in ("1_left.jpg", "2_right.jpg"):
+        (odir_root / "ODIR-5K_Training_Dataset" / name).unlink()
+    with pytest.raises(DataError) as info:
+        load_odir(odir_root)
+    message = str(info.value)
+    assert "2 image file(s)" in message
+    assert "line 4 column 'Left-Fundus'" in message and "line 5 column 'Right-Fundus'" in message
+
+
 def test_paper_split_sizes_are_exact():
     assert Counter(seeded_split(3500, (2781, 382, 337), seed=0)) == {
         "train": 2781,
@@ -125,3 +141,5 @@ def test_paper_split_sizes_are_exact():
         "test": 373,
     }
     assert seeded_split(50, (8, 1, 1), seed=3) == seeded_split(50, (8, 1, 1), seed=3)
+    with pytest.raises(ConfigError, match="fractions"):
+        seeded_split(10, (-0.2, 0.6, 0.6))

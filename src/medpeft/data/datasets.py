@@ -15,8 +15,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from medpeft.data.imageio import load_image
-from medpeft.data.manifest import Manifest, Sample, Target, check_task, strata
+from medpeft.data.manifest import Manifest, Sample, Target, strata
 from medpeft.errors import ConfigError, DataError
+from medpeft.tasks import check_task
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -107,6 +108,7 @@ def build_loader(
     num_workers: int = 0,
     balanced: bool = False,
     seed: int = 0,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """Data loader for training (shuffled, optionally class-balanced) or evaluation (in order).
 
@@ -117,6 +119,7 @@ def build_loader(
         num_workers: loader worker processes.
         balanced: train only; draw samples with replacement using `balanced_weights`.
         seed: seeds the shuffling/sampling generator (and the workers' base seed).
+        collate_fn: batches items (default: torch's default collate).
     """
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
@@ -135,6 +138,7 @@ def build_loader(
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
+        collate_fn=collate_fn,
         generator=generator,
         drop_last=train and len(dataset) > batch_size,
         persistent_workers=num_workers > 0,

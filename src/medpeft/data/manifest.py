@@ -6,12 +6,15 @@ one 0/1 column per class; optional train/val/test column) and `read_image_folder
 (``root/<class>/...`` or ``root/<split>/<class>/...``) both give a `Manifest`.
 Unsplit samples sit under ``"all"`` until `Manifest.with_splits` splits them.
 Problems raise `DataError` naming the file, line and column; no row is dropped.
+
+The CSV, label and split helpers here also serve the multimodal manifest
+(`medpeft.data.multimodal_manifest`) and the dataset recipes.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +22,8 @@ import numpy as np
 
 from medpeft.data.imageio import has_image_suffix
 from medpeft.errors import ConfigError, DataError
+from medpeft.tasks import check_task
 
-TASKS = ("multiclass", "multilabel")
 SPLITS = ("train", "val", "test")
 UNSPLIT = "all"
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -29,7 +32,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 MAX_LISTED = 5
 
 Target = int | tuple[float, ...]
-Rows = list[tuple[int, dict[str, str]]]
+Rows = list[tuple[int, dict[str, str]]]  # (line number, column -> cell)
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,6 @@ class Manifest:
         return Manifest(parts, self.classes, self.task)
 
 
-def check_task(task: str) -> str:
-    """Return ``task`` if it is a known task type, else raise ConfigError."""
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {list(TASKS)}, got {task!r}")
-    return task
-
-
 def strata(targets: Sequence[Target]) -> list[int]:
     """Group of each target: its class, or for 0/1 vectors its rarest positive label (-1: none)."""
     if not targets or isinstance(targets[0], int):
@@ -93,6 +89,23 @@ def strata(targets: Sequence[Target]) -> list[int]:
     ]
 
 
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """``fractions`` as 3 floats (train, val, test), each >= 0 with a positive sum, or ConfigError."""
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ConfigError(f"fractions must be 3 numbers >= 0 (train, val, test), got {fractions}")
+    return tuple(float(f) for f in fractions)
+
+
+def holdout_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
+    """Train/val/test fractions from the config's ``data.val_fraction`` and ``data.test_fraction``."""
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction > 1:
+        raise ConfigError(
+            "data.val_fraction, data.test_fraction: need two numbers >= 0 summing to at most 1, "
+            f"got {val_fraction} and {test_fraction}"
+        )
+    return (max(0.0, 1.0 - val_fraction - test_fraction), val_fraction, test_fraction)
+
+
 def split_samples(
     samples: Sequence[Sample], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
 ) -> dict[str, list[Sample]]:
@@ -101,10 +114,11 @@ def split_samples(
     Within each stratum (see `strata`) the samples are shuffled with ``seed``;
     ``round(n * val)`` go to val, ``round(n * test)`` to test, the rest to train
     (fractions are normalised to sum 1). Each split keeps the input order.
+    (`medpeft.data.multimodal_manifest.seeded_split` is the unstratified split
+    with exact counts that the multimodal recipes use.)
     """
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ConfigError(f"fractions must be 3 numbers >= 0 (train, val, test), got {fractions}")
-    total = float(sum(fractions))
+    fractions = check_fractions(fractions)
+    total = sum(fractions)
     rng = np.random.default_rng(seed)
     groups = np.asarray(strata([s.target for s in samples]))
     assigned = [""] * len(samples)
@@ -132,7 +146,7 @@ def parse_split(value: str | None, where: str) -> str:
 
 
 def raise_missing(missing: Sequence[str], what: str) -> None:
-    """Raise DataError listing the first few missing files, if any."""
+    """Raise DataError listing the first few missing files (with their rows), if any."""
     if missing:
         shown = "\n  ".join(missing[:MAX_LISTED])
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
@@ -164,7 +178,7 @@ def read_csv_manifest(
         task: force ``multiclass``/``multilabel`` (default: inferred as above).
     """
     path = Path(csv_path)
-    header, rows = _read_rows(path)
+    header, rows = read_csv_rows(path)
     needed = [image_col, *(label_cols or [label_col])]
     absent = [c for c in needed if c not in header]
     if absent:
@@ -186,12 +200,12 @@ def read_csv_manifest(
             raise DataError(f"{where} column {image_col!r}: empty image path")
         file = base / image
         if not file.is_file():
-            missing.append(f"{file} ({where} column {image_col!r})")
+            missing.append(f"{where} column {image_col!r}: {file}")
         if label_cols:
-            target = tuple(_binary(row.get(c), f"{where} column {c!r}") for c in label_cols)
+            target = tuple(parse_binary(row.get(c), f"{where} column {c!r}") for c in label_cols)
         else:
             cell = f"{where} column {label_col!r}"
-            target = _encode(row.get(label_col), names, task, label_sep, cell)
+            target = encode_labels(row.get(label_col), names, task, label_sep, cell)
         split = UNSPLIT
         if use_split:
             split = parse_split(row.get(split_col), f"{where} column {split_col!r}")
@@ -200,43 +214,83 @@ def read_csv_manifest(
     return Manifest(splits, names, task)
 
 
-def _read_rows(path: Path) -> tuple[list[str], Rows]:
+def read_csv_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], Rows]:
+    """Header (names stripped) and ``(line number, row)`` pairs of a CSV file.
+
+    The line number is where the row starts (a quoted cell may span lines);
+    blank lines are skipped and a short row's absent cells read as ``""``.
+    DataError naming the file (and line) if it is absent, has no header or no
+    rows, repeats a column name, or a row has filled cells beyond the header's
+    columns (a delimiter inside an unquoted cell?).
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
+    rows = []
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
+        reader = csv.reader(f, delimiter=delimiter)
+        header = [h.strip() for h in next(reader, [])]
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            raise DataError(f"{path}: column name(s) {repeated} appear more than once")
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            extra = [c for c in cells[len(header):] if c.strip()]
+            if extra:
+                raise DataError(
+                    f"{path} line {line}: {len(extra)} cell(s) beyond the header's "
+                    f"{len(header)} columns: {extra[:MAX_LISTED]} (quote cells holding "
+                    f"{delimiter!r})"
+                )
+            cells += [""] * (len(header) - len(cells))
+            rows.append((line, dict(zip(header, cells))))
     if not header or not rows:
         raise DataError(f"{path}: empty manifest (no header line or no rows)")
     return header, rows
 
 
-def _cell_names(cell: str | None, sep: str) -> list[str]:
+def split_cell(cell: str | None, sep: str = "|") -> list[str]:
+    """The non-blank names in a cell of ``sep``-joined names, stripped."""
     return [p.strip() for p in (cell or "").split(sep) if p.strip()]
+
+
+def label_names(seen: Iterable[str], classes: Sequence[str] | None = None) -> list[str]:
+    """Label names in head order: ``classes`` if given, else the names ``seen``, sorted."""
+    if classes is None:
+        return natural_sorted(set(seen))
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"classes contain duplicates: {list(classes)}")
+    return list(classes)
 
 
 def _task_and_classes(
     rows: Rows, column: str, sep: str, task: str | None, classes: Sequence[str] | None
 ) -> tuple[str, list[str]]:
-    cells = [_cell_names(row.get(column), sep) for _, row in rows]
+    cells = [split_cell(row.get(column), sep) for _, row in rows]
     task = task or ("multilabel" if any(len(c) > 1 for c in cells) else "multiclass")
-    if classes is not None and len(set(classes)) != len(classes):
-        raise ConfigError(f"classes contain duplicates: {list(classes)}")
-    names = natural_sorted({n for c in cells for n in c}) if classes is None else list(classes)
-    return check_task(task), names
+    return check_task(task), label_names((n for c in cells for n in c), classes)
 
 
-def _binary(value: str | None, where: str) -> float:
+def parse_binary(value: str | None, where: str) -> float:
+    """A 0/1 cell (``0``, ``1``, ``1.0``...) as a float; DataError naming ``where`` otherwise."""
     text = (value or "").strip()
-    if text not in ("0", "1", "0.0", "1.0"):
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number not in (0.0, 1.0):
         raise DataError(f"{where}: expected 0 or 1, got {text!r}")
-    return float(text)
+    return number
 
 
-def _encode(cell: str | None, names: Sequence[str], task: str, sep: str, where: str) -> Target:
-    values = _cell_names(cell, sep)
+def encode_labels(
+    cell: str | None, names: Sequence[str], task: str, sep: str, where: str
+) -> Target:
+    """A cell of class names as a class index (multiclass) or 0/1 tuple in ``names`` order."""
+    values = split_cell(cell, sep)
     unknown = [v for v in values if v not in names]
     if unknown:
         raise DataError(f"{where}: unknown label(s) {unknown}; known classes {list(names)}")
@@ -267,7 +321,7 @@ def read_image_folder(root: str | Path, classes: Sequence[str] | None = None) ->
     if not found:
         raise DataError(f"{root}: no class folders with images")
     seen = {sub.name for _, sub in found}
-    names = natural_sorted(seen) if classes is None else list(classes)
+    names = label_names(seen, classes)
     unknown = sorted(seen - set(names))
     if unknown:
         raise DataError(f"{root}: class folder(s) {unknown} not in classes {names}")

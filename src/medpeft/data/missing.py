@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.atomic import atomic_write_text
+from medpeft.data.manifest import SPLITS
 from medpeft.errors import ConfigError, DataError
 
 MIXED_KINDS = ("mixed", "both")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,13 @@ def check_modalities(modalities: Sequence[str], kinds: Mapping[str, str]) -> Non
         raise ConfigError("at most one text modality is supported (one token stream)")
 
 
+def check_missing_image(policy: str) -> str:
+    """Return ``policy`` if it is a missing-image policy, else raise ConfigError."""
+    if policy not in MISSING_IMAGE_POLICIES:
+        raise ConfigError(f"missing_image must be one of {MISSING_IMAGE_POLICIES}, got {policy!r}")
+    return policy
+
+
 def fill_missing_image(shape: Sequence[int], policy: str) -> torch.Tensor:
     """The tensor that stands in for a missing image under ``policy``."""
     if policy == "ones":
@@ -154,10 +161,6 @@ class MultiModalDataset(Dataset):
         combine: Mapping[str, str] | None = None,
     ) -> None:
         check_modalities(modalities, kinds)
-        if missing_image not in MISSING_IMAGE_POLICIES:
-            raise ConfigError(
-                f"missing_image must be one of {MISSING_IMAGE_POLICIES}, got {missing_image!r}"
-            )
         self.records = list(records)
         self.modalities = tuple(modalities)
         self.kinds = dict(kinds)
@@ -165,7 +168,7 @@ class MultiModalDataset(Dataset):
         self.text_modality = next((m for m in self.modalities if kinds[m] == "text"), None)
         self.transforms = dict(transforms)
         self.missing_table = missing_table
-        self.missing_image = missing_image
+        self.missing_image = check_missing_image(missing_image)
         self.combine = {m: (combine or {}).get(m, "stack") for m in self.image_modalities}
         self._check()
         self.counts = {m: self._image_count(m) for m in self.image_modalities}

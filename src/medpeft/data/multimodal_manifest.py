@@ -15,21 +15,27 @@ Every problem raises `DataError` naming the file, line and column.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medpeft.data.manifest import Target, check_task, natural_sorted, parse_split
+from medpeft.data.manifest import (
+    Target,
+    check_fractions,
+    encode_labels,
+    label_names,
+    parse_binary,
+    parse_split,
+    raise_missing,
+    read_csv_rows,
+    split_cell,
+)
 from medpeft.data.multimodal import MultiModalRecord, MultiModalSource, check_modalities
 from medpeft.errors import ConfigError, DataError
+from medpeft.tasks import check_task
 
 SEPARATOR = "|"
-
-
-def _split_cell(cell: str | None) -> list[str]:
-    return [part.strip() for part in (cell or "").split(SEPARATOR) if part.strip()]
 
 
 def label_names_from_rows(
@@ -43,22 +49,8 @@ def label_names_from_rows(
         raise ConfigError(f"multiclass needs exactly one label column, got {list(label_columns)}")
     if len(label_columns) > 1:
         return list(label_columns)
-    if classes:
-        return list(classes)
-    column = label_columns[0]
-    seen = {v for row in rows for v in _split_cell(row.get(column))}
-    return natural_sorted(seen)
-
-
-def _binary(value: str | None, where: str, column: str) -> float:
-    text = (value or "").strip()
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if number not in (0.0, 1.0):
-        raise DataError(f"{where} column {column!r}: expected 0 or 1, got {text!r}")
-    return number
+    seen = (v for row in rows for v in split_cell(row.get(label_columns[0]), SEPARATOR))
+    return label_names(seen, classes or None)
 
 
 def encode_target(
@@ -70,43 +62,9 @@ def encode_target(
 ) -> Target:
     """One row's target: a class index, or a 0/1 tuple in ``names`` order."""
     if len(label_columns) > 1:
-        return tuple(_binary(row.get(c), where, c) for c in label_columns)
+        return tuple(parse_binary(row.get(c), f"{where} column {c!r}") for c in label_columns)
     column = label_columns[0]
-    values = _split_cell(row.get(column))
-    unknown = [v for v in values if v not in names]
-    if unknown:
-        raise DataError(
-            f"{where} column {column!r}: unknown label(s) {unknown}; known {list(names)}"
-        )
-    if task == "multilabel":
-        return tuple(float(n in values) for n in names)
-    if len(values) != 1:
-        raise DataError(
-            f"{where} column {column!r}: expected one class name, got {row.get(column)!r}"
-        )
-    return names.index(values[0])
-
-
-def _image_paths(cell: str | None, root: Path, where: str, column: str) -> tuple[str, ...]:
-    paths = tuple(str(root / p) for p in _split_cell(cell))
-    for p in paths:
-        if not Path(p).is_file():
-            raise DataError(f"{where} column {column!r}: image file not found: {p}")
-    return paths
-
-
-def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV file (DataError if absent or empty)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        header = list(reader.fieldnames or [])
-    if not header:
-        raise DataError(f"{path}: empty manifest (no header line)")
-    return header, rows
+    return encode_labels(row.get(column), names, task, SEPARATOR, f"{where} column {column!r}")
 
 
 def read_multimodal_manifest(
@@ -136,28 +94,33 @@ def read_multimodal_manifest(
     path = Path(path)
     modalities = tuple(kinds)
     check_modalities(modalities, kinds)
-    header, rows = read_rows(path)
+    header, rows = read_csv_rows(path)
     absent = [c for c in [*modalities, *label_columns] if c not in header]
     if absent:
         raise DataError(f"{path}: no column(s) {absent}; the manifest has {header}")
-    names = label_names_from_rows(rows, label_columns, task, classes)
+    names = label_names_from_rows([row for _, row in rows], label_columns, task, classes)
     base = Path(root) if root is not None else path.parent
-    records = []
-    for line, row in enumerate(rows, start=2):
+    records, missing = [], []
+    for index, (line, row) in enumerate(rows):
         where = f"{path} line {line}"
-        values = {
-            m: _image_paths(row[m], base, where, m) if kinds[m] == "image" else (row[m] or "")
-            for m in modalities
-        }
+        values: dict[str, tuple[str, ...] | str] = {}
+        for m in modalities:
+            if kinds[m] == "text":
+                values[m] = row[m]
+                continue
+            values[m] = tuple(str(base / p) for p in split_cell(row[m], SEPARATOR))
+            missing += [f"{where} column {m!r}: {p}" for p in values[m] if not Path(p).is_file()]
+        split = row.get(split_column)
         records.append(
             MultiModalRecord(
-                id=(row.get(id_column) or "").strip() or str(line - 2),
+                id=(row.get(id_column) or "").strip() or str(index),
                 values=values,
                 target=encode_target(row, label_columns, task, names, where),
-                split=parse_split(row[split_column], where) if row.get(split_column) else None,
+                split=parse_split(split, f"{where} column {split_column!r}") if split else None,
                 where=where,
             )
         )
+    raise_missing(missing, str(path))
     check_unique_ids(records)
     return MultiModalSource(records, modalities, dict(kinds), names, task, dict(combine or {}))
 
@@ -174,10 +137,13 @@ def check_unique_ids(records: Sequence[MultiModalRecord]) -> None:
 def seeded_split(n: int, weights: Sequence[float], seed: int = 0) -> list[str]:
     """Assign ``train``/``val``/``test`` to ``n`` samples in proportion to ``weights``.
 
-    Counts are ``round(n * w / sum(weights))`` for train and val, the rest test;
-    which sample goes where follows a seeded permutation.
+    Counts are ``round(n * w / sum(weights))`` for train and val, the rest test
+    (exact for weights that are the paper's split sizes); which sample goes
+    where follows a seeded permutation. Unlike `medpeft.data.manifest.split_samples`
+    it ignores the labels (no stratification).
     """
-    total = float(sum(weights))
+    weights = check_fractions(weights)
+    total = sum(weights)
     n_train = round(n * weights[0] / total)
     n_val = min(n - n_train, round(n * weights[1] / total))
     names = ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from medpeft.atomic import atomic_write_text
-from medpeft.data.manifest import Sample, check_task, split_samples
+from medpeft.data.manifest import Sample, split_samples
 from medpeft.errors import ConfigError
+from medpeft.tasks import check_task
 
 MULTILABEL_RATE = 0.3
 NOISE = 0.06

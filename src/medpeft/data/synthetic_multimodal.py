@@ -28,13 +28,13 @@ from torch.utils.data import Dataset
 
 from medpeft.data.missing import MissingTable, effective_presence
 from medpeft.data.multimodal import (
-    MISSING_IMAGE_POLICIES,
     Item,
+    check_missing_image,
     check_modalities,
     fill_missing_image,
 )
 from medpeft.data.multimodal_manifest import seeded_split
-from medpeft.errors import ConfigError
+from medpeft.tasks import check_task
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 TINTS = ((1.0, 0.6, 0.6), (0.6, 1.0, 0.6), (0.6, 0.6, 1.0))
@@ -145,12 +145,10 @@ class SyntheticTensorDataset(Dataset):
         mean: float,
         std: float,
     ) -> None:
-        if missing_image not in MISSING_IMAGE_POLICIES:
-            raise ConfigError(f"missing_image must be one of {MISSING_IMAGE_POLICIES}")
         self.data = data
         self.indices = list(indices)
         self.missing_table = missing_table
-        self.missing_image = missing_image
+        self.missing_image = check_missing_image(missing_image)
         self.mean, self.std = mean, std
 
     def __len__(self) -> int:
@@ -224,8 +222,7 @@ def make_synthetic_multimodal(
     """
     kinds = dict(kinds or {m: "image" for m in modalities})
     check_modalities(modalities, kinds)
-    if task not in ("multiclass", "multilabel"):
-        raise ConfigError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+    check_task(task)
     rng = np.random.default_rng(seed)
     per = bits_per_modality
     bits = rng.integers(0, 2, (n, len(modalities) * per)).astype(bool)

@@ -23,8 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from medpeft.data.manifest import Rows, read_csv_rows
 from medpeft.data.multimodal import MultiModalRecord, MultiModalSource
-from medpeft.data.multimodal_manifest import check_unique_ids, read_rows, seeded_split
+from medpeft.data.multimodal_manifest import check_unique_ids, seeded_split
 from medpeft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -58,19 +59,19 @@ def compose_text(report: dict[str, str]) -> str:
 
 def frontal_images(path: Path) -> dict[str, str]:
     """uid -> file name of its first frontal projection."""
-    header, rows = read_rows(path)
+    header, rows = read_csv_rows(path)
     absent = [c for c in ("uid", "filename", "projection") if c not in header]
     if absent:
         raise DataError(f"{path}: no column(s) {absent}; the file has {header}")
     frontal: dict[str, str] = {}
-    for row in rows:
+    for _, row in rows:
         if row["projection"].strip().lower() == "frontal":
             frontal.setdefault(row["uid"].strip(), row["filename"].strip())
     return frontal
 
 
-def _read_reports(path: Path) -> list[dict[str, str]]:
-    header, rows = read_rows(path)
+def _read_reports(path: Path) -> Rows:
+    header, rows = read_csv_rows(path)
     absent = [c for c in ("uid", "Problems", "findings", "impression") if c not in header]
     if absent:
         raise DataError(f"{path}: no column(s) {absent}; the file has {header}")
@@ -104,11 +105,11 @@ def load_iu_xray(
     reports_path = root / REPORTS
     reports = _read_reports(reports_path)
     frontal = frontal_images(root / PROJECTIONS)
-    names = list(labels) if labels is not None else top_problems(reports)
+    names = list(labels) if labels is not None else top_problems([r for _, r in reports])
     if not names:
         raise ConfigError(f"{reports_path}: no problem labels found or given")
     records, dropped = [], []
-    for line, report in enumerate(reports, start=2):
+    for line, report in reports:
         uid, where = report["uid"].strip(), f"{reports_path} line {line}"
         image = _image(frontal, uid, root / IMAGE_DIR, where)
         if not image and drop_without_image:

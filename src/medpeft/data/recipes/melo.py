@@ -23,7 +23,6 @@ Each returns a `Manifest` with ``train``/``val``/``test`` splits:
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from medpeft.data.manifest import (
     Manifest,
     Sample,
     raise_missing,
+    read_csv_rows,
     split_samples,
 )
 from medpeft.errors import DataError
@@ -193,14 +193,11 @@ def _pick_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
 
 
 def _read_csv(path: Path, needed: Sequence[str], delimiter: str = ",") -> Rows:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
-        rows = [(f"{path} line {reader.line_num}", row) for row in reader]
+    header, rows = read_csv_rows(path, delimiter)
     absent = [c for c in needed if c not in header]
     if absent:
         raise DataError(f"{path}: missing column(s) {absent}; the header has {header}")
-    return rows
+    return [(f"{path} line {line}", row) for line, row in rows]
 
 
 def load_inbreast(

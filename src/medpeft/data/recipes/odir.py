@@ -20,6 +20,7 @@ from pathlib import Path
 
 from openpyxl import load_workbook
 
+from medpeft.data.manifest import Rows, raise_missing
 from medpeft.data.multimodal import MultiModalRecord, MultiModalSource
 from medpeft.data.multimodal_manifest import check_unique_ids, encode_target, seeded_split
 from medpeft.errors import DataError
@@ -60,8 +61,11 @@ def find_image_dir(root: Path) -> Path:
     raise DataError(f"no ODIR image folder under {root}; looked for {IMAGE_DIRS}")
 
 
-def read_annotations(path: Path) -> list[dict[str, str]]:
-    """Rows of the workbook's first sheet as string dicts (empty cells -> "")."""
+def read_annotations(path: Path) -> Rows:
+    """``(sheet row number, row)`` of the workbook's first sheet, cells as strings (empty -> "").
+
+    Fully empty rows are skipped.
+    """
     sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
     rows = sheet.iter_rows(values_only=True)
     header = [str(h).strip() if h is not None else "" for h in next(rows, ())]
@@ -70,17 +74,10 @@ def read_annotations(path: Path) -> list[dict[str, str]]:
     if absent:
         raise DataError(f"{path}: no column(s) {absent}; the sheet has {header}")
     return [
-        {h: "" if v is None else str(v) for h, v in zip(header, row)}
-        for row in rows
+        (line, {h: "" if v is None else str(v) for h, v in zip(header, row)})
+        for line, row in enumerate(rows, start=2)
         if any(v is not None for v in row)
     ]
-
-
-def _image_path(image_dir: Path, row: dict[str, str], column: str, where: str) -> str:
-    path = image_dir / row[column].strip()
-    if not row[column].strip() or not path.is_file():
-        raise DataError(f"{where} column {column!r}: image file not found: {path}")
-    return str(path)
 
 
 def load_odir(
@@ -102,20 +99,27 @@ def load_odir(
     images = Path(image_dir) if image_dir else find_image_dir(root)
     rows = read_annotations(workbook)
     splits = seeded_split(len(rows), SPLIT_SIZES, seed)
-    records = []
-    for line, (row, split) in enumerate(zip(rows, splits), start=2):
+    records, missing = [], []
+    for index, ((line, row), split) in enumerate(zip(rows, splits)):
         where = f"{workbook} line {line}"
-        paths = tuple(_image_path(images, row, c, where) for c in IMAGE_COLUMNS)
+        names = [row[c].strip() for c in IMAGE_COLUMNS]
+        paths = tuple(str(images / name) for name in names)
+        missing += [
+            f"{where} column {c!r}: {p if name else 'empty cell'}"
+            for c, name, p in zip(IMAGE_COLUMNS, names, paths)
+            if not name or not Path(p).is_file()
+        ]
         text = compose_text(*(row[c] for c in KEYWORD_COLUMNS))
         records.append(
             MultiModalRecord(
-                id=row[ID_COLUMN].strip() or str(line - 2),
+                id=row[ID_COLUMN].strip() or str(index),
                 values={"image": paths, "text": text},
                 target=encode_target(row, LABELS, "multilabel", LABELS, where),
                 split=split,
                 where=where,
             )
         )
+    raise_missing(missing, str(workbook))
     check_unique_ids(records)
     return MultiModalSource(
         records, ("image", "text"), dict(KINDS), list(LABELS), "multilabel", {"image": "hconcat"}
