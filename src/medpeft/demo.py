@@ -47,7 +47,7 @@ def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, 
         data=DataSettings(source="csv", manifest=str(data_dir / "manifest.csv"), batch_size=32, num_workers=0),
         train=TrainSettings(
             epochs=epochs, lr=lr, amp=False, device="cpu", warmup=1,
-            monitor="auroc", label_smoothing=0.1, seed=0,
+            monitor="f1_macro", label_smoothing=0.1, seed=0,
         ),
     )
 
@@ -82,6 +82,7 @@ def run_demo(
     table = markdown_table(summary_header(), [summary_row(m, r) for m, r in reports.items()])
     atomic_write_text(out / "summary.md", table + "\n")
     print("\nTest-set results (synthetic data, tiny ViT):\n" + table)
-    print(f"\nLoRA adapter: {reports['lora'].run_dir / ADAPTER_DIR}  (try: medpeft predict "
-          f"{reports['lora'].run_dir / ADAPTER_DIR} {data / 'images' / '00000.png'} --weights {backbone})")
+    adapter = reports["lora"].run_dir / ADAPTER_DIR
+    print(f"\nLoRA adapter: {adapter} (it records its backbone checkpoint {backbone})")
+    print(f"Try: medpeft predict {adapter} {data / 'images' / '00000.png'}")
     return reports
