@@ -13,6 +13,9 @@ the table is printed and written to ``benchmarks/results/lora_vs_peft.md``.
 
 from __future__ import annotations
 
+import medpeft  # noqa: F401  (torchvision shim before timm/peft)
+
+# isort: split
 import argparse
 import multiprocessing as mp
 import resource
@@ -27,7 +30,6 @@ import timm
 import torch
 from torch import nn
 
-import medpeft  # noqa: F401  (torchvision shim before timm/peft)
 from medpeft.adapters.inject import merge_lora
 from medpeft.adapters.io import save_adapter
 from medpeft.model import LoraSettings, ModelSpec, build_model

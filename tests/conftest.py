@@ -1,4 +1,4 @@
-"""Fixtures shared by the multimodal tests.
+"""Test-session setup (hub offline, torchvision shim first) and shared multimodal fixtures.
 
 Tiny ViLT (dim 32, 2 layers, 32 px, 8 px patches) with a word-level vocab, and a
 builder of the ODIR-5K native layout (annotation workbook + fundus photographs).
@@ -10,6 +10,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
+import medpeft  # noqa: F401  (torchvision shim before any test imports transformers/peft)
+
+# isort: split
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,6 @@ from openpyxl import Workbook
 from PIL import Image
 from transformers import ViltConfig
 
-import medpeft  # noqa: F401  (torchvision shim before transformers)
 from medpeft.backbones.vilt import build_tokenizer
 from medpeft.data.recipes.odir import LABELS
 

@@ -279,8 +279,9 @@ def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) 
     arch = getattr(model, "pretrained_cfg", {}).get("architecture")
     wanted = config.backbone.split(".")[0]
     problems = [f"architecture: expected {wanted}, got {arch}"] if arch and arch != wanted else []
-    with torch.device("meta"):  # shapes only
-        ref = build_vit(config.backbone, config.num_classes, config.img_size, **config.model_kwargs)
+    kwargs = {"weight_init": "skip", **config.model_kwargs}  # shapes only: no init, no memory
+    with torch.device("meta"):
+        ref = build_vit(config.backbone, config.num_classes, config.img_size, **kwargs)
     if len(model.blocks) != len(ref.blocks):
         problems.append(f"depth: expected {len(ref.blocks)}, got {len(model.blocks)}")
     own = {_WRAPPED.sub("", k): v.shape for k, v in model.state_dict().items()}
