@@ -78,7 +78,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config = load_config(run_dir / CONFIG_NAME, args.overrides)
     adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR
     weights = args.weights or config.model.weights
-    metrics = evaluate_adapter(adapter, config.data, args.split, weights, config.model.pretrained, config.train.seed)
+    metrics = evaluate_adapter(
+        adapter, config.data, args.split, weights, config.model.pretrained, config.train.seed,
+        config.train.device,
+    )
     print(format_metrics_table(metrics))
 
 

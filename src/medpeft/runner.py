@@ -180,9 +180,10 @@ def evaluate_adapter(
     weights: str | None = None,
     pretrained: bool = False,
     seed: int = 0,
+    device: str = "auto",
 ) -> dict[str, float]:
     """Metrics of a saved adapter on one split of a dataset."""
-    model, config = load_for_inference(adapter, weights, pretrained)
+    model, config = load_for_inference(adapter, weights, pretrained, device)
     manifest = load_manifest(data, seed)
     if manifest.classes != config.labels:
         raise ConfigError(
