@@ -41,7 +41,8 @@ class MultiModalModelSettings:
         pretrained: load the backbone's hub weights (needs internet or the HF cache).
         img_size: square input side the images are resized to (ViLT: 384).
         tokenizer: BERT tokenizer hub id, folder or ``vocab.txt`` (text modality only).
-        max_text_len: tokens per text, padded/truncated (ViLT's text positions: 40).
+        max_text_len: tokens per text, padded/truncated; above the checkpoint's 40 text
+            positions, ViLT's position table is interpolated to this length (frozen).
         vilt_config: ``ViltConfig`` fields (random init or a state-dict file).
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
@@ -55,6 +56,10 @@ class MultiModalModelSettings:
     max_text_len: int = 40
     vilt_config: dict | None = None
     kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_text_len < 1:
+            raise ConfigError(f"model.max_text_len must be at least 1, got {self.max_text_len}")
 
 
 @dataclass

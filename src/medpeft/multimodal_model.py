@@ -72,6 +72,10 @@ class MultiModalSpec:
         text_modality: Name of the text modality (ViLT).
         missing_token: Learned token for absent images instead of the filled tensor.
         vilt_config: ``ViltConfig`` fields for random init or a weights file.
+        max_text_len: Tokens per text (ViLT). Longer than the checkpoint's text position
+            table (40): the table is interpolated to this length, frozen like the rest of
+            the backbone (:func:`~medpeft.backbones.vilt.resize_text_positions`);
+            ``None`` or shorter: the table is kept.
         model_kwargs: ``timm.create_model`` arguments (``img_size``, ``depth``...).
     """
 
@@ -86,6 +90,7 @@ class MultiModalSpec:
     lora: LoraSettings = field(default_factory=LoraSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)
     vilt_config: dict | None = None
+    max_text_len: int | None = None
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -99,9 +104,17 @@ def is_trainable(name: str, method: str) -> bool:
 
 def _backbone(spec: MultiModalSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
     if spec.kind == "vilt":
-        from medpeft.backbones.vilt import DEFAULT_VILT, ViltClassifier, build_vilt  # transformers
+        from medpeft.backbones.vilt import (  # transformers
+            DEFAULT_VILT,
+            ViltClassifier,
+            build_vilt,
+            resize_text_positions,
+        )
 
         vilt = build_vilt(spec.backbone or DEFAULT_VILT, spec.vilt_config, weights, pretrained)
+        length = spec.max_text_len
+        if length is not None and not 1 <= length <= vilt.config.max_position_embeddings:
+            resize_text_positions(vilt, length)  # longer: interpolated table; below 1: ConfigError
         return ViltClassifier(
             vilt, spec.num_classes, spec.modalities, spec.text_modality, spec.missing_token
         )

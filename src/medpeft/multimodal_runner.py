@@ -103,6 +103,7 @@ def model_spec(config: MultiModalRunConfig, source: MultiModalSource) -> MultiMo
         lora=config.lora,
         prompts=config.prompts,
         vilt_config=m.vilt_config,
+        max_text_len=m.max_text_len,
         model_kwargs=kwargs,
     )
 

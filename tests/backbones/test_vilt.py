@@ -16,8 +16,12 @@ from medpeft.backbones.vilt import (
     attend_with_prefix,
     build_tokenizer,
     build_vilt,
+    resize_text_positions,
 )
-from medpeft.errors import DataError, WeightsError
+from medpeft.cli import builtin_configs
+from medpeft.errors import ConfigError, DataError, WeightsError
+from medpeft.multimodal_config import load_multimodal_config
+from medpeft.multimodal_model import build_multimodal_model
 
 MIXED = [[1, 1], [1, 0], [0, 1]]
 
@@ -113,3 +117,85 @@ def test_tokenizer_from_vocab_file_and_clear_error(tokenizer, tmp_path: Path):
     assert ids == [2, 3, 0, 0]  # missing text: [CLS] [SEP] + padding
     with pytest.raises(WeightsError, match="vocab.txt"):
         build_tokenizer(tmp_path / "absent")
+
+
+def _long_text_batch(vilt_batch, length: int) -> dict:
+    batch = vilt_batch(MIXED)
+    ids = torch.randint(5, 12, (3, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, length // 2 :] = 0  # padding past half the positions
+    batch["text"] = {"input_ids": ids, "attention_mask": mask}
+    return batch
+
+
+def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch):
+    torch.manual_seed(0)
+    vilt = ViltModel(vilt_config).eval()
+    old = vilt.embeddings.text_embeddings.position_embeddings.weight.detach().clone()
+    assert old.shape[0] == 40
+    resize_text_positions(vilt, 80)
+    text = vilt.embeddings.text_embeddings
+    new = text.position_embeddings.weight.detach()
+    assert new.shape == (80, 32) and vilt.config.max_position_embeddings == 80
+    torch.testing.assert_close(new[0], old[0])
+    torch.testing.assert_close(new[-1], old[-1])
+    # 40 -> 80, align_corners=False: row i samples old position (i + 0.5) / 2 - 0.5
+    torch.testing.assert_close(new[1], 0.75 * old[0] + 0.25 * old[1])
+    torch.testing.assert_close(new[41], 0.75 * old[20] + 0.25 * old[21])  # position 20.25
+    torch.testing.assert_close(new[42], 0.25 * old[20] + 0.75 * old[21])  # position 20.75
+    assert text.position_ids.tolist() == [list(range(80))]
+    assert text.token_type_ids.shape == (1, 80) and not text.token_type_ids.any()
+    assert not any("position_ids" in k or "token_type_ids" in k for k in vilt.state_dict())
+    assert vilt_config.max_position_embeddings == 40  # the caller's config is left alone
+
+    model = ViltClassifier(vilt, num_classes=3).eval()
+    batch = _long_text_batch(vilt_batch, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.forward_features(batch), _reference_pooled(vilt, batch), atol=1e-5, rtol=1e-4
+        )
+        assert model(batch).shape == (3, 3)
+
+
+def test_resize_to_the_same_length_is_a_no_op(vilt_config, vilt_batch):
+    torch.manual_seed(0)
+    model = ViltClassifier(ViltModel(vilt_config), num_classes=3).eval()
+    table = model.vilt.embeddings.text_embeddings.position_embeddings
+    batch = vilt_batch(MIXED)
+    with torch.no_grad():
+        before = model(batch)
+        resize_text_positions(model.vilt, 40)
+        after = model(batch)
+    assert model.vilt.embeddings.text_embeddings.position_embeddings is table
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="max_text_len"):
+        resize_text_positions(model.vilt, 0)
+
+
+def test_text_longer_than_the_table_is_a_data_error(vilt_config, vilt_batch):
+    model = ViltClassifier(ViltModel(vilt_config), num_classes=3)
+    with pytest.raises(DataError, match="max_text_len=41"):
+        model(_long_text_batch(vilt_batch, 41))
+
+
+def test_builder_grows_the_table_frozen_and_keeps_a_shorter_one(vilt_config, vilt_batch):
+    def table(max_text_len):
+        model = build_multimodal_model(
+            "vilt", ["image", "text"], 3, "mora", vilt_config=vilt_config, max_text_len=max_text_len
+        )
+        return model, model.vilt.embeddings.text_embeddings.position_embeddings.weight
+
+    model, weight = table(80)
+    assert weight.shape[0] == 80 and not weight.requires_grad
+    assert model(_long_text_batch(vilt_batch, 80)).shape == (3, 3)
+    assert table(8)[1].shape[0] == 40
+    assert table(None)[1].shape[0] == 40
+    with pytest.raises(ConfigError, match="max_text_len"):
+        table(0)
+
+
+def test_iu_xray_config_uses_longer_text():
+    config = load_multimodal_config(builtin_configs()["mora_iu_xray"])
+    assert config.model.max_text_len == 128
+    with pytest.raises(ConfigError, match="model.max_text_len"):
+        load_multimodal_config(builtin_configs()["mora_iu_xray"], ["model.max_text_len=0"])

@@ -14,10 +14,15 @@ interpolated bilinearly when the grid differs from the config's, one image
 modality (``[B, K, 3, H, W]``), append their tokens one after another.
 Missing inputs are the dataset's tensors; with ``missing_token=True`` a learned
 token replaces the patch embeddings of absent images.
+
+Text tokens: ViLT's text position table holds ``config.max_position_embeddings`` (40)
+rows; :func:`resize_text_positions` interpolates it to a longer ``max_text_len``, as the
+missing-aware-prompts code does when it loads the checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -95,6 +100,45 @@ def load_vilt_weights(model: ViltModel, path: str | Path) -> None:
             "(Hugging Face ViltModel/ViltFor* keys expected; pass the matching config=...)"
         )
     model.load_state_dict(state)
+
+
+def resize_text_positions(vilt: ViltModel, max_text_len: int) -> ViltModel:
+    """Give ``vilt`` a text position table of ``max_text_len`` rows, interpolated from the old one.
+
+    The missing-aware-prompts (MAP) recipe for texts longer than ViLT's 40 positions:
+    each hidden channel of the ``[P, dim]`` table is resampled linearly along the
+    position axis (``F.interpolate``, ``align_corners=False``, the same numbers as MAP's
+    ``mode="bilinear"`` on ``[1, 1, P, dim]``), so the first and last rows of a longer
+    table are the pretrained first and last rows and the rest lie between their
+    neighbours. The ``position_ids`` and ``token_type_ids`` buffers and
+    ``config.max_position_embeddings`` (of a copy of the config, which
+    ``ViltModel`` shares with its caller) follow the new length. In place; no-op when
+    the length is unchanged.
+
+    The new table keeps the old one's ``requires_grad``; the model builder freezes it
+    with the rest of the backbone (in MAP it is part of the frozen text embeddings).
+
+    Raises:
+        ConfigError: ``max_text_len`` below 1.
+    """
+    if max_text_len < 1:
+        raise ConfigError(f"model.max_text_len must be at least 1, got {max_text_len}")
+    text = vilt.embeddings.text_embeddings
+    old = text.position_embeddings.weight
+    if max_text_len == old.shape[0]:
+        return vilt
+    new = nn.Embedding(max_text_len, old.shape[1], device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        table = F.interpolate(old.float().T[None], max_text_len, mode="linear", align_corners=False)
+        new.weight.copy_(table[0].T)
+    new.weight.requires_grad_(old.requires_grad)
+    text.position_embeddings = new
+    ids = torch.arange(max_text_len, device=text.position_ids.device)
+    text.position_ids = ids.expand(1, -1)  # buffers keep their non-persistent status
+    text.token_type_ids = torch.zeros_like(text.position_ids)
+    vilt.config = copy.deepcopy(vilt.config)  # the caller's ViltConfig may build other models
+    vilt.config.max_position_embeddings = max_text_len
+    return vilt
 
 
 def build_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> BertTokenizerFast:
@@ -203,6 +247,12 @@ class ViltClassifier(nn.Module):
     def text_tokens(self, text: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """BERT embeddings of the token ids plus the text type embedding."""
         emb = self.vilt.embeddings
+        length, positions = text["input_ids"].shape[1], self.vilt.config.max_position_embeddings
+        if length > positions:
+            raise DataError(
+                f"{length} text tokens but ViLT has {positions} text positions; build the model "
+                f"with max_text_len={length} (config key model.max_text_len) to interpolate them"
+            )
         tokens = emb.text_embeddings(input_ids=text["input_ids"])
         return tokens + emb.token_type_embeddings.weight[TEXT_TYPE]
 
