@@ -40,6 +40,7 @@ from medpeft.multimodal_config import (
     MultiModalDataSettings,
     MultiModalRunConfig,
 )
+from medpeft.runner import dataset_root
 
 SYNTHETIC_DIR = "synthetic_data"
 VILT_MEAN_STD = (0.5, 0.5, 0.5)
@@ -58,23 +59,17 @@ def load_source(config: MultiModalRunConfig, workdir: str | Path) -> MultiModalS
     if data.source == "odir":
         from medpeft.data.recipes.odir import load_odir  # openpyxl
 
-        source = load_odir(_root(data), seed=seed)
+        source = load_odir(dataset_root(data), seed=seed)
     elif data.source == "iu_xray":
         from medpeft.data.recipes.iu_xray import load_iu_xray
 
-        source = load_iu_xray(_root(data), labels=data.classes, seed=seed)
+        source = load_iu_xray(dataset_root(data), labels=data.classes, seed=seed)
     elif data.source == "synthetic":
         source = _synthetic(data, config.model.img_size, seed, Path(workdir) / SYNTHETIC_DIR)
     else:
         source = _manifest(data)
     _fill_splits(source, data, seed)
     return source
-
-
-def _root(data: MultiModalDataSettings) -> str:
-    if data.root is None:
-        raise ConfigError(f"data.root: source {data.source!r} needs the dataset folder")
-    return data.root
 
 
 def _manifest(data: MultiModalDataSettings) -> MultiModalSource:

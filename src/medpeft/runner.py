@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from medpeft.errors import ConfigError
 from medpeft.model import ModelSpec, build_model
 from medpeft.train import evaluate, fit, predict
 from medpeft.train.settings import resolve_device
+
+if TYPE_CHECKING:
+    from medpeft.multimodal_config import MultiModalDataSettings
 
 ADAPTER_DIR = "adapter"
 CONFIG_NAME = "config.yaml"
@@ -86,9 +90,9 @@ def load_manifest(data: DataSettings, seed: int = 0) -> Manifest:
             label_cols=data.label_cols,
         )
     elif data.source == "folder":
-        manifest = read_image_folder(_dataset_root(data), data.classes)
+        manifest = read_image_folder(dataset_root(data), data.classes)
     elif data.source in RECIPES:
-        manifest = RECIPES[data.source](_dataset_root(data))
+        manifest = RECIPES[data.source](dataset_root(data))
     else:
         raise ConfigError(f"data.source: {data.source!r} is not one of {list(SOURCES)}")
     if UNSPLIT not in manifest.splits:
@@ -96,7 +100,8 @@ def load_manifest(data: DataSettings, seed: int = 0) -> Manifest:
     return manifest.with_splits(holdout_fractions(data.val_fraction, data.test_fraction), seed)
 
 
-def _dataset_root(data: DataSettings) -> str:
+def dataset_root(data: DataSettings | MultiModalDataSettings) -> str:
+    """``data.root``, or a ConfigError saying the source needs its dataset folder."""
     if data.root is None:
         raise ConfigError(f"data.root: source {data.source!r} needs the dataset folder")
     return data.root
