@@ -32,7 +32,8 @@ from torch import nn
 
 from medpeft.adapters.inject import merge_lora
 from medpeft.adapters.io import save_adapter
-from medpeft.model import LoraSettings, ModelSpec, build_model
+from medpeft.methods import LoraSettings
+from medpeft.model import ModelSpec, build_model
 
 NUM_CLASSES = 4
 LIBRARIES = ("medpeft", "peft")
@@ -55,7 +56,7 @@ def parse_args() -> argparse.Namespace:
 def medpeft_spec(args: argparse.Namespace) -> ModelSpec:
     """MeLo defaults: q and v of every block, alpha = r (scale 1)."""
     lora = LoraSettings(targets=("q", "v"), rank=args.rank, alpha=float(args.rank))
-    return ModelSpec(args.model, NUM_CLASSES, img_size=args.img_size, lora=lora)
+    return ModelSpec(args.model, NUM_CLASSES, "lora", lora, img_size=args.img_size)
 
 
 def build(library: str, args: argparse.Namespace) -> nn.Module:

@@ -12,8 +12,9 @@ offset (``ExperimentConfig.jitter`` = 0.2), so a modality shows its bit with
 missing. A missing image is the paper's all-ones tensor after normalisation.
 
 Backbone: a tiny timm ViT (dim 64, depth 4, 4 heads, 32 px, patch 8) in the
-multistream model (both modalities' patch tokens in one sequence). It is first
-pretrained once, with every parameter trained (Adam lr 2e-3, 10 epochs), on a
+token-concatenation fusion (``medpeft.fusion.concat``: both modalities' patch
+tokens in one sequence). It is first pretrained once, with every parameter
+trained (method ``full``, Adam lr 2e-3, 10 epochs), on a
 *related* task: the same generator with two bits per modality (two bright/dark
 bands per image, 16 classes), another data seed, complete data and no
 brightness jitter; its validation accuracy is reported. Every method then
@@ -56,6 +57,7 @@ from torch.utils.data import DataLoader
 import medpeft  # noqa: F401  (torchvision shim before timm)
 from medpeft.adapters.inject import count_parameters
 from medpeft.atomic import atomic_write_text
+from medpeft.data.collate import Collate
 from medpeft.data.missing import (
     MissingSetting,
     MissingTable,
@@ -65,15 +67,14 @@ from medpeft.data.missing import (
     split_settings,
     test_grid,
 )
-from medpeft.data.multimodal import multimodal_collate
 from medpeft.data.synthetic_multimodal import (
     TINTS,
     SyntheticMultiModal,
     make_synthetic_multimodal,
 )
 from medpeft.errors import ConfigError
-from medpeft.model import LoraSettings
-from medpeft.multimodal_model import MoraSettings, build_multimodal_model
+from medpeft.methods import LoraSettings, MoraSettings
+from medpeft.model import ModelSpec, build_model
 from medpeft.reports import (
     markdown_table,
     missing_grid_table,
@@ -93,8 +94,13 @@ GAIN_PAIRS = (
 )
 BACKBONE = dict(
     backbone="vit_tiny_patch16_224",
-    model_kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4),
+    img_size=32,
+    model_kwargs=dict(patch_size=8, embed_dim=64, depth=4, num_heads=4),
 )
+SETTINGS = {  # adapter -> its settings (SPEC §2 / the papers' defaults)
+    "lora": LoraSettings(targets=("q", "v"), rank=4, alpha=4.0),
+    "mora": MoraSettings(rank=4, blocks=(0,)),
+}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT_NAME = "mora_missing"
 
@@ -202,7 +208,7 @@ def make_loader(
 ) -> DataLoader:
     """In-memory batches of one split with a missing table applied."""
     dataset = data.dataset(split, table)
-    return DataLoader(dataset, batch_size, shuffle=shuffle, collate_fn=multimodal_collate())
+    return DataLoader(dataset, batch_size, shuffle=shuffle, collate_fn=Collate())
 
 
 def recipe(cfg: ExperimentConfig, seed: int) -> TrainSettings:
@@ -233,8 +239,8 @@ def pretrain_backbone(cfg: ExperimentConfig, work: Path) -> tuple[Path, float]:
     """
     data = make_task(cfg.pretrain_n, 2, 0.0, cfg.pretrain_seed, cfg.split)
     seed_everything(cfg.pretrain_seed)
-    model = build_multimodal_model("timm", MODALITIES, len(data.label_names), "linear", **BACKBONE)
-    model.requires_grad_(True)
+    spec = ModelSpec(num_classes=len(data.label_names), method="full", modalities=MODALITIES, **BACKBONE)
+    model = build_model(spec)  # every parameter trains
     settings = TrainSettings(
         epochs=cfg.pretrain_epochs,
         lr=cfg.pretrain_lr,
@@ -255,17 +261,15 @@ def pretrain_backbone(cfg: ExperimentConfig, work: Path) -> tuple[Path, float]:
 
 
 def build_method(method: Method, num_classes: int, weights: Path) -> nn.Module:
-    """The multimodal model of ``method`` on the pretrained, frozen backbone."""
-    return build_multimodal_model(
-        "timm",
-        MODALITIES,
-        num_classes,
-        method.adapter,
-        weights=weights,
-        mora=MoraSettings(rank=4, blocks=(0,)),
-        lora=LoraSettings(targets=("q", "v"), rank=4, alpha=4.0),
+    """The two-modality model of ``method`` on the pretrained, frozen backbone."""
+    spec = ModelSpec(
+        num_classes=num_classes,
+        method=method.adapter,
+        settings=SETTINGS[method.adapter],
+        modalities=MODALITIES,
         **BACKBONE,
     )
+    return build_model(spec, weights=weights)
 
 
 def train_method(

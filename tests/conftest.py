@@ -142,3 +142,19 @@ def write_image() -> Callable[..., None]:
 def make_odir() -> Callable[..., Path]:
     """``make_odir(root, patients=3)``: write the ODIR-5K native layout, return ``root``."""
     return write_odir
+
+
+@pytest.fixture
+def vilt_reference() -> Callable:
+    """``vilt_reference(vilt, batch)``: transformers' own ViltModel pooled output on the
+    batch's text and single ``image`` (the reference for medpeft's block-by-block run)."""
+
+    def pooled(vilt, batch: dict) -> torch.Tensor:
+        out = vilt(
+            input_ids=batch["text"]["input_ids"],
+            attention_mask=batch["text"]["attention_mask"],
+            pixel_values=batch["images"]["image"],
+        )
+        return out.pooler_output
+
+    return pooled

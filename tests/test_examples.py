@@ -1,4 +1,5 @@
-"""examples/python_api.py runs and does what it says: two adapters on one frozen backbone."""
+"""examples/python_api.py runs and does what it says: one builder for every method,
+two routed adapters on one frozen backbone, a MoRA adapter saved and reloaded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from medpeft.adapters.heads import TaskHeads
 from medpeft.adapters.inject import adapter_names, lora_layers, set_active_adapter
 from medpeft.adapters.io import load_adapter
+from medpeft.errors import ConfigError
+from medpeft.routing import route
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"
 
@@ -70,9 +73,19 @@ def test_switching_changes_head_and_predictions(example):
         zone = shared(images)
         set_active_adapter(shared, "lesion")
         again = shared(images)
+        with route(adapters="zone"):  # a routed call wins over the default, for that call only
+            routed = shared(images)
+        after = shared(images)
     assert lesion.shape == (3, 2) and zone.shape == (3, 4)
-    assert torch.equal(lesion, again)
+    assert torch.equal(lesion, again) and torch.equal(routed, zone) and torch.equal(after, lesion)
     assert all(layer.active_adapter == "lesion" for layer in lora_layers(shared).values())
+
+
+def test_per_sample_routing_and_unknown_names(example):
+    _, _, result = example
+    assert result["mixed_matches"] is True
+    with pytest.raises(ConfigError, match="no adapter named"), torch.no_grad(), route(adapters="tb"):
+        result["shared"](torch.randn(1, 3, 32, 32))
 
 
 def test_saved_adapter_reloads_alone(example):
@@ -87,3 +100,17 @@ def test_saved_adapter_reloads_alone(example):
         got = model.eval()(images)
     assert config.num_classes == 4
     torch.testing.assert_close(got, expected)
+
+
+def test_mora_adapter_from_the_same_builder(example):
+    out, _, result = example
+    mora = result["mora"]
+    assert mora["adapter_dir"] == out / "adapters" / "mora"
+    assert (mora["adapter_dir"] / "adapter_model.safetensors").is_file()
+    config = mora["config"]
+    assert config.method == "mora" and config.modalities == {"a": "image", "b": "image"}
+    assert config.method_settings().rank == 4 and list(config.method_settings().blocks) == [0]
+    assert mora["reloaded_matches"] is True
+    assert 0.0 <= mora["test_metrics"]["f1_macro"] <= 1.0
+    trained = {n for n, p in mora["model"].named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("head.", "modality_embed")) or "mora" in n for n in trained)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import sys
 from collections.abc import Sequence
@@ -37,72 +36,51 @@ def resolve_config(name_or_path: str) -> Path:
     )
 
 
-def is_multimodal_config(path: Path, overrides: Sequence[str] = ()) -> bool:
-    """Whether a config file (with overrides) says ``run_type: multimodal``."""
-    from medpeft.configtools import read_config_data
-    from medpeft.multimodal_config import is_multimodal
-
-    return is_multimodal(read_config_data(path, overrides))
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    path = resolve_config(args.config)
-    if is_multimodal_config(path, args.overrides):
-        from medpeft.multimodal_config import load_multimodal_config
-        from medpeft.multimodal_runner import format_report, train_multimodal
-
-        config = load_multimodal_config(path, args.overrides)
-        print(format_report(train_multimodal(config, not args.no_resume, not args.quiet)))
-        return
     from medpeft.config import load_config
-    from medpeft.reports import print_run_report
-    from medpeft.runner import train_run
+    from medpeft.runs.train import format_report, train_run
 
-    config = load_config(path, args.overrides)
-    print_run_report(train_run(config, resume=not args.no_resume, progress=not args.quiet))
+    config = load_config(resolve_config(args.config), args.overrides)
+    print(format_report(train_run(config, resume=not args.no_resume, progress=not args.quiet)))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from medpeft.config import load_config
-    from medpeft.metrics import format_metrics_table
-    from medpeft.runner import ADAPTER_DIR, CONFIG_NAME, evaluate_adapter
+    from medpeft.runs.evaluate import evaluate_run, format_evaluation
 
-    run_dir = Path(args.run)
-    if is_multimodal_config(run_dir / CONFIG_NAME):
-        from medpeft.multimodal_runner import evaluate_multimodal_run, format_evaluation
-
-        overrides = [*args.overrides, *([f"model.weights={args.weights}"] if args.weights else [])]
-        evaluation = evaluate_multimodal_run(run_dir, overrides, args.adapter, args.split)
-        print(format_evaluation(evaluation))
-        return
-    config = load_config(run_dir / CONFIG_NAME, args.overrides)
-    adapter = Path(args.adapter) if args.adapter else run_dir / ADAPTER_DIR
-    weights = args.weights or config.model.weights
-    metrics = evaluate_adapter(
-        adapter, config.data, args.split, weights, config.model.pretrained, config.train.seed,
-        config.train.device,
+    evaluation = evaluate_run(
+        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True
     )
-    print(format_metrics_table(metrics))
+    print(format_evaluation(evaluation))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from medpeft.runner import predict_images
+    from medpeft.runs.predict import predict_files, predict_manifest
 
-    rows = predict_images(args.adapter, args.images, args.weights, args.pretrained, args.batch_size)
-    labels = list(rows[0]) if rows else []
+    if bool(args.images) == bool(args.manifest):
+        raise MedpeftError("give image files or --manifest (one column per modality), not both")
+    common = dict(
+        weights=args.weights, pretrained=args.pretrained, batch_size=args.batch_size,
+        device=args.device, progress=not args.quiet,
+    )
+    if args.manifest:
+        predictions = predict_manifest(args.adapter, args.manifest, root=args.root, **common)
+    else:
+        predictions = predict_files(args.adapter, args.images, **common)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
-        writer = csv.writer(out)
-        writer.writerow(["image", *labels, "prediction"])
-        for path, scores in zip(args.images, rows):
-            best = max(scores, key=scores.get)
-            writer.writerow([path, *(f"{scores[k]:.4f}" for k in labels), best])
+        predictions.write_csv(out)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from medpeft.adapters.formats import export_peft
-    from medpeft.adapters.io import load_adapter
+    from medpeft.adapters.io import load_adapter, read_config
 
+    method = read_config(args.adapter).method
+    if method != "lora":
+        raise MedpeftError(
+            f"{args.adapter}: a {method!r} adapter has no Hugging Face PEFT equivalent; "
+            "only LoRA adapters export"
+        )
     model, _ = load_adapter(args.adapter, adapter_name="default", weights=args.weights)
     print(f"wrote {export_peft(model, args.output, 'default')}")
 
@@ -147,13 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="backbone checkpoint file (default: the run's model.weights)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify image files with a saved adapter")
+    p = sub.add_parser("predict", help="classify image files or a manifest with a saved adapter")
     p.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
-    p.add_argument("images", nargs="+", help="image files (PNG/JPEG/DICOM/NIfTI/.npy)")
+    p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy), one modality")
+    p.add_argument("--manifest", help="CSV with one column per modality (empty = missing), optional id")
+    p.add_argument("--root", help="folder of the manifest's relative paths (default: its folder)")
     p.add_argument("--weights", help="backbone checkpoint file")
     p.add_argument("--pretrained", action="store_true", help="fetch the backbone weights from the hub")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--output", help="CSV file to write (default: stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a LoRA adapter to Hugging Face PEFT format")
@@ -164,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-lora-vit", help="convert a published LoRA-ViT/MeLo .safetensors file")
     p.add_argument("file", help="e.g. ..._lora_4_4.safetensors (rank 4, alpha 4)")
-    p.add_argument("--backbone", default="vit_base_patch16_224", help="timm model the file was trained on")
+    p.add_argument(
+        "--backbone",
+        help="timm model the file was trained on (default: from a public file name, base = vit_base_patch16_224)",
+    )
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--labels", nargs="+", help="class names in head order (default: class_0 ...)")
     p.add_argument("--output", required=True, help="medpeft adapter folder to write")

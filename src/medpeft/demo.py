@@ -17,9 +17,10 @@ from pathlib import Path
 from medpeft.atomic import atomic_write_text
 from medpeft.config import DataSettings, ModelSettings, RunConfig
 from medpeft.data.synthetic import make_synthetic_dataset
-from medpeft.model import LoraSettings
+from medpeft.methods import LoraSettings
 from medpeft.reports import markdown_table, summary_header, summary_row
-from medpeft.runner import ADAPTER_DIR, RunReport, train_run
+from medpeft.runs.layout import ADAPTER_DIR
+from medpeft.runs.train import RunReport, train_run
 from medpeft.train.settings import TrainSettings
 
 TARGET_CLASSES = ("normal", "upper_opacity", "middle_opacity", "lower_opacity")
@@ -43,7 +44,7 @@ def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, 
         output_dir=str(out / name),
         method=method,
         model=dataclasses.replace(TINY_VIT, **model),
-        lora=LoraSettings(targets=("q", "v"), rank=4, alpha=4),
+        settings={"lora": LoraSettings(targets=("q", "v"), rank=4, alpha=4)},
         data=DataSettings(source="csv", manifest=str(data_dir / "manifest.csv"), batch_size=32, num_workers=0),
         train=TrainSettings(
             epochs=epochs, lr=lr, amp=False, device="cpu", warmup=1,

@@ -1,56 +1,86 @@
-"""Compose a diagnosis model: timm ViT backbone + new head + the chosen tuning method.
+"""The one composition root: a :class:`ModelSpec` -> backbone + fusion + method + head.
 
-Methods (all on the same trainer, so baselines are one flag away):
-    ``lora``: MeLo LoRA on q/v (or chosen Linears); LoRA weights and head train.
-    ``linear``: linear probe; only the head trains.
-    ``full``: full fine-tuning; everything trains.
+Fusion follows from the spec: ``kind: vilt`` is ViLT over image + text
+(:class:`~medpeft.fusion.vilt.ViltClassifier`); a timm backbone with one image
+modality is the plain timm model (:func:`~medpeft.fusion.single.as_single_stream`,
+parameter names unchanged); several image modalities (or learned missing tokens)
+share one token stream with modality embeddings
+(:class:`~medpeft.fusion.concat.MultiStreamViT`). The method comes from the
+registry (:mod:`medpeft.methods`); everything but the method's parameters and the
+fusion's new ones (head, pooler, modality embeddings) is frozen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from torch import nn
 
-from medpeft.adapters.inject import add_lora, freeze_except
-from medpeft.backbones.timm_vit import HEAD_NAME, build_vit
+from medpeft.adapters.inject import freeze_except
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
+from medpeft.fusion.concat import MultiStreamViT
+from medpeft.fusion.single import as_single_stream
+from medpeft.methods import get_method
 
-METHODS = ("lora", "linear", "full")
-
-
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters (MeLo defaults: q and v, r=4, alpha=4)."""
-
-    targets: Sequence[str] = ("q", "v")
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
-    blocks: Sequence[int] | None = None
+KINDS = ("timm", "vilt")
+DEFAULT_BACKBONES = {"timm": "vit_base_patch16_224", "vilt": "dandelin/vilt-b32-mlm"}
 
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model's architecture (saved with adapters)."""
+    """Everything needed to rebuild a model's architecture (saved with adapters).
 
-    backbone: str
+    Attributes:
+        backbone: timm model name, or ViLT hub id / folder (``None``: the kind's default,
+            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
+        num_classes: Head outputs.
+        method: A registered method (``lora``, ``mora``, ``prompts``, ``linear``, ``full``...).
+        settings: The method's settings dataclass (``None``: its defaults).
+        img_size: Input resolution (timm: position embeddings are resized to it).
+        modalities: Presence-mask column order; ``("image",)`` for one image.
+        kind: ``timm`` (image modalities) or ``vilt`` (image + text).
+        text_modality: Name of the text modality (ViLT).
+        missing_token: Replace absent images' patch embeddings by a learned token.
+        vilt_config: ``ViltConfig`` fields for random init or a weights file.
+        max_text_len: Tokens per text (ViLT; longer than 40: the table is interpolated).
+        model_kwargs: Extra ``timm.create_model`` arguments (``depth``, ``drop_rate``...).
+    """
+
+    backbone: str | None
     num_classes: int
     method: str = "lora"
+    settings: Any = None
     img_size: int | None = None
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    modalities: Sequence[str] = ("image",)
+    kind: Literal["timm", "vilt"] = "timm"
+    text_modality: str = "text"
+    missing_token: bool = False
+    vilt_config: dict | None = None
+    max_text_len: int | None = None
     model_kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        if self.kind not in KINDS:
+            raise ConfigError(f"model.kind: {self.kind!r} is not one of {KINDS}")
+        self.backbone = self.backbone or DEFAULT_BACKBONES[self.kind]
+        method = get_method(self.method)
+        if self.settings is None:
+            self.settings = method.settings_type()
+        elif not isinstance(self.settings, method.settings_type):
+            raise ConfigError(
+                f"method {self.method!r} takes {method.settings_type.__name__}, "
+                f"got {type(self.settings).__name__}"
+            )
 
-def is_trainable(name: str, method: str) -> bool:
-    """Whether a parameter trains under ``method``."""
-    if method == "full":
-        return True
-    if name.startswith(HEAD_NAME + "."):
-        return True
-    return method == "lora" and ".lora_" in name
+    def settings_dict(self) -> dict:
+        """The method settings as plain data."""
+        return dataclasses.asdict(self.settings)
 
 
 def build_model(
@@ -59,19 +89,51 @@ def build_model(
     weights: str | Path | None = None,
     adapter_name: str = "default",
 ) -> nn.Module:
-    """Build the backbone, attach the method's adapter and freeze what does not train."""
-    if spec.method not in METHODS:
-        raise ConfigError(f"unknown method {spec.method!r}; expected one of {METHODS}")
-    model = build_vit(
-        spec.backbone,
-        spec.num_classes,
-        img_size=spec.img_size,
-        pretrained=pretrained,
-        weights=weights,
-        **spec.model_kwargs,
-    )
-    if spec.method == "lora":
-        lora = spec.lora
-        add_lora(model, lora.targets, lora.rank, lora.alpha, lora.dropout, lora.blocks, adapter_name)
-    freeze_except(model, lambda name: is_trainable(name, spec.method))
+    """Build backbone + fusion, attach the method's adapter and freeze what does not train.
+
+    Args:
+        spec: Architecture and method.
+        pretrained: Load the backbone's hub weights.
+        weights: Local backbone checkpoint (file, or a ViLT folder); wins over ``pretrained``.
+        adapter_name: Key of the adapter's weights in the model.
+    """
+    method = get_method(spec.method)
+    model = _fusion_model(spec, pretrained, weights)
+    method.attach(model, spec.settings, adapter_name)
+    freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
     return model
+
+
+def set_backbone_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout layer outside the adapters (``lora_dropout``) to probability ``p``."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
+            module.p = p
+
+
+def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    if spec.kind == "vilt":
+        return _vilt_model(spec, pretrained, weights)
+    if spec.text_modality in spec.modalities:
+        raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
+    kwargs = dict(spec.model_kwargs)
+    vit = build_vit(
+        spec.backbone, spec.num_classes, img_size=spec.img_size,
+        pretrained=pretrained, weights=weights, **kwargs,
+    )
+    if len(spec.modalities) == 1 and not spec.missing_token:
+        return as_single_stream(vit, spec.modalities[0])
+    return MultiStreamViT(vit, spec.modalities, spec.missing_token)
+
+
+def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    from medpeft.backbones.vilt import build_vilt, resize_text_positions
+    from medpeft.fusion.vilt import ViltClassifier  # transformers
+
+    vilt = build_vilt(spec.backbone, spec.vilt_config, weights, pretrained)
+    length = spec.max_text_len
+    if length is not None and not 1 <= length <= vilt.config.max_position_embeddings:
+        resize_text_positions(vilt, length)  # longer: interpolated table; below 1: ConfigError
+    return ViltClassifier(
+        vilt, spec.num_classes, spec.modalities, spec.text_modality, spec.missing_token
+    )

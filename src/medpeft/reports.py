@@ -23,7 +23,7 @@ from medpeft.errors import ConfigError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from medpeft.runner import RunReport
+    from medpeft.runs.train import RunReport
 
 Results = Mapping[tuple[str, float], Mapping[str, float]]
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map")
@@ -61,13 +61,6 @@ def summary_row(
         f"{report.adapter_bytes / 1024:.1f}",
         *(scores.get(m) for m in metrics),
     ]
-
-
-def print_run_report(report: RunReport) -> None:
-    """Print where a run wrote its outputs and how it scored."""
-    print(markdown_table(summary_header(), [summary_row(report.run_dir.name, report)]))
-    print(f"best epoch: {report.best_epoch}; adapter: {report.adapter_dir}; "
-          f"log: {report.run_dir / 'metrics.csv'}")
 
 
 def _axes(results: Results) -> tuple[list[str], list[float]]:

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import medpeft  # noqa: F401  (torchvision shim before timm)
-from medpeft.model import LoraSettings, ModelSpec
+from medpeft.methods import LoraSettings
+from medpeft.model import ModelSpec
 
 BACKBONE = "vit_tiny_patch16_224"
 TINY = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
@@ -19,7 +20,7 @@ TINY = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
 
 def _tiny_spec(num_classes: int = 3, **lora) -> ModelSpec:
     settings = LoraSettings(**lora)
-    return ModelSpec(BACKBONE, num_classes, img_size=32, model_kwargs=dict(TINY), lora=settings)
+    return ModelSpec(BACKBONE, num_classes, img_size=32, model_kwargs=dict(TINY), settings=settings)
 
 
 def _tiny_vit(num_classes: int = 3, seed: int = 0) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -48,7 +49,8 @@ def test_round_trip_under_any_name(saved, backbone_file, images) -> None:
         assert adapter_names(loaded) == [name or "tb"]
         with torch.no_grad():
             assert torch.equal(loaded.eval()(images), model(images))
-    assert config.labels == LABELS and config.rank == 4 and config.task == "multiclass"
+    assert config.labels == LABELS and config.settings["rank"] == 4 and config.task == "multiclass"
+    assert config.method_settings().rank == 4
 
 
 def test_config_records_adapter_and_preprocessing(tmp_path, tiny_spec, backbone_file) -> None:
@@ -57,8 +59,8 @@ def test_config_records_adapter_and_preprocessing(tmp_path, tiny_spec, backbone_
     prep = dict(size=32, mean=[0.5] * 3, std=[0.25] * 3, interpolation="bilinear", crop=0.875)
     save_adapter(model, tmp_path / "cxr", spec, ["neg", "pos"], "multilabel", prep)
     config = read_adapter_config(tmp_path / "cxr")
-    assert (config.method, config.rank, config.alpha) == ("lora", 2, 1.0)
-    assert config.targets == ["q", "v"]
+    assert (config.method, config.settings["rank"], config.settings["alpha"]) == ("lora", 2, 1.0)
+    assert config.settings["targets"] == ["q", "v"]
     assert config.preprocessing.interpolation == "bilinear" and config.preprocessing.crop == 0.875
     assert config.model_kwargs == spec.model_kwargs and config.img_size == 32
     assert config.to_spec() == spec
@@ -68,15 +70,14 @@ def test_config_records_adapter_and_preprocessing(tmp_path, tiny_spec, backbone_
 
 @pytest.mark.parametrize("method", ["linear", "full"])
 def test_round_trip_other_methods(tmp_path, tiny_spec, backbone_file, images, method) -> None:
-    spec = tiny_spec()
-    spec.method = method
+    spec = dataclasses.replace(tiny_spec(), method=method, settings=None)  # the method's defaults
     model = build_model(spec, weights=backbone_file).eval()
     with torch.no_grad():
         for param in model.parameters() if method == "full" else model.head.parameters():
             param.add_(torch.randn_like(param) * 0.1)
     save_adapter(model, tmp_path / method, spec, LABELS, "multiclass")
     loaded, config = load_adapter(tmp_path / method, weights=backbone_file)
-    assert config.method == method and config.rank is None
+    assert config.method == method and "rank" not in config.settings
     with torch.no_grad():
         assert torch.equal(loaded.eval()(images), model(images))
 
@@ -148,7 +149,7 @@ def test_bad_tensor_file_leaves_model_unchanged(saved, backbone_file, images) ->
     "edit, culprit",
     [
         (lambda c: c.pop("labels"), "labels"),
-        (lambda c: c.update(rank="four"), "rank"),
+        (lambda c: c["settings"].update(rank="four"), "rank"),
         (lambda c: c.update(task="regression"), "task"),
         (lambda c: c["preprocessing"].update(mean=[0.5, 0.5]), "mean"),
         (lambda c: c.update(method="prompt"), "method"),
@@ -246,7 +247,8 @@ def test_cli_import_lora_vit_writes_a_loadable_adapter(tmp_path, images, capsys)
     assert main([*labeled, "--output", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     config = read_adapter_config(out)
-    assert (config.labels, config.rank, config.alpha, config.img_size) == (LABELS, 4, 8.0, 32)
+    settings = config.method_settings()
+    assert (config.labels, settings.rank, settings.alpha, config.img_size) == (LABELS, 4, 8.0, 32)
     loaded, _ = load_adapter(out, weights=weights)
     direct = import_lora_vit(path, ModelSpec(backbone, 3, img_size=32), weights=weights)
     with torch.no_grad():

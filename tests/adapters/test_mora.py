@@ -10,21 +10,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ViltConfig, ViltModel
 
-from medpeft.adapters.inject import count_parameters
+from medpeft.adapters.inject import count_parameters, set_active_adapter
 from medpeft.adapters.lora import LoRALinear
-from medpeft.adapters.mora import (
-    MoRABlockBranch,
-    MoRALinear,
-    count_mora_parameters,
-    modality_presence,
-    mora_layers,
-    set_active_mora,
-)
-from medpeft.backbones.multistream import MultiStreamViT
-from medpeft.multimodal_model import MoraSettings, build_multimodal_model
+from medpeft.adapters.mora import MoRABlockBranch, MoRALinear, count_mora_parameters, mora_layers
+from medpeft.fusion.concat import MultiStreamViT
+from medpeft.methods import MoraSettings
+from medpeft.model import ModelSpec, build_model
+from medpeft.routing import current, route
 
 MODALITIES = ["image", "text"]
 MIXED = [[1, 1], [1, 0], [0, 1], [1, 1]]
+TINY_TIMM = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
 
 
 def _randomize_mora(model: nn.Module, seed: int = 1) -> None:
@@ -35,10 +31,23 @@ def _randomize_mora(model: nn.Module, seed: int = 1) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator))
 
 
-def _vilt_mora(config: ViltConfig, seed: int = 0, **kwargs) -> nn.Module:
+def _vilt_mora(
+    config: ViltConfig, seed: int = 0, mora: MoraSettings | None = None, weights=None
+) -> nn.Module:
     torch.manual_seed(seed)
-    spec = dict(vilt_config=config.to_dict(), **kwargs)
-    return build_multimodal_model("vilt", MODALITIES, 3, "mora", **spec).eval()
+    spec = ModelSpec(
+        None, 3, "mora", mora, kind="vilt", modalities=MODALITIES, vilt_config=config.to_dict()
+    )
+    return build_model(spec, weights=weights).eval()
+
+
+def _timm_mora(modalities, num_classes: int = 2, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        "vit_tiny_patch16_224", num_classes, "mora", img_size=32, modalities=modalities,
+        model_kwargs=dict(TINY_TIMM),
+    )
+    return build_model(spec).eval()
 
 
 def _row(batch: dict, i: int) -> dict:
@@ -61,7 +70,7 @@ def test_each_sample_uses_the_up_projections_of_its_modalities():
     a, b = layer.mora_A["default"], layer.mora_B["default"]
     x = torch.randn(4, 5, 8)
     present = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.bool)
-    with torch.no_grad(), modality_presence(layer, present):
+    with torch.no_grad(), route(presence=present):
         out = layer(x)
         for i, row in enumerate(present):
             up = sum(b[m] for m in range(3) if row[m])
@@ -79,7 +88,7 @@ def test_fixed_pattern_equals_lora_with_summed_up_projection():
         lora.lora_A["default"].copy_(layer.mora_A["default"][None])
         lora.lora_B["default"].copy_((b[0] + b[2])[None])
         x = torch.randn(3, 4, 8)
-        with modality_presence(layer, torch.tensor([pattern] * 3)):
+        with route(presence=torch.tensor([pattern] * 3)):
             torch.testing.assert_close(layer(x), lora(x))
         merged = layer.delta_weight("default", pattern)
         torch.testing.assert_close(merged, lora.delta_weight("default"))
@@ -87,11 +96,40 @@ def test_fixed_pattern_equals_lora_with_summed_up_projection():
 
 def test_layer_without_mask_raises():
     layer = _manual_layer()
-    with pytest.raises(RuntimeError, match="modality_presence"):
+    with pytest.raises(RuntimeError, match=r"route\(presence=\.\.\.\)"):
         layer(torch.randn(2, 8))
-    with modality_presence(layer, torch.ones(2, 3, dtype=torch.bool)):
+    with route(presence=torch.ones(2, 3, dtype=torch.bool)):
         layer(torch.randn(2, 8))
-    assert layer.presence is None  # restored on exit
+    assert current().presence is None  # restored on exit
+    with pytest.raises(RuntimeError, match=r"route\(presence=\.\.\.\)"):
+        layer(torch.randn(2, 8))
+
+
+def test_batch_run_without_routed_presence_raises():
+    """Outside the fusion models' forward, a MoRA model needs `route(presence=...)`."""
+    model = _timm_mora(["image"])
+    _randomize_mora(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"route\(presence=\.\.\.\)"):
+            model(x)  # a plain tensor carries no presence mask
+        with route(presence=torch.ones(2, 1, dtype=torch.bool)):
+            routed = model(x)
+        batch = model({"images": {"image": x}, "present": torch.ones(2, 1, dtype=torch.bool)})
+    torch.testing.assert_close(routed, batch)
+
+
+def test_vilt_blocks_without_routed_presence_raise(vilt_config, vilt_batch):
+    model = _vilt_mora(vilt_config)
+    batch = vilt_batch(MIXED)
+    tokens, mask = model.embed(batch)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"route\(presence=\.\.\.\)"):
+            model.encode(tokens, mask)
+        with route(presence=batch["present"]):
+            x, _ = model.encode(tokens, mask)
+    pooled = model.vilt.pooler(model.vilt.layernorm(x))
+    torch.testing.assert_close(pooled, model.forward_features(batch))
 
 
 def test_mixed_batch_equals_separate_forwards(vilt_config, vilt_batch):
@@ -119,10 +157,10 @@ def test_zero_init_equals_base_model(vilt_config, vilt_batch):
     batch = vilt_batch(MIXED)
     with torch.no_grad():
         adapted = model(batch)
-        set_active_mora(model, None)
+        set_active_adapter(model, None)
         torch.testing.assert_close(model(batch), adapted)
     with pytest.raises(KeyError, match=r"'other'; known: \['default'\]"):
-        set_active_mora(model, "other")
+        set_active_adapter(model, "other")
 
 
 def test_only_mora_pooler_and_head_get_gradients(vilt_config, vilt_batch):
@@ -155,7 +193,7 @@ def test_save_load_gives_identical_logits(vilt_config, vilt_batch, tmp_path: Pat
 
 def test_vilt_b_counts_match_the_paper():
     with torch.device("meta"):
-        model = build_multimodal_model("vilt", MODALITIES, 8, "mora")
+        model = build_model(ModelSpec(None, 8, "mora", kind="vilt", modalities=MODALITIES))
     counts = count_parameters(model)
     assert count_mora_parameters(model) == 768 * 4 + 2 * 4 * 768 == 9_216
     head = (768 * 1536 + 1536) + 2 * 1536 + (1536 * 8 + 8)
@@ -180,11 +218,7 @@ def test_count_formula_on_tiny_vilt(vilt_config, blocks, targets, layers, width)
 
 
 def test_three_modalities_select_per_sample():
-    torch.manual_seed(0)
-    model = build_multimodal_model(
-        "timm", ["a", "b", "c"], 2, "mora", backbone="vit_tiny_patch16_224",
-        model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8, img_size=32),
-    ).eval()
+    model = _timm_mora(["a", "b", "c"])
     assert isinstance(model, MultiStreamViT)
     assert count_mora_parameters(model) == 32 * 4 + 3 * 4 * 32
     _randomize_mora(model)

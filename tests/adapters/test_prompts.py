@@ -8,7 +8,8 @@ from transformers import ViltConfig
 
 from medpeft.adapters.prompts import MissingAwarePrompts, presence_patterns
 from medpeft.errors import ConfigError
-from medpeft.multimodal_model import PromptSettings, build_multimodal_model
+from medpeft.methods import PromptSettings
+from medpeft.model import ModelSpec, build_model
 
 MIXED = [[1, 1], [1, 0], [0, 1], [1, 1]]
 LAYERS, LENGTH = 2, 4
@@ -16,10 +17,11 @@ LAYERS, LENGTH = 2, 4
 
 def _vilt_prompts(config: ViltConfig, placement: str):
     torch.manual_seed(0)
-    return build_multimodal_model(
-        "vilt", ["image", "text"], 3, f"prompts-{placement}",
-        vilt_config=config.to_dict(), prompts=PromptSettings(LAYERS, LENGTH),
-    ).eval()
+    spec = ModelSpec(
+        None, 3, "prompts", PromptSettings(LAYERS, LENGTH, placement), kind="vilt",
+        modalities=["image", "text"], vilt_config=config.to_dict(),
+    )
+    return build_model(spec).eval()
 
 
 def _row(batch, i: int):
@@ -81,8 +83,9 @@ def test_only_prompts_pooler_and_head_train(vilt_config, vilt_batch, placement):
 
 
 def test_prompts_need_a_vilt_backbone():
+    spec = ModelSpec(
+        "vit_tiny_patch16_224", 2, "prompts", PromptSettings(placement="input"), img_size=32,
+        modalities=["a", "b"], model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8),
+    )
     with pytest.raises(ConfigError, match="vilt"):
-        build_multimodal_model(
-            "timm", ["a", "b"], 2, "prompts-input", backbone="vit_tiny_patch16_224",
-            model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8, img_size=32),
-        )
+        build_model(spec)

@@ -1,4 +1,4 @@
-"""ViltClassifier: block-by-block forward against transformers' ViltModel, weights, tokenizer."""
+"""ViLT backbone: weights (file, folder, hub), tokenizer, text position table, config length."""
 
 from __future__ import annotations
 
@@ -10,86 +10,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import ViltModel
 
-from medpeft.backbones.vilt import (
-    ViltClassifier,
-    additive_mask,
-    attend_with_prefix,
-    build_tokenizer,
-    build_vilt,
-    resize_text_positions,
-)
+from medpeft.backbones.vilt import build_tokenizer, build_vilt, resize_text_positions
 from medpeft.cli import builtin_configs
-from medpeft.errors import ConfigError, DataError, WeightsError
-from medpeft.multimodal_config import load_multimodal_config
-from medpeft.multimodal_model import build_multimodal_model
+from medpeft.config import load_config
+from medpeft.errors import ConfigError, WeightsError
+from medpeft.fusion.vilt import ViltClassifier
 
 MIXED = [[1, 1], [1, 0], [0, 1]]
-
-
-def _reference_pooled(vilt: ViltModel, batch: dict) -> torch.Tensor:
-    out = vilt(
-        input_ids=batch["text"]["input_ids"],
-        attention_mask=batch["text"]["attention_mask"],
-        pixel_values=batch["images"]["image"],
-    )
-    return out.pooler_output
-
-
-@pytest.mark.parametrize("size", [32, 48])
-def test_block_by_block_equals_vilt_model(vilt_config, vilt_batch, size):
-    torch.manual_seed(0)
-    vilt = ViltModel(vilt_config).eval()
-    model = ViltClassifier(vilt, num_classes=3).eval()
-    batch = vilt_batch(MIXED, size=size)
-    with torch.no_grad():
-        ours = model.forward_features(batch)
-        reference = _reference_pooled(vilt, batch)
-        logits = model(batch)
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
-    assert logits.shape == (3, 3)
-
-
-def test_attend_with_empty_prefix_equals_layer(vilt_config):
-    torch.manual_seed(0)
-    layer = ViltModel(vilt_config).encoder.layer[0].eval()
-    x = torch.randn(2, 5, 32)
-    bias = additive_mask(torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]), x.dtype)
-    empty = x.new_zeros(2, 0, 32)
-    with torch.no_grad():
-        ours = attend_with_prefix(layer, x, bias, empty, empty)
-        torch.testing.assert_close(ours, layer(x, bias)[0])
-
-
-def test_several_images_append_tokens(vilt_config, vilt_batch):
-    model = ViltClassifier(ViltModel(vilt_config), num_classes=2).eval()
-    batch = vilt_batch(MIXED)
-    tokens, mask = model.embed(batch)
-    batch["images"]["image"] = torch.stack([batch["images"]["image"]] * 3, 1)
-    stacked, _stacked_mask = model.embed(batch)
-    text_len, per_image = 8, 1 + 16
-    assert tokens.shape == (3, text_len + per_image, 32) and mask.shape == (3, text_len + per_image)
-    assert stacked.shape == (3, text_len + 3 * per_image, 32)
-    assert model(batch).shape == (3, 2)
-
-
-def test_missing_token_ignores_pixels_of_absent_images(vilt_config, vilt_batch):
-    torch.manual_seed(0)
-    model = ViltClassifier(ViltModel(vilt_config), 2, missing_token=True).eval()
-    batch = vilt_batch(MIXED)
-    first = model(batch)
-    batch["images"]["image"][2] = torch.randn(3, 32, 32)
-    batch["images"]["image"][0] += 1.0
-    second = model(batch)
-    torch.testing.assert_close(first[2], second[2])
-    assert not torch.allclose(first[0], second[0])
-
-
-def test_batch_without_text_is_a_data_error(vilt_config, vilt_batch):
-    model = ViltClassifier(ViltModel(vilt_config), 2)
-    batch = vilt_batch(MIXED)
-    del batch["text"]
-    with pytest.raises(DataError, match="text"):
-        model(batch)
 
 
 def test_weights_from_file_folder_and_missing_hub(vilt_config, tmp_path: Path):
@@ -128,7 +55,7 @@ def _long_text_batch(vilt_batch, length: int) -> dict:
     return batch
 
 
-def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch):
+def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch, vilt_reference):
     torch.manual_seed(0)
     vilt = ViltModel(vilt_config).eval()
     old = vilt.embeddings.text_embeddings.position_embeddings.weight.detach().clone()
@@ -152,7 +79,7 @@ def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch):
     batch = _long_text_batch(vilt_batch, 80)
     with torch.no_grad():
         torch.testing.assert_close(
-            model.forward_features(batch), _reference_pooled(vilt, batch), atol=1e-5, rtol=1e-4
+            model.forward_features(batch), vilt_reference(vilt, batch), atol=1e-5, rtol=1e-4
         )
         assert model(batch).shape == (3, 3)
 
@@ -172,30 +99,8 @@ def test_resize_to_the_same_length_is_a_no_op(vilt_config, vilt_batch):
         resize_text_positions(model.vilt, 0)
 
 
-def test_text_longer_than_the_table_is_a_data_error(vilt_config, vilt_batch):
-    model = ViltClassifier(ViltModel(vilt_config), num_classes=3)
-    with pytest.raises(DataError, match="max_text_len=41"):
-        model(_long_text_batch(vilt_batch, 41))
-
-
-def test_builder_grows_the_table_frozen_and_keeps_a_shorter_one(vilt_config, vilt_batch):
-    def table(max_text_len):
-        model = build_multimodal_model(
-            "vilt", ["image", "text"], 3, "mora", vilt_config=vilt_config, max_text_len=max_text_len
-        )
-        return model, model.vilt.embeddings.text_embeddings.position_embeddings.weight
-
-    model, weight = table(80)
-    assert weight.shape[0] == 80 and not weight.requires_grad
-    assert model(_long_text_batch(vilt_batch, 80)).shape == (3, 3)
-    assert table(8)[1].shape[0] == 40
-    assert table(None)[1].shape[0] == 40
-    with pytest.raises(ConfigError, match="max_text_len"):
-        table(0)
-
-
 def test_iu_xray_config_uses_longer_text():
-    config = load_multimodal_config(builtin_configs()["mora_iu_xray"])
+    config = load_config(builtin_configs()["mora_iu_xray"])
     assert config.model.max_text_len == 128
     with pytest.raises(ConfigError, match="model.max_text_len"):
-        load_multimodal_config(builtin_configs()["mora_iu_xray"], ["model.max_text_len=0"])
+        load_config(builtin_configs()["mora_iu_xray"], ["model.max_text_len=0"])

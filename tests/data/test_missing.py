@@ -1,4 +1,4 @@
-"""Missing-modality tables: counts, split of 'both', seeding, nesting, persistence."""
+"""Missing-modality tables: counts, split of 'both', seeding, nesting, persistence, one modality."""
 
 import numpy as np
 import pytest
@@ -33,7 +33,15 @@ def test_both_splits_chosen_half_half_never_both(kind):
     assert missing_per_modality.tolist() == [25, 25]
     assert table.present.any(axis=1).all()
     odd = make_missing_table(102, MODS, 0.5, kind, seed=0)  # 51 chosen
-    assert sorted((~odd.present).sum(axis=0).tolist()) == [25, 26]
+    assert (~odd.present).sum(axis=0).tolist() == [25, 26]  # the odd one out misses the text
+
+
+def test_odd_both_count_gives_the_extra_sample_to_the_second_modality():
+    # ODIR test split, eta 0.7 as in the public code: 118 text-missing / 117 image-missing
+    table = make_missing_table(336, MODS, 0.7, "both", seed=0)  # int(235.2) = 235 chosen
+    assert (~table.present).sum(axis=0).tolist() == [117, 118]
+    for seed in range(5):  # whichever samples are chosen, the counts are the same
+        assert (~make_missing_table(235, MODS, 1.0, "both", seed).present).sum(axis=0).tolist() == [117, 118]
 
 
 def test_mixed_with_three_modalities_drops_exactly_one():
@@ -42,6 +50,21 @@ def test_mixed_with_three_modalities_drops_exactly_one():
     assert set(dropped.tolist()) == {0, 1}
     assert dropped.sum() == 81
     assert (~table.present).sum(axis=0).tolist() == [27, 27, 27]
+    few = make_missing_table(5, ("a", "b", "c"), 0.8, "mixed", seed=3)  # 4 chosen: c, b, a, c
+    assert (~few.present).sum(axis=0).tolist() == [1, 1, 2]
+
+
+def test_one_modality_is_a_no_op():
+    for kind in ("image", "mixed", "both"):
+        table = make_missing_table(10, ("image",), 0.7, kind, seed=0)
+        assert table.present.shape == (10, 1) and table.present.all()
+    ids = {s: [f"{s}{i}" for i in range(4)] for s in ("train", "val", "test")}
+    settings = split_settings(MissingSetting(0.7, "both"), MissingSetting(1.0, "image"))
+    tables = make_split_tables(ids, ("image",), settings, seed=0)
+    assert all(t.present.all() and t.modalities == ("image",) for t in tables.values())
+    assert tables["test"].presence("test3") == (True,)
+    with pytest.raises(ConfigError, match="'text'"):
+        make_missing_table(4, ("image",), 0.5, "text")
 
 
 def test_seeded_determinism_and_nesting_across_eta():
@@ -79,6 +102,10 @@ def test_split_tables_use_train_setting_for_val_and_override_test(tmp_path):
     assert tables["val"].setting == tables["train"].setting == MissingSetting(0.7, "both")
     assert tables["test"].setting == MissingSetting(0.3, "text")
     assert (~tables["test"].present[:, 1]).sum() == 6
+    same = split_settings(MissingSetting(0.7, "both"), MissingSetting(0.3, "text"), test_applies_to_val=True)
+    assert same["val"] == same["test"] == MissingSetting(0.3, "text")
+    assert same["train"] == MissingSetting(0.7, "both")
+    assert split_settings(MissingSetting(0.5), test_applies_to_val=True)["val"] == MissingSetting(0.5)
     save_tables(tables, tmp_path)
     loaded = load_tables(tmp_path)
     assert set(loaded) == {"train", "val", "test"}
@@ -92,8 +119,6 @@ def test_grid_and_errors(tmp_path):
         make_missing_table(4, MODS, 0.5, "audio")
     with pytest.raises(ConfigError, match="eta"):
         MissingSetting(1.5)
-    with pytest.raises(ConfigError, match=">= 2 modalities"):
-        make_missing_table(4, ("image",), 0.5, "image")
     with pytest.raises(DataError, match="'nope'"):
         make_missing_table(4, MODS, 0.5).presence("nope")
     bad = tmp_path / "bad.csv"

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from medpeft.data.imageio import load_image
-from medpeft.data.recipes import RECIPES, load_recipe
 from medpeft.data.recipes.melo import BLOOD_CELL_CLASSES, CHESTXRAY14_LABELS
-from medpeft.errors import ConfigError, DataError
+from medpeft.data.sources import recipe_source
+from medpeft.errors import DataError
 
 
 def write_image(path, value=0):
@@ -17,18 +17,19 @@ def write_image(path, value=0):
     Image.fromarray(np.full((16, 16), value, dtype=np.uint8)).save(path, format="PNG")
 
 
-def sizes(manifest):
-    return [len(manifest.split(n)) for n in ("train", "val", "test")]
+def sizes(source):
+    return [len(source.split(n)) for n in ("train", "val", "test")]
 
 
-def every(manifest):
-    return [s for n in ("train", "val", "test") for s in manifest.split(n)]
+def every(source):
+    """(image path, target) of every record, all of them in a split."""
+    assert all(r.split in ("train", "val", "test") for r in source.records)
+    assert source.modalities == ("image",)
+    return [(r.values["image"][0], r.target) for r in source.records]
 
 
-def test_registry():
-    assert sorted(RECIPES) == ["blood_cells", "chestxray14", "inbreast", "shenzhen"]
-    with pytest.raises(ConfigError, match="unknown dataset recipe 'odir5k'"):
-        load_recipe("odir5k", ".")
+def paths(records):
+    return [r.values["image"][0] for r in records]
 
 
 def test_shenzhen(tmp_path):
@@ -37,15 +38,15 @@ def test_shenzhen(tmp_path):
     write_image(tmp_path / "mask" / "CHNCXR_0001_0_mask.png")
     (tmp_path / "ChinaSet_AllFiles" / "ClinicalReadings").mkdir()
     (tmp_path / "ChinaSet_AllFiles" / "ClinicalReadings" / "CHNCXR_0001_0.txt").write_text("normal")
-    manifest = load_recipe("shenzhen", tmp_path, seed=1)
-    assert manifest.classes == ["normal", "tuberculosis"] and manifest.task == "multiclass"
-    assert sizes(manifest) == [14, 2, 4]
-    assert all(s.target == int(s.path[-5]) for s in every(manifest))
+    source = recipe_source("shenzhen", tmp_path, seed=1)
+    assert source.labels == ["normal", "tuberculosis"] and source.task == "multiclass"
+    assert sizes(source) == [14, 2, 4]
+    assert all(target == int(path[-5]) for path, target in every(source))
     write_image(tmp_path / "copy" / "CHNCXR_0003_0.png")
     with pytest.raises(DataError, match="CHNCXR_0003_0.png found twice"):
-        load_recipe("shenzhen", tmp_path)
+        recipe_source("shenzhen", tmp_path)
     with pytest.raises(DataError, match="no Shenzhen images"):
-        load_recipe("shenzhen", tmp_path / "mask")
+        recipe_source("shenzhen", tmp_path / "mask")
 
 
 def blood_cells(root, per_class=(10, 2)):
@@ -59,16 +60,16 @@ def blood_cells(root, per_class=(10, 2)):
 
 def test_blood_cells(tmp_path):
     images = blood_cells(tmp_path)
-    manifest = load_recipe("blood_cells", tmp_path, val_fraction=0.2)
-    assert manifest.classes == list(BLOOD_CELL_CLASSES)
-    assert sizes(manifest) == [32, 8, 8]
-    assert sorted(s.target for s in manifest.split("val")) == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert load_image(manifest.split("test")[0].path).size == (16, 16)
+    source = recipe_source("blood_cells", tmp_path, val_fraction=0.2)
+    assert source.labels == list(BLOOD_CELL_CLASSES)
+    assert sizes(source) == [32, 8, 8]
+    assert sorted(source.targets("val")) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert load_image(paths(source.split("test"))[0]).size == (16, 16)
     (images / "TEST" / "BASOPHIL").mkdir()
     with pytest.raises(DataError, match=r"unknown class folder\(s\) \['BASOPHIL'\]"):
-        load_recipe("blood_cells", tmp_path)
+        recipe_source("blood_cells", tmp_path)
     with pytest.raises(DataError, match="no TRAIN/ and TEST/"):
-        load_recipe("blood_cells", images / "TRAIN")
+        recipe_source("blood_cells", images / "TRAIN")
 
 
 def chestxray14(root, rows):
@@ -87,13 +88,13 @@ def test_chestxray14(tmp_path):
     rows = [(f"{p:08d}_{k:03d}.png", "No Finding") for p in range(1, 11) for k in range(2)]
     rows[0] = (rows[0][0], "Effusion|Hernia")
     chestxray14(tmp_path, rows)
-    manifest = load_recipe("chestxray14", tmp_path, val_fraction=0.3)
-    assert manifest.task == "multilabel" and manifest.classes == list(CHESTXRAY14_LABELS)
-    assert sizes(manifest) == [12, 6, 2]
-    first = next(s for s in every(manifest) if "00000001_000" in s.path)
-    names = [CHESTXRAY14_LABELS[i] for i, v in enumerate(first.target) if v]
+    source = recipe_source("chestxray14", tmp_path, val_fraction=0.3)
+    assert source.task == "multilabel" and source.labels == list(CHESTXRAY14_LABELS)
+    assert sizes(source) == [12, 6, 2]
+    first = next(target for path, target in every(source) if "00000001_000" in path)
+    names = [CHESTXRAY14_LABELS[i] for i, v in enumerate(first) if v]
     assert names == ["Effusion", "Hernia"]
-    patients = [{s.path.split("/")[-1][:8] for s in manifest.split(n)} for n in ("train", "val")]
+    patients = [{p.split("/")[-1][:8] for p in paths(source.split(n))} for n in ("train", "val")]
     assert not patients[0] & patients[1]
 
 
@@ -102,13 +103,13 @@ def test_chestxray14_errors(tmp_path):
     chestxray14(tmp_path, rows)
     (tmp_path / "images_001" / "images" / rows[0][0]).unlink()
     with pytest.raises(DataError, match=r"(?s)1 image file\(s\).*00000000_000.png.*line 2"):
-        load_recipe("chestxray14", tmp_path)
+        recipe_source("chestxray14", tmp_path)
     chestxray14(tmp_path, [*rows[:3], (rows[3][0], "Mass|Covid")])
     with pytest.raises(DataError, match=r"line 5 column 'Finding Labels': unknown .*\['Covid'\]"):
-        load_recipe("chestxray14", tmp_path)
+        recipe_source("chestxray14", tmp_path)
     (tmp_path / "test_list.txt").unlink()
     with pytest.raises(DataError, match="official split file not found: .*test_list.txt"):
-        load_recipe("chestxray14", tmp_path)
+        recipe_source("chestxray14", tmp_path)
 
 
 def inbreast(root, birads, delimiter=";"):
@@ -124,20 +125,20 @@ def inbreast(root, birads, delimiter=";"):
 def test_inbreast_birads_mapping(tmp_path):
     birads = ["1", "2", "3", "4a", "4b", "4c", "5", "6", "2", "3"]
     inbreast(tmp_path, birads)
-    manifest = load_recipe("inbreast", tmp_path, fractions=(0.6, 0.2, 0.2))
-    assert manifest.classes == ["benign", "malignant"] and sizes(manifest) == [6, 2, 2]
-    targets = {s.path.split("/")[-1][:4]: s.target for s in every(manifest)}
+    source = recipe_source("inbreast", tmp_path, fractions=(0.6, 0.2, 0.2))
+    assert source.labels == ["benign", "malignant"] and sizes(source) == [6, 2, 2]
+    targets = {path.split("/")[-1][:4]: target for path, target in every(source)}
     assert [targets[str(2000 + i)] for i in range(10)] == [0, 0, 0, 1, 1, 1, 1, 1, 0, 0]
 
 
 def test_inbreast_errors(tmp_path):
     inbreast(tmp_path, ["2", "0"], delimiter=",")
     with pytest.raises(DataError, match="INbreast.csv line 3 column 'Bi-Rads': expected 1-6"):
-        load_recipe("inbreast", tmp_path)
+        recipe_source("inbreast", tmp_path)
     inbreast(tmp_path, ["2", "5"])
     (tmp_path / "AllDICOMs" / "2001_abc1_MG_L_CC_ANON.dcm").unlink()
     with pytest.raises(DataError, match=r"AllDICOMs/2001_\*\.dcm \(.*line 3\)"):
-        load_recipe("inbreast", tmp_path)
+        recipe_source("inbreast", tmp_path)
 
 
 def test_inbreast_spreadsheet(tmp_path):
@@ -147,5 +148,5 @@ def test_inbreast_spreadsheet(tmp_path):
     (tmp_path / "INbreast.csv").unlink()
     frame = pandas.DataFrame({"File Name": [2000 + i for i in range(5)], "Bi-Rads": birads})
     frame.to_excel(tmp_path / "INbreast.xlsx", index=False)
-    manifest = load_recipe("inbreast", tmp_path)
-    assert sorted(s.target for s in every(manifest)) == [0, 0, 0, 1, 1]
+    source = recipe_source("inbreast", tmp_path)
+    assert sorted(target for _, target in every(source)) == [0, 0, 0, 1, 1]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from medpeft.data.multimodal import MultiModalDataset
-from medpeft.data.multimodal_manifest import seeded_split
+from medpeft.data.dataset import Dataset
 from medpeft.data.recipes.iu_xray import load_iu_xray, top_problems
 from medpeft.data.recipes.odir import load_odir
-from medpeft.errors import ConfigError, DataError
+from medpeft.data.splits import seeded_split
+from medpeft.errors import DataError
 
 
 def raw(image):
@@ -26,7 +26,7 @@ def odir_root(tmp_path, make_odir):
 def test_odir_records_labels_and_text(odir_root):
     source = load_odir(odir_root)
     assert source.modalities == ("image", "text") and source.task == "multilabel"
-    assert source.label_names == list("NDGCAHMO")
+    assert source.labels == list("NDGCAHMO")
     assert [r.id for r in source.records] == ["0", "1", "2"]
     assert source.records[1].target == (0, 1, 0, 1, 0, 0, 0, 0)
     assert source.records[1].values["text"] == (
@@ -37,10 +37,8 @@ def test_odir_records_labels_and_text(odir_root):
 
 def test_odir_image_is_left_and_right_side_by_side(odir_root):
     source = load_odir(odir_root)
-    ds = MultiModalDataset(
-        source.records, source.modalities, source.kinds, {"image": raw}, combine=source.combine
-    )
-    image = ds[0][0]["images"]["image"]
+    ds = Dataset.from_source(source, source.records[0].split, {"image": raw})
+    image = ds[0][0]["images"]["image"]  # patient 0
     assert image.shape == (3, 16, 32)  # right eye (8 px) resized to the left's height
     # JPEG: colours within a few levels
     assert torch.allclose(image[:, :, :16].mean(dim=(1, 2)), torch.tensor([255.0, 0, 0]), atol=4)
@@ -94,7 +92,7 @@ def iu_root(tmp_path, write_image):
 def test_iu_xray_labels_text_and_frontal_image(iu_root):
     source = load_iu_xray(iu_root)
     assert [r.id for r in source.records] == ["1", "2", "3", "4"]  # uid 5 has no frontal image
-    assert source.label_names == ["Cardiomegaly", "Opacity", "Nodule"]
+    assert source.labels == ["Cardiomegaly", "Opacity", "Nodule"]
     targets = {r.id: r.target for r in source.records}
     assert targets["1"] == (0.0, 0.0, 0.0)  # normal = all zeros
     assert targets["2"] == (1.0, 1.0, 0.0)
@@ -127,19 +125,3 @@ def test_odir_lines_count_blank_sheet_rows_and_every_missing_image_is_listed(odi
     message = str(info.value)
     assert "2 image file(s)" in message
     assert "line 4 column 'Left-Fundus'" in message and "line 5 column 'Right-Fundus'" in message
-
-
-def test_paper_split_sizes_are_exact():
-    assert Counter(seeded_split(3500, (2781, 382, 337), seed=0)) == {
-        "train": 2781,
-        "val": 382,
-        "test": 337,
-    }
-    assert Counter(seeded_split(3794, (3022, 399, 373), seed=1)) == {
-        "train": 3022,
-        "val": 399,
-        "test": 373,
-    }
-    assert seeded_split(50, (8, 1, 1), seed=3) == seeded_split(50, (8, 1, 1), seed=3)
-    with pytest.raises(ConfigError, match="fractions"):
-        seeded_split(10, (-0.2, 0.6, 0.6))

@@ -4,9 +4,10 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
+from medpeft.data.collate import Collate
+from medpeft.data.dataset import Dataset
 from medpeft.data.missing import make_missing_table
-from medpeft.data.multimodal import MultiModalDataset, multimodal_collate
-from medpeft.data.multimodal_manifest import read_multimodal_manifest
+from medpeft.data.sources import csv_source
 from medpeft.data.synthetic_multimodal import make_synthetic_multimodal, text_vocabulary
 
 
@@ -43,7 +44,7 @@ def test_multilabel_and_text_modality(tmp_path):
     tokenizer = BertTokenizerFast.from_pretrained(str(tmp_path))
     table = make_missing_table(8, data.modalities, 0.5, "txt", seed=0)
     ds = data.dataset(missing_table=table, missing_image="zeros")
-    inputs, targets = multimodal_collate(tokenizer, 8)([ds[i] for i in range(8)])
+    inputs, targets = Collate(tokenizer, 8)([ds[i] for i in range(8)])
     assert inputs["present"][:, 1].sum() == 4 and inputs["present"][:, 0].all()
     assert (
         inputs["text"]["attention_mask"].sum(dim=1) == torch.where(inputs["present"][:, 1], 4, 2)
@@ -54,13 +55,11 @@ def test_multilabel_and_text_modality(tmp_path):
 def test_written_manifest_reads_back_identically(tmp_path):
     data = make_synthetic_multimodal(12, ("a", "b", "c"), img_size=16, seed=1)
     manifest = data.write(tmp_path)
-    source = read_multimodal_manifest(
-        manifest, data.kinds, data.label_columns, classes=data.label_names
-    )
+    source = csv_source(manifest, modalities=data.kinds, classes=data.label_names)
     assert [r.target for r in source.records] == data.targets.tolist()
     assert [r.split for r in source.records] == data.splits
     transforms = {m: lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1) for m in "abc"}
-    ds = MultiModalDataset(source.records, source.modalities, source.kinds, transforms)
+    ds = Dataset(source.records, source.modalities, source.kinds, transforms)
     assert torch.equal(ds[3][0]["images"]["b"], data.images["b"][3])
     normalised = data.dataset()[3][0]["images"]["b"]
     assert torch.allclose(normalised, (data.images["b"][3].float() / 255 - 0.5) / 0.5)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medpeft.errors import WeightsError
 from medpeft.model import ModelSpec, build_model
+from medpeft.runs.layout import BEST, CHECKPOINT
 from medpeft.train import TrainSettings, fit
 from medpeft.train.checkpoint import (
     load_checkpoint,
@@ -48,10 +49,10 @@ def test_fit_checkpoint_holds_trainable_weights_and_loads_safely(tmp_path):
     settings = TrainSettings(epochs=1, device="cpu")
     train, val = DataLoader(data, batch_size=4), DataLoader(data, batch_size=8)
     fit(model, train, val, "multiclass", settings, tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert set(state["trainable"]) == trainable_names(model)
     assert state["progress"]["epoch"] == 1 and state["progress"]["global_step"] == 2
-    assert set(load_file(str(tmp_path / "best.safetensors"))) == trainable_names(model)
+    assert set(load_file(str(tmp_path / BEST))) == trainable_names(model)
 
 
 def test_trainable_weights_round_trip(tmp_path):
@@ -91,7 +92,7 @@ def test_missing_or_partial_trainable_file_raises(tmp_path):
 
 
 def test_unreadable_checkpoint_raises(tmp_path):
-    path = tmp_path / "checkpoint.pt"
+    path = tmp_path / CHECKPOINT
     path.write_bytes(b"not a checkpoint")
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(model, "adam", 1e-3)

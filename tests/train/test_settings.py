@@ -2,7 +2,7 @@
 
 import pytest
 
-from medpeft.configtools import from_dict
+from medpeft.config.tools import from_dict
 from medpeft.errors import ConfigError
 from medpeft.train import TrainSettings
 
@@ -31,7 +31,7 @@ from medpeft.train import TrainSettings
     ],
 )
 def test_bad_value_names_field(field, value):
-    with pytest.raises(ConfigError, match=f"TrainSettings.{field}:"):
+    with pytest.raises(ConfigError, match=f"train.{field}:"):
         TrainSettings(**{field: value})
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medpeft.errors import ConfigError
 from medpeft.model import ModelSpec, build_model
+from medpeft.runs.layout import BEST, CHECKPOINT, METRICS_CSV
 from medpeft.train import TrainSettings, evaluate, fit, predict, to_device
 
 CPU = dict(device="cpu", amp=False)
@@ -66,11 +67,11 @@ def test_tiny_vit_learns_above_chance(tmp_path):
     assert result.best_metrics["accuracy"] > 0.85 and result.best_metrics["auroc"] > 0.9
     assert "auroc/pos" in result.best_metrics
     assert result.best_metrics == result.history[result.best_epoch]
-    best = load_file(str(tmp_path / "best.safetensors"))
+    best = load_file(str(tmp_path / BEST))
     trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable.keys() == best.keys()
     assert all(torch.equal(value, best[name]) for name, value in trainable.items())
-    with open(tmp_path / "metrics.csv") as f:
+    with open(tmp_path / METRICS_CSV) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "val_loss" in rows[0]
 
@@ -106,10 +107,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert resumed.history == full.history and resumed.best_epoch == full.best_epoch
     for name, value in full_model.state_dict().items():
         assert torch.equal(value, resumed_model.state_dict()[name]), name
-    last_full = torch.load(tmp_path / "full" / "checkpoint.pt")["trainable"]
-    last_cut = torch.load(tmp_path / "cut" / "checkpoint.pt")["trainable"]
+    last_full = torch.load(tmp_path / "full" / CHECKPOINT)["trainable"]
+    last_cut = torch.load(tmp_path / "cut" / CHECKPOINT)["trainable"]
     assert all(torch.equal(last_full[k], last_cut[k]) for k in last_full)
-    csv_text = [(tmp_path / run / "metrics.csv").read_text() for run in ("cut", "full")]
+    csv_text = [(tmp_path / run / METRICS_CSV).read_text() for run in ("cut", "full")]
     assert csv_text[0] == csv_text[1]
 
 
@@ -145,7 +146,7 @@ def test_grad_accumulation_matches_larger_batch(tmp_path):
                                  grad_accum_steps=accum, **CPU)
         train, val = DataLoader(data, batch_size=batch_size), DataLoader(data, batch_size=12)
         fit(model, train, val, "multiclass", settings, tmp_path / name, progress=False)
-        return torch.load(tmp_path / name / "checkpoint.pt")["trainable"]
+        return torch.load(tmp_path / name / CHECKPOINT)["trainable"]
 
     accumulated, large = weights(4, 2, "accum"), weights(8, 1, "large")
     small = weights(4, 1, "small")

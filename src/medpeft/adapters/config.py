@@ -1,30 +1,32 @@
 """``adapter_config.json``: everything needed to rebuild a model around a saved adapter.
 
-Saved beside ``adapter_model.safetensors`` (the layout of Hugging Face PEFT), so
-an adapter folder is self-describing: backbone, tuning method and its
-hyper-parameters, label names, task type and the input preprocessing.
+Saved beside ``adapter_model.safetensors`` (the layout of Hugging Face PEFT) for
+every method, so an adapter folder is self-describing: backbone, fusion
+(modalities and their kinds), tuning method and its settings, label names, task
+type and the input preprocessing. Format 1 (medpeft 0.1, LoRA fields at the top
+level) is read as well.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from medpeft import __version__
 from medpeft.atomic import atomic_write_text
-from medpeft.configtools import from_dict
+from medpeft.config.tools import from_dict
 from medpeft.errors import ConfigError
-from medpeft.model import METHODS, LoraSettings, ModelSpec
-from medpeft.tasks import check_task
+from medpeft.methods import get_method
+from medpeft.model import ModelSpec
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _REQUIRED = ("backbone", "labels", "task", "preprocessing", "method")
+_V1_LORA_FIELDS = ("targets", "blocks", "rank", "alpha", "dropout")
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Preprocessing:
         std: Per-channel normalisation standard deviation (RGB).
         interpolation: Resize filter (``bilinear``, ``bicubic``, ...).
         crop: Center-crop fraction (timm's ``crop_pct``; 1.0 = no crop).
+        resize: ``crop`` (resize the shorter side, centre crop) or ``squash`` (the
+            whole image to a square).
     """
 
     size: int
@@ -44,6 +48,7 @@ class Preprocessing:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop: float = 1.0
+    resize: Literal["crop", "squash"] = "crop"
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -58,24 +63,27 @@ class Preprocessing:
 class AdapterConfig:
     """The contents of ``adapter_config.json``.
 
-    LoRA fields (``targets`` .. ``dropout``) are ``None`` for the ``linear`` and
-    ``full`` methods. ``backbone_weights`` records where the frozen backbone's
-    weights came from in training: a checkpoint path, ``"hub"`` (timm's
-    pretrained weights) or ``None`` (random init).
+    ``backbone_weights`` records where the frozen backbone's weights came from in
+    training: a checkpoint path (relative paths are resolved from the adapter
+    folder), ``"hub"`` (pretrained weights from the hub) or ``None`` (random init).
+    ``modalities`` maps each modality, in presence-mask order, to ``image`` or
+    ``text``; ``inputs`` holds how samples were read (``missing_image``,
+    ``combine``, ``tokenizer``, ``max_text_len``).
     """
 
-    backbone: str
+    backbone: str | None
     labels: list[str]
     task: Literal["multiclass", "multilabel"]
     preprocessing: Preprocessing
-    method: Literal["lora", "linear", "full"] = "lora"
+    method: str = "lora"
+    settings: dict = field(default_factory=dict)
+    kind: Literal["timm", "vilt"] = "timm"
+    modalities: dict = field(default_factory=lambda: {"image": "image"})
     img_size: int | None = None
     model_kwargs: dict = field(default_factory=dict)
-    targets: list[str] | None = None
-    blocks: list[int] | None = None
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float | None = None
+    missing_token: bool = False
+    vilt_config: dict | None = None
+    inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
     medpeft_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -88,72 +96,54 @@ class AdapterConfig:
                 f"format_version {self.format_version} is newer than this medpeft "
                 f"({__version__}) reads ({FORMAT_VERSION}); upgrade medpeft"
             )
-        if self.method == "lora":
-            if not self.targets or self.rank is None or self.alpha is None:
-                raise ValueError("method 'lora' needs targets, rank and alpha")
-            if self.rank < 1 or not 0 <= (self.dropout or 0.0) < 1:
-                raise ValueError(f"need rank >= 1, dropout in [0, 1): {self.rank}, {self.dropout}")
+        if not self.modalities or set(self.modalities.values()) - {"image", "text"}:
+            raise ValueError(f"modalities must map names to 'image'/'text', got {self.modalities}")
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def text_modality(self) -> str | None:
+        """Name of the text modality, if any."""
+        return next((m for m, kind in self.modalities.items() if kind == "text"), None)
+
+    def method_settings(self) -> Any:
+        """The method's settings dataclass, validated."""
+        method = get_method(self.method)
+        return from_dict(method.settings_type, self.settings, f"{CONFIG_NAME}.settings")
+
     def to_spec(self) -> ModelSpec:
         """The :class:`~medpeft.model.ModelSpec` that rebuilds this adapter's model."""
-        lora = LoraSettings()
-        if self.method == "lora":
-            lora = LoraSettings(
-                targets=tuple(self.targets),
-                rank=self.rank,
-                alpha=self.alpha,
-                dropout=self.dropout or 0.0,
-                blocks=None if self.blocks is None else tuple(self.blocks),
-            )
         return ModelSpec(
             backbone=self.backbone,
             num_classes=self.num_classes,
             method=self.method,
+            settings=self.method_settings(),
             img_size=self.img_size,
-            lora=lora,
+            modalities=tuple(self.modalities),
+            kind=self.kind,
+            text_modality=self.text_modality or "text",
+            missing_token=self.missing_token,
+            vilt_config=self.vilt_config,
+            max_text_len=self.inputs.get("max_text_len"),
             model_kwargs=dict(self.model_kwargs),
         )
 
 
 def make_config(
     spec: ModelSpec,
-    labels: Sequence[str],
+    labels: list[str],
     task: str,
-    preprocessing: Mapping[str, Any] | Preprocessing,
-    lora_values: tuple[int, float, float] | None = None,
+    preprocessing: Preprocessing,
+    kinds: dict[str, str] | None = None,
+    inputs: dict | None = None,
     backbone_weights: str | None = None,
 ) -> AdapterConfig:
-    """Build a validated config from a model spec.
-
-    Args:
-        spec: The model's architecture and method.
-        labels: Class (or label) names, one per head output.
-        task: ``multiclass`` or ``multilabel``.
-        preprocessing: ``size``, ``mean``, ``std``, ``interpolation``, ``crop``.
-        lora_values: ``(rank, alpha, dropout)`` read from the trained adapter;
-            defaults to ``spec.lora``.
-        backbone_weights: Checkpoint path, ``"hub"`` or ``None`` (see `AdapterConfig`).
-    """
-    if spec.method not in METHODS:
-        raise ConfigError(f"unknown method {spec.method!r}; expected one of {METHODS}")
-    check_task(task)
-    if not isinstance(preprocessing, Preprocessing):
-        preprocessing = from_dict(Preprocessing, dict(preprocessing), "preprocessing")
-    fields: dict[str, Any] = {}
-    if spec.method == "lora":
-        rank, alpha, dropout = lora_values or (spec.lora.rank, spec.lora.alpha, spec.lora.dropout)
-        blocks = spec.lora.blocks
-        fields = dict(
-            targets=list(spec.lora.targets),
-            blocks=None if blocks is None else sorted(blocks),
-            rank=rank,
-            alpha=float(alpha),
-            dropout=float(dropout),
-        )
+    """A validated config describing ``spec`` (``kinds``: modality -> image/text)."""
+    kinds = kinds or {m: "text" if m == spec.text_modality else "image" for m in spec.modalities}
+    if list(kinds) != list(spec.modalities):
+        raise ConfigError(f"modalities {list(kinds)} differ from the model's {list(spec.modalities)}")
     try:
         return AdapterConfig(
             backbone=spec.backbone,
@@ -161,10 +151,15 @@ def make_config(
             task=task,
             preprocessing=preprocessing,
             method=spec.method,
+            settings=spec.settings_dict(),
+            kind=spec.kind,
+            modalities=dict(kinds),
             img_size=spec.img_size,
             model_kwargs=dict(spec.model_kwargs),
+            missing_token=spec.missing_token,
+            vilt_config=spec.vilt_config,
+            inputs={"max_text_len": spec.max_text_len, **(inputs or {})},
             backbone_weights=backbone_weights,
-            **fields,
         )
     except ValueError as error:
         raise ConfigError(f"adapter config: {error}") from error
@@ -186,7 +181,7 @@ def config_path(path: str | Path) -> Path:
 
 
 def read_adapter_config(path: str | Path) -> AdapterConfig:
-    """Read and validate an adapter folder's ``adapter_config.json``.
+    """Read and validate an adapter folder's ``adapter_config.json`` (format 1 or 2).
 
     Raises:
         ConfigError: naming the file and the field that is missing or invalid.
@@ -203,4 +198,21 @@ def read_adapter_config(path: str | Path) -> AdapterConfig:
     missing = [name for name in _REQUIRED if name not in data]
     if missing:
         raise ConfigError(f"{file}: missing field(s) {missing}")
-    return from_dict(AdapterConfig, data, str(file))
+    if data.get("format_version", 1) == 1:
+        data = _upgrade_v1(data)
+    config = from_dict(AdapterConfig, data, str(file))
+    try:
+        config.method_settings()
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error}") from error
+    return config
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """Format 1 (medpeft 0.1: one image modality, LoRA fields at the top level) -> 2."""
+    data = dict(data)
+    lora = {key: data.pop(key, None) for key in _V1_LORA_FIELDS}
+    if data.get("method") == "lora":
+        data["settings"] = {k: v for k, v in lora.items() if v is not None or k == "blocks"}
+    data["format_version"] = FORMAT_VERSION
+    return data

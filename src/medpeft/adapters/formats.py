@@ -4,7 +4,9 @@ LoRA-ViT (the public MeLo code, arXiv 2311.08236) stores one safetensors file:
 ``w_a_{i:03d}`` ``(r, dim)`` and ``w_b_{i:03d}`` ``(dim, r)`` where even
 ``i = 2*block`` adapts q and odd ``i = 2*block+1`` adapts v, plus the head weight
 ``fc_{dim}in_{C}out`` ``(C, dim)`` without bias. Rank comes from the shapes,
-alpha from the file name ``..._lora_{r}_{alpha}.safetensors`` (else alpha = r).
+alpha from the file name: ``..._lora_{r}_{alpha}.safetensors``, or the public
+multi-adapter names split on ``_`` (field 0 the backbone, ``base`` = timm
+``vit_base_patch16_224``; fields 3, 4, 5 rank, alpha and class count), else alpha = r.
 
 PEFT sees a q+v adapter as one rank-2r LoRA on the fused ``qkv``: ``lora_A`` is
 ``[A_q; A_v]`` and ``lora_B`` holds ``B_q`` in the q rows / first r columns and
@@ -26,15 +28,24 @@ from torch import nn
 from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.adapters.heads import head_of
 from medpeft.adapters.inject import lora_layers
-from medpeft.adapters.io import adapter_parameters, add_lora_weights, save_adapter
+from medpeft.adapters.io import adapter_parameters, add_adapter_weights, save_adapter
 from medpeft.adapters.lora import LoRALinear
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.timm_vit import HEAD_NAME
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
-from medpeft.model import LoraSettings, ModelSpec, build_model
+from medpeft.methods import LoraSettings, get_method
+from medpeft.model import ModelSpec, build_model
 
 _NAME_RANK_ALPHA = re.compile(r"_lora_(\d+)_(\d+(?:\.\d+)?)\.safetensors$")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NAME_BACKBONES = {
+    "tiny": "vit_tiny_patch16_224",
+    "small": "vit_small_patch16_224",
+    "base": "vit_base_patch16_224",
+    "large": "vit_large_patch16_224",
+    "huge": "vit_huge_patch14_224",
+}
 _HEAD_KEY = re.compile(r"fc_(\d+)in_(\d+)out")
 _PEFT_PREFIX = "base_model.model."
 
@@ -64,26 +75,26 @@ def import_lora_vit(
     state = read_state_dict(path)
     name = adapter_name or path.stem
     head_key, num_classes = _head_key(state, path)
-    rank = _lora_tensor(state, "w_a_000", path).shape[0]
-    lora = LoraSettings(targets=("q", "v"), rank=rank, alpha=_alpha_from_name(path, rank))
+    lora = lora_vit_settings(path, state)
+    method = get_method("lora")
     if not isinstance(model_or_spec, ModelSpec):
         tensors = _to_medpeft(state, model_or_spec, head_key, path)
-        add_lora_weights(model_or_spec, name, lora, tensors, path)
+        add_adapter_weights(model_or_spec, name, method, lora, tensors, path)
         return model_or_spec
     if model_or_spec.num_classes != num_classes:
         raise WeightsError(
             f"{path}: head {head_key} has {num_classes} classes, spec {model_or_spec.num_classes}"
         )
-    spec = dataclasses.replace(model_or_spec, method="lora", lora=lora)
+    spec = dataclasses.replace(model_or_spec, method="lora", settings=lora)
     model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=name)
     tensors = _to_medpeft(state, model, head_key, path)
-    copy_weights(adapter_parameters(model, name, "lora"), tensors, path)
+    copy_weights(adapter_parameters(model, name, method), tensors, path)
     return model
 
 
 def convert_lora_vit(
     path: str | Path,
-    backbone: str,
+    backbone: str | None,
     out_dir: str | Path,
     img_size: int | None = None,
     labels: Sequence[str] | None = None,
@@ -93,7 +104,8 @@ def convert_lora_vit(
 
     Args:
         path: The LoRA-ViT file (rank and alpha as in :func:`import_lora_vit`).
-        backbone: timm model the file was trained on, e.g. ``vit_base_patch16_224``.
+        backbone: timm model the file was trained on, e.g. ``vit_base_patch16_224``
+            (None: field 0 of a public file name, else ``vit_base_patch16_224``).
         out_dir: Adapter folder to write (``multiclass`` task).
         img_size: Input resolution the adapter was trained at (default: the backbone's).
         labels: Class names in head order; default ``class_0 .. class_{C-1}``.
@@ -103,13 +115,22 @@ def convert_lora_vit(
         ConfigError: if the number of labels differs from the file's head classes.
     """
     path = Path(path)
-    _, num_classes = _head_key(read_state_dict(path), path)
+    state = read_state_dict(path)
+    _, num_classes = _head_key(state, path)
     labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
     if len(labels) != num_classes:
         raise ConfigError(f"{len(labels)} labels given, but {path} has {num_classes} classes")
-    spec = ModelSpec(backbone, num_classes, img_size=img_size)
+    backbone = backbone or name_fields(path).backbone or NAME_BACKBONES["base"]
+    spec = ModelSpec(backbone, num_classes, img_size=img_size, settings=lora_vit_settings(path, state))
     model = import_lora_vit(path, spec, adapter_name="default", weights=weights)
-    return save_adapter(model, out_dir, spec, labels, "multiclass")
+    return save_adapter(model, out_dir, spec, labels, "multiclass", backbone_weights=weights)
+
+
+def lora_vit_settings(path: Path, state: dict[str, torch.Tensor]) -> LoraSettings:
+    """q+v LoRA settings of a LoRA-ViT file: rank from ``w_a_000``, alpha from the file name."""
+    rank = _lora_tensor(state, "w_a_000", path).shape[0]
+    _, classes = _head_key(state, path)
+    return LoraSettings(targets=("q", "v"), rank=rank, alpha=_alpha_from_name(path, rank, classes))
 
 
 def _head_key(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
@@ -125,13 +146,38 @@ def _lora_tensor(state: dict[str, torch.Tensor], key: str, path: Path) -> torch.
     return state[key]
 
 
-def _alpha_from_name(path: Path, rank: int) -> float:
+@dataclasses.dataclass(frozen=True)
+class NameFields:
+    """What a LoRA-ViT file name says: backbone, rank, alpha, class count (None: not said)."""
+
+    backbone: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    classes: int | None = None
+
+
+def name_fields(path: str | Path) -> NameFields:
+    """Parse ``..._lora_{r}_{alpha}.safetensors`` or ``{backbone}_x_y_{r}_{alpha}_{C}...``."""
+    path = Path(path)
     match = _NAME_RANK_ALPHA.search(path.name)
-    if match is None:
-        return float(rank)
-    if int(match.group(1)) != rank:
-        raise WeightsError(f"{path}: file name says rank {match.group(1)}, w_a_000 has rank {rank}")
-    return float(match.group(2))
+    if match:
+        return NameFields(rank=int(match.group(1)), alpha=float(match.group(2)))
+    fields = path.stem.split("_")
+    if len(fields) >= 6 and all(_NUMBER.fullmatch(f) for f in fields[3:6]):
+        rank, alpha, classes = fields[3:6]
+        if rank.isdigit() and classes.isdigit():
+            return NameFields(NAME_BACKBONES.get(fields[0]), int(rank), float(alpha), int(classes))
+    return NameFields()
+
+
+def _alpha_from_name(path: Path, rank: int, classes: int | None = None) -> float:
+    """Alpha the file name gives (else ``rank``), after checking its rank and class count."""
+    said = name_fields(path)
+    if said.rank is not None and said.rank != rank:
+        raise WeightsError(f"{path}: file name says rank {said.rank}, w_a_000 has rank {rank}")
+    if said.classes is not None and classes is not None and said.classes != classes:
+        raise WeightsError(f"{path}: file name says {said.classes} classes, the head has {classes}")
+    return float(rank) if said.alpha is None else said.alpha
 
 
 def _to_medpeft(

@@ -17,6 +17,7 @@ from torch import nn
 
 from medpeft.adapters.lora import LoRALinear, Segment
 from medpeft.errors import ConfigError
+from medpeft.routing import current
 
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 FUSED_QKV_NAME = "qkv"
@@ -128,28 +129,48 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def set_active_adapter(model: nn.Module, name: str | None) -> None:
-    """Route every LoRA layer through adapter ``name`` (``None``: base model only).
+def keyed_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers that hold named adapters (LoRA, MoRA: ``adapter_names`` + ``active_adapter``)."""
+    return [m for m in model.modules() if hasattr(m, "adapter_names") and hasattr(m, "active_adapter")]
 
-    A per-task head (``model.head`` with an ``activate`` method, such as
-    :class:`medpeft.adapters.heads.TaskHeads`) is switched to ``name`` as well.
+
+def set_active_adapter(model: nn.Module, name: str | None) -> None:
+    """Make adapter ``name`` every layer's default (``None``: base model only).
+
+    The default serves calls that do not route an adapter (:mod:`medpeft.routing`).
+    A per-task head (:class:`medpeft.adapters.heads.TaskHeads`) switches as well.
     """
-    layers = lora_layers(model)
-    if name is not None and not any(name in layer.lora_A for layer in layers.values()):
+    layers = keyed_layers(model)
+    if name is not None and name not in adapter_names(model):
         raise KeyError(f"no adapter named {name!r}; known: {adapter_names(model)}")
     head = getattr(model, "head", None)
     if name is not None and hasattr(head, "activate"):
         head.activate(name)
-    for layer in layers.values():
-        layer.active_adapter = name if name is None or name in layer.lora_A else None
+    for layer in layers:
+        layer.active_adapter = name if name in layer.adapter_names else None
 
 
 def adapter_names(model: nn.Module) -> list[str]:
-    """Names of the LoRA adapters present in a model, in insertion order."""
+    """Names of the adapters present in a model, in insertion order."""
     names: dict[str, None] = {}
-    for layer in lora_layers(model).values():
-        names.update(dict.fromkeys(layer.lora_A))
+    for layer in keyed_layers(model):
+        names.update(dict.fromkeys(layer.adapter_names))
     return list(names)
+
+
+def check_routed(model: nn.Module) -> None:
+    """Raise ConfigError if the call in progress routes to adapters ``model`` does not hold.
+
+    Layers without the routed adapter run their base weights (an adapter need not
+    cover every layer), so a misspelt task name must be caught at the model.
+    """
+    routed = current().adapters
+    if routed is None:
+        return
+    known = adapter_names(model)
+    unknown = sorted(({routed} if isinstance(routed, str) else set(routed)) - set(known))
+    if unknown:
+        raise ConfigError(f"no adapter named {unknown}; the model has {known}")
 
 
 def merge_lora(model: nn.Module, name: str | None = None) -> None:

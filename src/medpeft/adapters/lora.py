@@ -11,6 +11,12 @@ Weights are stored per adapter name (``lora_A[name]`` of shape
 ``(segments, r, in)``, ``lora_B[name]`` of shape ``(segments, seg_out, r)``), so
 several task adapters can live on one frozen backbone and be switched,
 merged, saved or deleted by name.
+
+Which adapter a call uses comes from :func:`medpeft.routing.current` (the call's
+routing), else from the layer's default ``active_adapter``. A batch routed to
+different adapters per sample computes all its deltas at once: each sample's
+``A`` and dense ``B`` are gathered (zero-padded to the largest rank, which leaves
+the product unchanged) and applied with two batched matmuls.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from medpeft.routing import current
 
 Segment = tuple[int, int]
 
@@ -105,6 +113,10 @@ class LoRALinear(nn.Module):
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.lora_A.keys()), None)
 
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.lora_A)
+
     def rank(self, name: str) -> int:
         return self.lora_A[name].shape[1]
 
@@ -127,11 +139,38 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        name = self.active_adapter
-        if name is None or name in self.merged_adapters:
+        routing = current()
+        if routing.is_mixed():
+            return out + self.mixed_delta(x, routing.adapters).to(out.dtype)
+        name = routing.batch_adapter() or self.active_adapter
+        if name not in self.lora_A or name in self.merged_adapters:
             return out
         # One matmul with the dense B over the full output: no scatter of segment deltas.
         return out + F.linear(self.scaled_hidden(x, name), self.dense_B(name))
+
+    def mixed_delta(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """Each sample's update by its own adapter, ``(B, ..., out)``; zero for adapters
+        this layer does not hold. Inference path: dropout is not applied."""
+        if self.merged_adapters:
+            raise RuntimeError(
+                f"per-sample adapters need unmerged weights; {self.merged_adapters} are merged"
+            )
+        if len(names) != x.shape[0]:
+            raise ValueError(f"{len(names)} adapter names for a batch of {x.shape[0]}")
+        used = list(dict.fromkeys(n for n in names if n in self.lora_A))
+        width = max((self.rank(n) for n in used), default=0) * len(self.segments)
+        a_rows = x.new_zeros(len(used) + 1, width, self.in_features)  # last row: no adapter
+        b_cols = x.new_zeros(len(used) + 1, self.out_features, width)
+        for i, name in enumerate(used):
+            a = self.lora_A[name].flatten(0, 1) * self.scaling[name]
+            a_rows[i, : a.shape[0]] = a
+            b_cols[i, :, : a.shape[0]] = self.dense_B(name)
+        slot = {name: i for i, name in enumerate(used)}
+        index = torch.tensor([slot.get(n, len(used)) for n in names], device=x.device)
+        tokens = x.reshape(x.shape[0], -1, self.in_features)
+        hidden = torch.bmm(tokens, a_rows[index].transpose(1, 2))
+        delta = torch.bmm(hidden, b_cols[index].transpose(1, 2))
+        return delta.reshape(*x.shape[:-1], self.out_features)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""

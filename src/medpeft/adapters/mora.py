@@ -20,16 +20,15 @@ Placements:
 ``nn.init.normal_(down.weight, std=1 / rank)``, so the paper's ``N(0, 1/r)``
 is read as a standard deviation (variance ``1/r**2``).
 
-The presence mask reaches the layers through :func:`modality_presence`, which
-the multimodal models enter in their ``forward``. MoRA is not mergeable in
+The presence mask reaches the layers through the call's routing
+(:func:`medpeft.routing.route`), which the fusion models enter in their ``forward``. MoRA is not mergeable in
 general (the update depends on the mask); for one fixed presence pattern it
 equals a LoRA with ``B = sum_{m present} B_m`` (:meth:`ModalityDelta.delta_weight`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from medpeft.adapters.inject import (
     replace_module,
 )
 from medpeft.errors import ConfigError
+from medpeft.routing import current
 
 
 class ModalityDelta(nn.Module):
@@ -60,7 +60,6 @@ class ModalityDelta(nn.Module):
         self.mora_B = nn.ParameterDict()
         self.modalities: dict[str, tuple[str, ...]] = {}
         self.active_adapter: str | None = None
-        self.presence: torch.Tensor | None = None
 
     def add_adapter(self, name: str, modalities: Sequence[str], rank: int = 4) -> None:
         """Add a fresh adapter: ``A ~ normal(std=1/r)``, every ``B_m`` zero."""
@@ -83,12 +82,19 @@ class ModalityDelta(nn.Module):
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.mora_A.keys()), None)
 
-    def _mask(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        present = self.presence
+    def _routed(self, x: torch.Tensor) -> tuple[str | None, torch.Tensor]:
+        """The adapter and presence mask ``Bool[B, M]`` of the call in progress."""
+        routing = current()
+        if routing.is_mixed():
+            raise ValueError("MoRA serves one adapter per batch; got per-sample adapters")
+        name = routing.batch_adapter() or self.active_adapter
+        if name not in self.mora_A:
+            return None, routing.presence
+        present = routing.presence
         if present is None:
             raise RuntimeError(
                 f"{type(self).__name__} ran without a modality presence mask; call the model "
-                "inside `with modality_presence(model, present):` (the multimodal models do so)"
+                "inside `with medpeft.routing.route(presence=...)` (the fusion models do so)"
             )
         expected = (x.shape[0], len(self.modalities[name]))
         if tuple(present.shape) != expected:
@@ -96,13 +102,16 @@ class ModalityDelta(nn.Module):
                 f"presence mask of shape {tuple(present.shape)} does not fit batch/modalities "
                 f"{expected} ({self.modalities[name]})"
             )
-        return present
+        return name, present
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``sum_{m present in sample b} B_m A x_b`` for every sample, shape ``(..., out)``."""
-        name = self.active_adapter
+    def delta(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``sum_{m present in sample b} B_m A x_b`` for every sample, shape ``(..., out)``;
+        None when no adapter of this layer is routed."""
+        name, present = self._routed(x)
+        if name is None:
+            return None
         a, b = self.mora_A[name], self.mora_B[name]
-        weights = self._mask(x, name).to(device=b.device, dtype=b.dtype)
+        weights = present.to(device=b.device, dtype=b.dtype)
         up = torch.einsum("bm,mor->bor", weights, b)  # per-sample up-projection
         hidden = F.linear(x, a).reshape(x.shape[0], -1, a.shape[0])
         return torch.bmm(hidden, up.transpose(1, 2).to(hidden.dtype)).reshape(*x.shape[:-1], -1)
@@ -112,6 +121,10 @@ class ModalityDelta(nn.Module):
         b = self.mora_B[name]
         weights = torch.as_tensor(pattern, dtype=b.dtype, device=b.device)
         return torch.einsum("m,mor->or", weights, b) @ self.mora_A[name]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.mora_A)
 
     def rank(self, name: str) -> int:
         return self.mora_A[name].shape[0]
@@ -131,9 +144,8 @@ class MoRALinear(ModalityDelta):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.active_adapter is None:
-            return out
-        return out + self.delta(x).to(out.dtype)
+        delta = self.delta(x)
+        return out if delta is None else out + delta.to(out.dtype)
 
 
 class MoRABlockBranch(ModalityDelta):
@@ -150,36 +162,17 @@ class MoRABlockBranch(ModalityDelta):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = self.base(x, *args, **kwargs)
-        if self.active_adapter is None:
+        delta = self.delta(x)
+        if delta is None:
             return out
         hidden = out[0] if isinstance(out, tuple) else out
-        hidden = hidden + self.delta(x).to(hidden.dtype)
+        hidden = hidden + delta.to(hidden.dtype)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
 def mora_layers(model: nn.Module) -> dict[str, ModalityDelta]:
     """All MoRA-wrapped modules of a model by qualified name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, ModalityDelta)}
-
-
-@contextmanager
-def modality_presence(model: nn.Module, present: torch.Tensor) -> Iterator[None]:
-    """Give every MoRA layer of ``model`` the batch's presence mask ``Bool[B, M]``.
-
-    Example::
-
-        with modality_presence(model, batch["present"]):
-            tokens = model.blocks[0](tokens)
-    """
-    layers = list(mora_layers(model).values())
-    previous = [layer.presence for layer in layers]
-    for layer in layers:
-        layer.presence = present
-    try:
-        yield
-    finally:
-        for layer, mask in zip(layers, previous):
-            layer.presence = mask
 
 
 def find_block_list(model: nn.Module) -> nn.ModuleList | nn.Sequential:
@@ -259,16 +252,6 @@ def add_mora(
     for layer in layers:
         layer.add_adapter(adapter_name, modalities, rank)
     return len(layers)
-
-
-def set_active_mora(model: nn.Module, name: str | None) -> None:
-    """Route every MoRA layer through adapter ``name`` (``None``: base model only)."""
-    layers = mora_layers(model).values()
-    if name is not None and not any(name in layer.mora_A for layer in layers):
-        known = list(dict.fromkeys(n for layer in layers for n in layer.mora_A))
-        raise KeyError(f"no MoRA adapter named {name!r}; known: {known}")
-    for layer in layers:
-        layer.active_adapter = name if name is None or name in layer.mora_A else None
 
 
 def count_mora_parameters(model: nn.Module, adapter_name: str = "default") -> int:

@@ -102,7 +102,10 @@ def add_missing_aware_prompts(
 ) -> MissingAwarePrompts:
     """Attach prompts as ``model.prompts`` to a backbone that inserts them (ViltClassifier)."""
     if not hasattr(model, "prompts"):
-        raise ConfigError(f"{type(model).__name__} does not support missing-aware prompts")
+        raise ConfigError(
+            f"{type(model).__name__} does not support missing-aware prompts; method 'prompts' "
+            "needs model kind 'vilt' (image + text)"
+        )
     depth = len(model.blocks)
     if num_layers > depth:
         raise ConfigError(f"{num_layers} prompt layers exceed the model's {depth} blocks")

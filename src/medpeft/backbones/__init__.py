@@ -1,12 +1,10 @@
-"""Backbones: timm ViTs (and ViLT for image + text).
+"""Backbones: timm ViTs (and ViLT for image + text), encoders only, and their weights.
 
-ViLT lives in :mod:`medpeft.backbones.vilt` (``build_vilt``, ``ViltClassifier``,
-``build_tokenizer``), not re-exported here so that timm-only installs do not
-need transformers.
+ViLT lives in :mod:`medpeft.backbones.vilt` (``build_vilt``, ``build_tokenizer``),
+not re-exported here so that timm-only installs do not need transformers.
 """
 
-from medpeft.backbones.multistream import MultiStreamViT
 from medpeft.backbones.timm_vit import build_vit, data_config, load_backbone_weights
 from medpeft.backbones.weights import read_state_dict
 
-__all__ = ["MultiStreamViT", "build_vit", "data_config", "load_backbone_weights", "read_state_dict"]
+__all__ = ["build_vit", "data_config", "load_backbone_weights", "read_state_dict"]

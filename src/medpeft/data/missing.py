@@ -5,16 +5,22 @@ A setting is a missing rate ``eta`` and a ``kind``:
 * a modality name (``"text"``, ``"image"``, ``"oct"``...): ``int(N * eta)``
   chosen samples miss that modality, the rest are complete;
 * ``"mixed"`` (alias ``"both"``): the chosen samples each miss exactly one
-  modality, assigned round-robin in modality order, so with two modalities half
-  miss the first and half the second (the first gets the odd one out). A
-  sample never loses every modality.
+  modality, assigned round-robin starting from the last modality (last,
+  second to last, ..., first, last...). With two modalities half miss the
+  text (second) modality and half the image, and an odd one out misses the
+  text, as in the public MoRA/MAP code (ODIR test tables: 118 text / 117 image).
+
+A sample never loses every modality; with one modality there is nothing to
+drop, so every table says "all present" (the protocol is a no-op).
 
 Tables are seeded and nested: a seeded permutation fixes the order in which
-samples are chosen and which modality each would lose, so for one seed a
-larger ``eta`` only adds samples to the smaller ``eta``'s choice, and each
-sample loses the same modality under every rate. Train and validation use the
-train setting; the test split may use its own (`split_settings`). Modalities
-that are genuinely absent from the data stay absent (`effective_presence`).
+samples are chosen, and a sample's rank in it fixes which modality it would
+lose, so for one seed a larger ``eta`` only adds samples to the smaller
+``eta``'s choice, and each sample loses the same modality under every rate.
+Train and validation use the train setting; the test split may use its own,
+which the public code applies to validation as well (`split_settings`).
+Modalities that are genuinely absent from the data stay absent
+(`effective_presence`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.atomic import atomic_write_text
-from medpeft.data.manifest import SPLITS
+from medpeft.data.splits import SPLITS
 from medpeft.errors import ConfigError, DataError
 
 MIXED_KINDS = ("mixed", "both")
@@ -149,8 +155,8 @@ def _from_csv(text: str) -> MissingTable:
 
 
 def _check_kind(kind: str, modalities: Sequence[str]) -> None:
-    if len(modalities) < 2:
-        raise ConfigError(f"missing-modality tables need >= 2 modalities, got {list(modalities)}")
+    if not modalities:
+        raise ConfigError("a missing-modality table needs at least one modality")
     if kind not in MIXED_KINDS and kind not in modalities:
         raise ConfigError(
             f"unknown missing type {kind!r}; expected one of {list(modalities)} or 'mixed'/'both'"
@@ -169,7 +175,8 @@ def make_missing_table(
     Args:
         samples: number of samples (ids ``"0".."n-1"``) or the sample ids.
         modalities: modality names, in the dataset's order.
-        eta: fraction of samples that lose a modality (``int(n * eta)`` of them).
+        eta: fraction of samples that lose a modality (``int(n * eta)`` of them; none
+            with one modality).
         kind: a modality name, or ``"mixed"``/``"both"``.
         seed: random seed; the choice order depends on it only, so tables nest across ``eta``.
     """
@@ -177,11 +184,11 @@ def make_missing_table(
     setting = MissingSetting(eta, kind)
     _check_kind(kind, modalities)
     order = np.random.default_rng(seed).permutation(len(ids))
-    chosen = order[: int(len(ids) * eta)]
+    chosen = order[: int(len(ids) * eta)] if len(modalities) > 1 else order[:0]
     present = np.ones((len(ids), len(modalities)), dtype=bool)
     if kind in MIXED_KINDS:
         ranks = np.arange(len(chosen))
-        present[chosen, ranks % len(modalities)] = False
+        present[chosen, len(modalities) - 1 - ranks % len(modalities)] = False
     else:
         present[chosen, list(modalities).index(kind)] = False
     return MissingTable(ids, tuple(modalities), present, setting, seed)
@@ -204,10 +211,17 @@ def split_seed(seed: int, split: str) -> int:
 
 
 def split_settings(
-    train: MissingSetting, test: MissingSetting | None = None
+    train: MissingSetting,
+    test: MissingSetting | None = None,
+    test_applies_to_val: bool = False,
 ) -> dict[str, MissingSetting]:
-    """Settings per split: train and val use ``train``; test uses ``test`` if given."""
-    return {"train": train, "val": train, "test": test or train}
+    """Settings per split: train and val use ``train``; test uses ``test`` if given.
+
+    With ``test_applies_to_val``, val uses the test setting too (as the public
+    MoRA/MAP code does with its test-time override).
+    """
+    test = test or train
+    return {"train": train, "val": test if test_applies_to_val else train, "test": test}
 
 
 def make_split_tables(

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from medpeft.atomic import atomic_write_text
-from medpeft.data.manifest import Sample, split_samples
+from medpeft.data.splits import stratified_split
 from medpeft.errors import ConfigError
 from medpeft.tasks import check_task
 
@@ -54,7 +54,7 @@ def make_synthetic_dataset(
         splits: train/val/test fractions of the seeded stratified split.
 
     Returns:
-        Path of the manifest, readable by `read_csv_manifest`.
+        Path of the manifest, readable by `medpeft.data.sources.csv_source`.
     """
     check_task(task)
     if len(classes) < 2 or len(set(classes)) != len(classes) or any("|" in c for c in classes):
@@ -65,14 +65,12 @@ def make_synthetic_dataset(
     targets = _draw_targets(len(classes), n_per_class, task, rng)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    samples = [Sample(f"images/{i:05d}.png", t) for i, t in enumerate(targets)]
+    paths = [f"images/{i:05d}.png" for i in range(len(targets))]
     slots = len(classes) - 1 if task == "multiclass" else len(classes)
-    for sample in samples:
-        findings = _findings(sample.target, task)
-        _write_png(out / sample.path, draw_image(img_size, findings, slots, rng))
-    parts = split_samples(samples, splits, seed)
-    assigned = {s.path: name for name, part in parts.items() for s in part}
-    rows = [(s.path, _label_text(s.target, classes), assigned[s.path]) for s in samples]
+    for path, target in zip(paths, targets):
+        _write_png(out / path, draw_image(img_size, _findings(target, task), slots, rng))
+    names = stratified_split(targets, splits, seed)
+    rows = [(p, _label_text(t, classes), n) for p, t, n in zip(paths, targets, names)]
     return _write_manifest(out / "manifest.csv", rows)
 
 

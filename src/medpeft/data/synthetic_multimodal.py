@@ -26,14 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medpeft.data.dataset import Item, check_missing_image, fill_missing_image
 from medpeft.data.missing import MissingTable, effective_presence
-from medpeft.data.multimodal import (
-    Item,
-    check_missing_image,
-    check_modalities,
-    fill_missing_image,
-)
-from medpeft.data.multimodal_manifest import seeded_split
+from medpeft.data.records import check_modalities
+from medpeft.data.splits import seeded_split
 from medpeft.tasks import check_task
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -95,7 +91,7 @@ class SyntheticMultiModal:
         mean: float = 0.5,
         std: float = 0.5,
     ) -> SyntheticTensorDataset:
-        """A map-style dataset of one split (all if None) yielding `MultiModalDataset` items.
+        """A map-style dataset of one split (all if None) yielding `medpeft.data.dataset.Dataset` items.
 
         ``missing_table`` is keyed by `ids` (e.g. ``make_missing_table(data.ids("test"), ...)``).
         """

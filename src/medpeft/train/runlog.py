@@ -7,9 +7,7 @@ import io
 from pathlib import Path
 
 from medpeft.atomic import atomic_write_text
-
-CSV_NAME = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
+from medpeft.runs.layout import METRICS_CSV, TENSORBOARD_DIR
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:
@@ -33,7 +31,7 @@ class RunLog:
         self, out_dir: str | Path, tensorboard: bool = False, purge_step: int | None = None
     ):
         """Open the logs; ``purge_step`` drops TensorBoard events from an interrupted run."""
-        self.csv_path = Path(out_dir) / CSV_NAME
+        self.csv_path = Path(out_dir) / METRICS_CSV
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when asked

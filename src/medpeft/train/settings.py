@@ -65,14 +65,14 @@ class TrainSettings:
         for name, (check, expected) in _RULES.items():
             if not _passes(check, getattr(self, name)):
                 value = getattr(self, name)
-                raise ConfigError(f"TrainSettings.{name}: expected {expected}, got {value!r}")
+                raise ConfigError(f"train.{name}: expected {expected}, got {value!r}")
         if self.min_lr > self.lr:
             raise ConfigError(
-                f"TrainSettings.min_lr: expected <= lr ({self.lr}), got {self.min_lr!r}"
+                f"train.min_lr: expected <= lr ({self.lr}), got {self.min_lr!r}"
             )
         if self.warmup and self.warmup_fraction:
             raise ConfigError(
-                "TrainSettings.warmup_fraction: set either warmup (epochs) or warmup_fraction"
+                "train.warmup_fraction: set either warmup (epochs) or warmup_fraction"
             )
 
 
@@ -145,5 +145,5 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"TrainSettings.device: {name!r} asked for but CUDA is not available")
+        raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available")
     return device

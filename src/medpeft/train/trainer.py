@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medpeft.errors import ConfigError, DataError
+from medpeft.runs.layout import BEST, CHECKPOINT
 from medpeft.tasks import check_task
 from medpeft.train.checkpoint import (
     Progress,
@@ -33,9 +34,6 @@ from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
 from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
-
-BEST_NAME = "best.safetensors"
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -111,7 +109,7 @@ def fit(
     finally:
         log.close()
     if run.state.best_epoch is not None:
-        load_trainable_file(model, run.out_dir / BEST_NAME)
+        load_trainable_file(model, run.out_dir / BEST)
     best = next((row for row in run.state.history if row["epoch"] == run.state.best_epoch), {})
     return FitResult(run.state.history, run.state.best_epoch, dict(best))
 
@@ -132,7 +130,7 @@ class _Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model, self.task, self.settings, self.out_dir = model, task, settings, out_dir
         self.class_names, self.progress = class_names, progress
-        self.checkpoint_path = out_dir / CHECKPOINT_NAME
+        self.checkpoint_path = out_dir / CHECKPOINT
         self.device = resolve_device(settings.device)
         self.dtype = autocast_dtype(settings)
         self.state = Progress()
@@ -204,14 +202,14 @@ class _Run:
         settings, state = self.settings, self.state
         if settings.monitor not in row:
             raise ConfigError(
-                f"TrainSettings.monitor: {settings.monitor!r} is not a validation value; "
+                f"train.monitor: {settings.monitor!r} is not a validation value; "
                 f"have {sorted(row)}"
             )
         value = float(row[settings.monitor])
         if _improves(value, state.best_value, settings.monitor_mode):
             state.best_value, state.best_epoch, state.bad_epochs = value, state.epoch, 0
             meta = {"epoch": str(state.epoch), "monitor": settings.monitor, "value": repr(value)}
-            save_trainable(self.model, self.out_dir / BEST_NAME, meta)
+            save_trainable(self.model, self.out_dir / BEST, meta)
         else:
             state.bad_epochs += 1
 

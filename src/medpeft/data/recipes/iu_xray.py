@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from medpeft.data.manifest import Rows, read_csv_rows
-from medpeft.data.multimodal import MultiModalRecord, MultiModalSource
-from medpeft.data.multimodal_manifest import check_unique_ids, seeded_split
+from medpeft.data.csvfile import Rows, check_columns, read_csv_rows
+from medpeft.data.records import Record, Source
+from medpeft.data.splits import seeded_split
 from medpeft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def compose_text(report: dict[str, str]) -> str:
 def frontal_images(path: Path) -> dict[str, str]:
     """uid -> file name of its first frontal projection."""
     header, rows = read_csv_rows(path)
-    absent = [c for c in ("uid", "filename", "projection") if c not in header]
-    if absent:
-        raise DataError(f"{path}: no column(s) {absent}; the file has {header}")
+    check_columns(path, header, ("uid", "filename", "projection"))
     frontal: dict[str, str] = {}
     for _, row in rows:
         if row["projection"].strip().lower() == "frontal":
@@ -72,9 +70,7 @@ def frontal_images(path: Path) -> dict[str, str]:
 
 def _read_reports(path: Path) -> Rows:
     header, rows = read_csv_rows(path)
-    absent = [c for c in ("uid", "Problems", "findings", "impression") if c not in header]
-    if absent:
-        raise DataError(f"{path}: no column(s) {absent}; the file has {header}")
+    check_columns(path, header, ("uid", "Problems", "findings", "impression"))
     return rows
 
 
@@ -92,7 +88,7 @@ def load_iu_xray(
     labels: Sequence[str] | None = None,
     seed: int = 0,
     drop_without_image: bool = True,
-) -> MultiModalSource:
+) -> Source:
     """Records of IU X-ray, with splits assigned.
 
     Args:
@@ -118,12 +114,11 @@ def load_iu_xray(
         problems = set(parse_problems(report["Problems"]))
         target = tuple(float(n in problems) for n in names)
         values = {"image": image, "text": compose_text(report)}
-        records.append(MultiModalRecord(uid, values, target, where=where))
+        records.append(Record(uid, values, target, where=where))
     if dropped:
         log.warning(
             "IU X-ray: dropped %d report(s) without a frontal image: %s", len(dropped), dropped[:10]
         )
     for record, split in zip(records, seeded_split(len(records), SPLIT_SIZES, seed)):
         record.split = split
-    check_unique_ids(records)
-    return MultiModalSource(records, ("image", "text"), dict(KINDS), names, "multilabel")
+    return Source(records, ("image", "text"), dict(KINDS), names, "multilabel")

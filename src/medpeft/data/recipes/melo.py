@@ -1,6 +1,7 @@
 """Readers for the four public datasets of MeLo (arXiv 2311.08236), in their native layouts.
 
-Each returns a `Manifest` with ``train``/``val``/``test`` splits:
+Each returns a single-image `Source` (modality ``"image"``) with every record in
+``train``, ``val`` or ``test``:
 
 * `load_shenzhen`: Shenzhen CXR. Files ``CHNCXR_<id>_<0|1>.png`` anywhere under
   ``root`` (``CXR_png/``, ``images/``...); last digit 0 = normal, 1 = tuberculosis.
@@ -29,16 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medpeft.data.csvfile import MAX_LISTED, check_columns, raise_missing, read_csv_rows
 from medpeft.data.imageio import has_image_suffix
-from medpeft.data.manifest import (
-    DEFAULT_FRACTIONS,
-    MAX_LISTED,
-    Manifest,
-    Sample,
-    raise_missing,
-    read_csv_rows,
-    split_samples,
-)
+from medpeft.data.records import IMAGE_MODALITY, Record, Source, Target, image_source
+from medpeft.data.splits import DEFAULT_FRACTIONS, stratified_split
 from medpeft.errors import DataError
 
 SHENZHEN_CLASSES = ("normal", "tuberculosis")
@@ -59,6 +54,21 @@ _BLOOD_CELL_DIRS = (
 Rows = list[tuple[str, dict[str, str]]]
 
 
+def _record(path: Path | str, target: Target, where: str, split: str | None = None) -> Record:
+    """A single-image record whose id is its file path."""
+    return Record(str(path), {IMAGE_MODALITY: (str(path),)}, target, split, where)
+
+
+def _stratified(
+    records: list[Record], fractions: Sequence[float], seed: int
+) -> list[Record]:
+    """``records`` with a seeded stratified split assigned."""
+    names = stratified_split([r.target for r in records], fractions, seed)
+    for record, name in zip(records, names):
+        record.split = name
+    return records
+
+
 def _folder(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
@@ -75,7 +85,7 @@ def _first_file(root: Path, names: Sequence[str]) -> Path:
 
 def load_shenzhen(
     root: str | Path, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
-) -> Manifest:
+) -> Source:
     """Shenzhen chest X-rays, normal vs tuberculosis (see the module docstring)."""
     root = _folder(root)
     found: dict[str, Path] = {}
@@ -87,16 +97,16 @@ def load_shenzhen(
         found[path.name] = path
     if not found:
         raise DataError(f"{root}: no Shenzhen images CHNCXR_<id>_<0|1>.png (e.g. in CXR_png/)")
-    samples = [
-        Sample(str(p), int(_SHENZHEN_NAME.match(name).group(1)), str(p))
+    records = [
+        _record(p, int(_SHENZHEN_NAME.match(name).group(1)), str(p))
         for name, p in sorted(found.items())
     ]
-    return Manifest(split_samples(samples, fractions, seed), list(SHENZHEN_CLASSES), "multiclass")
+    return image_source(_stratified(records, fractions, seed), SHENZHEN_CLASSES, "multiclass")
 
 
 def load_blood_cells(
     root: str | Path, val_fraction: float = VAL_FRACTION, seed: int = 0
-) -> Manifest:
+) -> Source:
     """Kaggle BCCD blood cell images, 4 classes (see the module docstring)."""
     root = _folder(root)
     candidates = [root / d for d in _BLOOD_CELL_DIRS]
@@ -104,30 +114,30 @@ def load_blood_cells(
     if images is None:
         raise DataError(f"{root}: no TRAIN/ and TEST/ (expected dataset2-master/images/TRAIN)")
     fractions = (1 - val_fraction, val_fraction, 0)
-    splits = split_samples(_blood_cell_split(images / "TRAIN"), fractions, seed)
-    splits["test"] = _blood_cell_split(images / "TEST")
-    return Manifest(splits, list(BLOOD_CELL_CLASSES), "multiclass")
+    train = _stratified(_blood_cell_split(images / "TRAIN"), fractions, seed)
+    test = _blood_cell_split(images / "TEST", "test")
+    return image_source(train + test, BLOOD_CELL_CLASSES, "multiclass")
 
 
-def _blood_cell_split(folder: Path) -> list[Sample]:
+def _blood_cell_split(folder: Path, split: str | None = None) -> list[Record]:
     folders = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     extra = sorted(set(folders) - set(BLOOD_CELL_CLASSES))
     if extra:
         raise DataError(f"{folder}: unknown class folder(s) {extra}; expected {BLOOD_CELL_CLASSES}")
-    samples = []
+    records = []
     for index, name in enumerate(BLOOD_CELL_CLASSES):
         class_dir = folder / name
         files = sorted(class_dir.glob("*")) if class_dir.is_dir() else []
         files = [p for p in files if p.is_file() and has_image_suffix(p) and p.name[0] != "."]
         if not files:
             raise DataError(f"{class_dir}: missing or holds no images")
-        samples += [Sample(str(p), index, str(class_dir)) for p in files]
-    return samples
+        records += [_record(p, index, str(class_dir), split) for p in files]
+    return records
 
 
 def load_chestxray14(
     root: str | Path, val_fraction: float = VAL_FRACTION, seed: int = 0
-) -> Manifest:
+) -> Source:
     """NIH ChestX-ray14, 14 labels multi-label, official test split (see the module docstring)."""
     root = _folder(root)
     table = _first_file(root, ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"))
@@ -140,11 +150,12 @@ def load_chestxray14(
         if name not in images:
             missing.append(f"{name} ({where})")
         path = str(images.get(name, root / "images" / name))
-        sample = Sample(path, _chestxray14_target(row["Finding Labels"], where), where)
+        record = _record(path, _chestxray14_target(row["Finding Labels"], where), where)
         if name in test_ids:
-            test.append(sample)
+            record.split = "test"
+            test.append(record)
         elif name in train_ids:
-            train.append(sample)
+            train.append(record)
             patients[path] = (row.get("Patient ID") or name.split("_")[0]).strip()
         else:
             unlisted.append(name)
@@ -155,12 +166,9 @@ def load_chestxray14(
             f" e.g. {unlisted[:MAX_LISTED]}"
         )
     val_patients = _pick_groups(sorted(set(patients.values())), val_fraction, seed)
-    splits = {
-        "train": [s for s in train if patients[s.path] not in val_patients],
-        "val": [s for s in train if patients[s.path] in val_patients],
-        "test": test,
-    }
-    return Manifest(splits, list(CHESTXRAY14_LABELS), "multilabel")
+    for record in train:
+        record.split = "val" if patients[record.id] in val_patients else "train"
+    return image_source(train + test, CHESTXRAY14_LABELS, "multilabel")
 
 
 def _read_list(path: Path) -> set[str]:
@@ -194,20 +202,18 @@ def _pick_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
 
 def _read_csv(path: Path, needed: Sequence[str], delimiter: str = ",") -> Rows:
     header, rows = read_csv_rows(path, delimiter)
-    absent = [c for c in needed if c not in header]
-    if absent:
-        raise DataError(f"{path}: missing column(s) {absent}; the header has {header}")
+    check_columns(path, header, needed)
     return [(f"{path} line {line}", row) for line, row in rows]
 
 
 def load_inbreast(
     root: str | Path, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
-) -> Manifest:
+) -> Source:
     """INbreast mammograms, benign (BI-RADS 1-3) vs malignant (4-6) (see the module docstring)."""
     root = _folder(root)
     table = _first_file(root, ("INbreast.csv", "INbreast.xlsx", "INbreast.xls"))
     dicoms = _index_inbreast(root / "AllDICOMs")
-    samples, missing = [], []
+    records, missing = [], []
     for where, row in _read_inbreast_table(table):
         name = re.sub(r"\.0$", "", row.get("filename", ""))
         if not name:
@@ -215,9 +221,9 @@ def load_inbreast(
         if name not in dicoms:
             missing.append(f"AllDICOMs/{name}_*.dcm ({where})")
         path = str(dicoms.get(name, root / "AllDICOMs" / name))
-        samples.append(Sample(path, _birads_class(row.get("birads"), where), where))
+        records.append(_record(path, _birads_class(row.get("birads"), where), where))
     raise_missing(missing, str(table))
-    return Manifest(split_samples(samples, fractions, seed), list(INBREAST_CLASSES), "multiclass")
+    return image_source(_stratified(records, fractions, seed), INBREAST_CLASSES, "multiclass")
 
 
 def _index_inbreast(folder: Path) -> dict[str, Path]:

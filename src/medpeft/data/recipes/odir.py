@@ -20,9 +20,10 @@ from pathlib import Path
 
 from openpyxl import load_workbook
 
-from medpeft.data.manifest import Rows, raise_missing
-from medpeft.data.multimodal import MultiModalRecord, MultiModalSource
-from medpeft.data.multimodal_manifest import check_unique_ids, encode_target, seeded_split
+from medpeft.data.csvfile import Rows, check_columns, raise_missing
+from medpeft.data.labels import binary_target
+from medpeft.data.records import Record, Source
+from medpeft.data.splits import seeded_split
 from medpeft.errors import DataError
 
 LABELS = ("N", "D", "G", "C", "A", "H", "M", "O")
@@ -69,10 +70,7 @@ def read_annotations(path: Path) -> Rows:
     sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
     rows = sheet.iter_rows(values_only=True)
     header = [str(h).strip() if h is not None else "" for h in next(rows, ())]
-    required = [ID_COLUMN, *IMAGE_COLUMNS, *KEYWORD_COLUMNS, *LABELS]
-    absent = [c for c in required if c not in header]
-    if absent:
-        raise DataError(f"{path}: no column(s) {absent}; the sheet has {header}")
+    check_columns(path, header, [ID_COLUMN, *IMAGE_COLUMNS, *KEYWORD_COLUMNS, *LABELS])
     return [
         (line, {h: "" if v is None else str(v) for h, v in zip(header, row)})
         for line, row in enumerate(rows, start=2)
@@ -85,7 +83,7 @@ def load_odir(
     annotations: str | Path | None = None,
     image_dir: str | Path | None = None,
     seed: int = 0,
-) -> MultiModalSource:
+) -> Source:
     """Records of ODIR-5K, with splits assigned.
 
     Args:
@@ -111,16 +109,15 @@ def load_odir(
         ]
         text = compose_text(*(row[c] for c in KEYWORD_COLUMNS))
         records.append(
-            MultiModalRecord(
+            Record(
                 id=row[ID_COLUMN].strip() or str(index),
                 values={"image": paths, "text": text},
-                target=encode_target(row, LABELS, "multilabel", LABELS, where),
+                target=binary_target(row, LABELS, where),
                 split=split,
                 where=where,
             )
         )
     raise_missing(missing, str(workbook))
-    check_unique_ids(records)
-    return MultiModalSource(
+    return Source(
         records, ("image", "text"), dict(KINDS), list(LABELS), "multilabel", {"image": "hconcat"}
     )

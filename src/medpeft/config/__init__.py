@@ -1,0 +1,86 @@
+"""Run configs: one typed schema (:mod:`.schema`), YAML + ``key=value`` overrides
+(:mod:`.tools`), and the mapping of medpeft 0.1 keys (:mod:`.legacy`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from medpeft.config.legacy import upgrade
+from medpeft.config.schema import (
+    DataSettings,
+    GridSettings,
+    MissingSettings,
+    ModelSettings,
+    RunConfig,
+)
+from medpeft.config.tools import from_dict, read_config_data, save_yaml, to_dict
+from medpeft.errors import ConfigError, did_you_mean
+
+CORE_KEYS = ("name", "output_dir", "method", "model", "data", "missing", "train")
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    method_settings: Mapping[str, type] | None = None,
+) -> RunConfig:
+    """Read a YAML run config (or start from defaults), apply overrides, validate.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        overrides: ``section.key=value`` strings.
+        method_settings: settings dataclass per method name (default: the registry's).
+
+    Raises:
+        ConfigError: naming the key (with a did-you-mean for misspelt keys/methods).
+    """
+    if method_settings is None:
+        from medpeft.methods import settings_types  # settings dataclasses of the registry
+
+        method_settings = settings_types()
+    where = str(path or "config")
+    data = upgrade(read_config_data(path, overrides))
+    core = {k: v for k, v in data.items() if k not in method_settings}
+    unknown = sorted(set(core) - set(CORE_KEYS))
+    if unknown:
+        options = [*CORE_KEYS, *method_settings]
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}{did_you_mean(unknown[0], options)} "
+            f"(sections: {list(CORE_KEYS)} and a method's settings {sorted(method_settings)})"
+        )
+    config = from_dict(RunConfig, core, path=where)
+    if config.method not in method_settings:
+        hint = did_you_mean(config.method, method_settings)
+        raise ConfigError(f"{where}.method: {config.method!r} is not one of {sorted(method_settings)}{hint}")
+    config.settings = {
+        name: from_dict(kind, data.get(name), path=name)
+        for name, kind in method_settings.items()
+        if name in data or name == config.method
+    }
+    return config
+
+
+def config_dict(config: RunConfig) -> dict:
+    """A run config as plain YAML data, method sections at the top level."""
+    data = to_dict(config)
+    settings = data.pop("settings")
+    return {**data, **settings}
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config (what actually ran) as YAML, atomically."""
+    return save_yaml(config_dict(config), path)
+
+
+__all__ = [
+    "DataSettings",
+    "GridSettings",
+    "MissingSettings",
+    "ModelSettings",
+    "RunConfig",
+    "config_dict",
+    "from_dict",
+    "load_config",
+    "save_config",
+]

@@ -1,0 +1,194 @@
+"""The one run config of ``medpeft train``, for one modality or several.
+
+Sections: ``model`` (backbone, weights, text handling), ``method`` plus one
+settings section named after it (``lora:``, ``mora:``, ``prompts:``... validated by
+the registered method's settings dataclass), ``data`` (source, modalities, loader),
+``missing`` (the missing-modality protocol; a no-op for one modality) and
+``train`` (:class:`medpeft.train.TrainSettings`). A single-image task is simply a
+config whose data has one modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medpeft.data.missing import MIXED_KINDS, MissingSetting
+from medpeft.errors import ConfigError, did_you_mean
+from medpeft.train.settings import TrainSettings
+
+TASKS = Literal["multiclass", "multilabel"]
+
+
+@dataclass
+class ModelSettings:
+    """Backbone choice, where its weights come from, and text handling.
+
+    Attributes:
+        kind: ``timm`` (image modalities, any timm ViT) or ``vilt`` (image + text).
+        backbone: timm model name or ViLT hub id / folder (``null``: the kind's default,
+            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
+        img_size: input resolution; timm position embeddings are interpolated to it.
+        pretrained: fetch the backbone's pretrained weights from the hub (needs internet).
+        weights: local checkpoint file (ViLT: also a ``save_pretrained`` folder); wins
+            over ``pretrained``.
+        tokenizer: BERT tokenizer hub id, folder or ``vocab.txt`` (text modality only).
+        max_text_len: tokens per text; above ViLT's 40 positions the table is interpolated.
+        vilt_config: ``ViltConfig`` fields (random init or a state-dict file).
+        dropout: probability of every dropout layer of the frozen backbone while training
+            (the public MeLo and MoRA code train with 0.1; adapters keep their own).
+        kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
+    """
+
+    kind: Literal["timm", "vilt"] = "timm"
+    backbone: str | None = None
+    img_size: int | None = 224
+    pretrained: bool = True
+    weights: str | None = None
+    tokenizer: str = "bert-base-uncased"
+    max_text_len: int = 40
+    vilt_config: dict | None = None
+    dropout: float = 0.0
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"model.img_size: expected an integer >= 1, got {self.img_size}")
+        if self.max_text_len < 1:
+            raise ConfigError(f"model.max_text_len: expected an integer >= 1, got {self.max_text_len}")
+
+
+@dataclass
+class DataSettings:
+    """Where the samples are and how they are read and batched.
+
+    Attributes:
+        source: ``csv`` (a manifest), ``folder`` (class sub-folders), ``synthetic``, or a
+            public dataset recipe (``shenzhen``, ``blood_cells``, ``chestxray14``,
+            ``inbreast``, ``odir``, ``iu_xray``).
+        root: dataset folder (recipes, folder layout) or the folder of relative paths.
+        manifest: CSV manifest path (``source: csv``).
+        modalities: modality -> ``image``/``text`` in presence-mask order, one manifest
+            column each (empty cell = missing); ``null``: one image modality read from
+            ``image_col``.
+        image_col, label_col, split_col, id_col: manifest columns.
+        label_sep: separator of several class names in ``label_col`` (multi-label).
+        label_cols: one 0/1 column per class instead of ``label_col`` (multi-label).
+        task: ``multiclass`` or ``multilabel`` (``null``: inferred from the labels).
+        classes: label names in head order (default: sorted names found).
+        combine: image modality -> ``stack`` or ``hconcat`` (images side by side).
+        val_fraction, test_fraction: stratified split sizes for samples without a split.
+        num_samples, bits_per_modality: size and difficulty of the ``synthetic`` task.
+        missing_image: what replaces a missing image: ``ones`` (MoRA), ``zeros``, ``token``.
+        augment: random resized crop + flip + jitter on training images.
+        resize: ``crop`` (resize + centre crop at the backbone's crop_pct) or ``squash``
+            (the whole image to a square: nothing cut off, e.g. side-by-side pairs).
+        hflip: flip probability when augmenting (never for ``hconcat`` modalities).
+        balanced: class-balanced sampling of the training set.
+        batch_size, num_workers: data loader settings.
+    """
+
+    source: str = "csv"
+    root: str | None = None
+    manifest: str | None = None
+    modalities: dict | None = None
+    image_col: str = "image"
+    label_col: str = "label"
+    split_col: str = "split"
+    id_col: str = "id"
+    label_sep: str = "|"
+    label_cols: list[str] | None = None
+    task: TASKS | None = None
+    classes: list[str] | None = None
+    combine: dict = field(default_factory=dict)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    num_samples: int = 256
+    bits_per_modality: int = 1
+    missing_image: Literal["ones", "zeros", "token"] = "ones"
+    augment: bool = True
+    resize: Literal["crop", "squash"] = "crop"
+    hflip: float = 0.5
+    balanced: bool = False
+    batch_size: int = 32
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError(
+                f"data.batch_size, data.num_workers: need >= 1 and >= 0, got "
+                f"{self.batch_size}, {self.num_workers}"
+            )
+
+
+@dataclass
+class GridSettings:
+    """Test settings swept after training when the data has several modalities.
+
+    Attributes:
+        etas: missing rates.
+        kinds: missing types (modality names, ``both``/``mixed``); default: each
+            modality, then ``both``.
+    """
+
+    etas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    kinds: list[str] | None = None
+
+
+@dataclass
+class MissingSettings:
+    """The missing-modality protocol (ignored for one modality).
+
+    Attributes:
+        train: setting of the train and val splits (paper: eta 0.7, ``both``).
+        test: setting of the test split; default: ``train``'s.
+        test_applies_to_val: val uses the ``test`` setting too (the public MoRA code).
+        grid: settings the test split is also evaluated under.
+        seed: seed of the missing tables (each split draws its own).
+    """
+
+    train: MissingSetting = field(default_factory=lambda: MissingSetting(0.7, "both"))
+    test: MissingSetting | None = None
+    test_applies_to_val: bool = False
+    grid: GridSettings = field(default_factory=GridSettings)
+    seed: int = 0
+
+    def grid_kinds(self, modalities: Sequence[str]) -> list[str]:
+        """The grid's missing types, defaulting to each modality then ``both``."""
+        return list(self.grid.kinds) if self.grid.kinds else [*modalities, "both"]
+
+    def check(self, modalities: Sequence[str]) -> None:
+        """Raise ConfigError naming the key of a missing type that is no modality."""
+        known = [*modalities, *MIXED_KINDS]
+        named = [("missing.train.kind", self.train.kind)]
+        if self.test is not None:
+            named.append(("missing.test.kind", self.test.kind))
+        named += [("missing.grid.kinds", kind) for kind in self.grid_kinds(modalities)]
+        for key, kind in named:
+            if kind not in known:
+                raise ConfigError(f"{key}: {kind!r} is not one of {known}{did_you_mean(kind, known)}")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run.
+
+    ``settings`` holds the method settings sections by method name (the YAML keys
+    ``lora:``, ``mora:``...); :meth:`method_settings` gives the active method's.
+    """
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    method: str = "lora"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    missing: MissingSettings = field(default_factory=MissingSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def method_settings(self) -> Any:
+        """Settings of ``method``, or None for its defaults (no section in the config)."""
+        return self.settings.get(self.method)

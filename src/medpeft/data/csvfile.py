@@ -1,0 +1,70 @@
+"""CSV reading with true line numbers, and the error listing missing files.
+
+Manifests and dataset recipes read their tables with `read_csv_rows`; problems
+raise `DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from medpeft.errors import DataError
+
+MAX_LISTED = 5
+
+Rows = list[tuple[int, dict[str, str]]]  # (line number, column -> cell)
+
+
+def read_csv_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], Rows]:
+    """Header (names stripped) and ``(line number, row)`` pairs of a CSV file.
+
+    The line number is where the row starts (a quoted cell may span lines);
+    blank lines are skipped and a short row's absent cells read as ``""``.
+    DataError naming the file (and line) if it is absent, has no header or no
+    rows, repeats a column name, or a row has filled cells beyond the header's
+    columns (a delimiter inside an unquoted cell?).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    rows = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = [h.strip() for h in next(reader, [])]
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            raise DataError(f"{path}: column name(s) {repeated} appear more than once")
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            extra = [c for c in cells[len(header):] if c.strip()]
+            if extra:
+                raise DataError(
+                    f"{path} line {line}: {len(extra)} cell(s) beyond the header's "
+                    f"{len(header)} columns: {extra[:MAX_LISTED]} (quote cells holding "
+                    f"{delimiter!r})"
+                )
+            cells += [""] * (len(header) - len(cells))
+            rows.append((line, dict(zip(header, cells))))
+    if not header or not rows:
+        raise DataError(f"{path}: empty manifest (no header line or no rows)")
+    return header, rows
+
+
+def check_columns(path: str | Path, header: Sequence[str], needed: Sequence[str]) -> None:
+    """Raise DataError naming the file if any ``needed`` column is not in ``header``."""
+    absent = [c for c in needed if c not in header]
+    if absent:
+        raise DataError(f"{path}: missing column(s) {absent}; the header has {list(header)}")
+
+
+def raise_missing(missing: Sequence[str], what: str) -> None:
+    """Raise DataError listing the first few missing files (with their rows), if any."""
+    if missing:
+        shown = "\n  ".join(missing[:MAX_LISTED])
+        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        raise DataError(f"{len(missing)} image file(s) of {what} not found:\n  {shown}{more}")

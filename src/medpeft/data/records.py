@@ -1,0 +1,146 @@
+"""Samples of any number of modalities: `Record` (one sample) and `Source` (a dataset of them).
+
+A record maps each modality to its raw value: a tuple of file paths for an
+image modality (empty = genuinely missing; several = ``K`` images, e.g. MRI
+slices or two eyes) or a string for a text modality (blank = missing). A
+single-modality dataset is the one-modality case: modality ``"image"`` only.
+Every reader in `medpeft.data.sources` yields a `Source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from medpeft.errors import ConfigError, DataError
+from medpeft.tasks import check_task
+
+MODALITY_KINDS = ("image", "text")
+IMAGE_MODALITY = "image"  # the one modality of single-image data
+
+Target = int | tuple[float, ...]  # class index (multiclass) or 0/1 per label (multilabel)
+Value = tuple[str, ...] | str
+
+
+def has_value(value: Value | None) -> bool:
+    """Whether a modality value holds data (a non-blank text, at least one file)."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return bool(value)
+
+
+@dataclass
+class Record:
+    """One sample: raw modality values, target, optional split and its origin.
+
+    Attributes:
+        id: unique sample id (key of a missing-modality table).
+        values: modality -> tuple of image paths, or raw text.
+        target: class index (multiclass) or 0/1 tuple in label order (multilabel).
+        split: ``train``/``val``/``test``, or None until `medpeft.data.splits.assign_splits`.
+        where: origin for error messages, e.g. ``manifest.csv line 4``.
+    """
+
+    id: str
+    values: dict[str, Value]
+    target: Target
+    split: str | None = None
+    where: str = ""
+
+    def available(self, modalities: Sequence[str]) -> tuple[bool, ...]:
+        """Which modalities the data genuinely holds for this sample."""
+        return tuple(has_value(self.values.get(m)) for m in modalities)
+
+
+@dataclass
+class Source:
+    """Records plus what datasets and models need to know about them.
+
+    Construction checks the records: unique ids, at least one modality value
+    each, targets that fit ``task`` and ``labels`` (DataError naming the record).
+
+    Attributes:
+        records: the samples, in reading order (none dropped).
+        modalities: modality order (column order of presence masks).
+        kinds: modality -> ``"image"`` or ``"text"``.
+        labels: class (multiclass) or label (multilabel) names in head order.
+        task: ``"multiclass"`` or ``"multilabel"``.
+        combine: image modality -> ``"stack"`` or ``"hconcat"`` (see `medpeft.data.dataset`).
+    """
+
+    records: list[Record]
+    modalities: tuple[str, ...]
+    kinds: dict[str, str]
+    labels: list[str]
+    task: str
+    combine: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_task(self.task)
+        check_modalities(self.modalities, self.kinds)
+        if not self.records:
+            raise DataError("the data source holds no samples")
+        check_records(self.records, self.modalities)
+        for record in self.records:
+            check_target(record, len(self.labels), self.task)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes or labels (outputs of the head)."""
+        return len(self.labels)
+
+    def split(self, name: str | None) -> list[Record]:
+        """Records of one split (None: those without a split)."""
+        return [r for r in self.records if r.split == name]
+
+    def ids(self, split: str) -> list[str]:
+        """Sample ids of one split: the keys a missing table for it needs."""
+        return [r.id for r in self.split(split)]
+
+    def targets(self, split: str) -> list[Target]:
+        """Targets of one split."""
+        return [r.target for r in self.split(split)]
+
+
+def image_source(records: list[Record], labels: Sequence[str], task: str) -> Source:
+    """A single-image `Source`: records whose only modality is `IMAGE_MODALITY`."""
+    kinds = {IMAGE_MODALITY: "image"}
+    return Source(records, (IMAGE_MODALITY,), kinds, list(labels), task)
+
+
+def check_modalities(modalities: Sequence[str], kinds: Mapping[str, str]) -> None:
+    """Validate modality kinds: at least one modality, each image or text, at most one text."""
+    if not modalities:
+        raise ConfigError("at least one modality is needed")
+    for m in modalities:
+        if kinds.get(m) not in MODALITY_KINDS:
+            raise ConfigError(
+                f"modality {m!r} needs a kind in {MODALITY_KINDS}, got {kinds.get(m)!r}"
+            )
+    if sum(kinds[m] == "text" for m in modalities) > 1:
+        raise ConfigError("at most one text modality is supported (one token stream)")
+
+
+def check_records(records: Sequence[Record], modalities: Sequence[str]) -> None:
+    """Raise DataError naming the first duplicated sample id or sample without any modality."""
+    seen: dict[str, str] = {}
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"{r.where}: duplicate sample id {r.id!r} (first at {seen[r.id]})")
+        seen[r.id] = r.where
+        if not any(r.available(modalities)):
+            raise DataError(f"{r.where or r.id}: sample {r.id!r} has no modality")
+
+
+def check_target(record: Record, num_classes: int, task: str) -> None:
+    """Raise DataError if the record's target does not fit ``task`` with ``num_classes``."""
+    target = record.target
+    if task == "multiclass":
+        ok = isinstance(target, int) and 0 <= target < num_classes
+    else:
+        ok = isinstance(target, tuple) and len(target) == num_classes
+    if not ok:
+        raise DataError(
+            f"{record.where or record.id}: target {target!r} does not fit a {task} task "
+            f"with {num_classes} classes"
+        )

@@ -1,0 +1,126 @@
+"""Train/val/test splits: split names, fractions and seeded assignment.
+
+`stratified_split` keeps each class's share in every split (multilabel: by the
+rarest positive label, see `strata`); `seeded_split` ignores labels and gives
+exact counts (the paper's split sizes of ODIR-5K and IU X-ray). `assign_splits`
+gives every record of a `Source` without a split one, stratified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from medpeft.data.records import Source, Target
+from medpeft.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def parse_split(value: str | None, where: str) -> str:
+    """Canonical split name of a cell (DataError naming ``where`` if unknown)."""
+    name = SPLIT_ALIASES.get((value or "").strip().lower())
+    if name is None:
+        raise DataError(f"{where}: bad split value {value!r}; expected one of {list(SPLITS)}")
+    return name
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """``fractions`` as 3 floats (train, val, test), each >= 0 with a positive sum, or ConfigError."""
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ConfigError(f"fractions must be 3 numbers >= 0 (train, val, test), got {fractions}")
+    return tuple(float(f) for f in fractions)
+
+
+def holdout_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
+    """Train/val/test fractions from the config's ``data.val_fraction`` and ``data.test_fraction``."""
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction > 1:
+        raise ConfigError(
+            "data.val_fraction, data.test_fraction: need two numbers >= 0 summing to at most 1, "
+            f"got {val_fraction} and {test_fraction}"
+        )
+    return (max(0.0, 1.0 - val_fraction - test_fraction), val_fraction, test_fraction)
+
+
+def strata(targets: Sequence[Target]) -> list[int]:
+    """Group of each target: its class, or for 0/1 vectors its rarest positive label (-1: none)."""
+    if not targets or isinstance(targets[0], int):
+        return [int(t) for t in targets]
+    counts = np.asarray(targets, dtype=np.float64).sum(axis=0)
+    return [
+        min((i for i, v in enumerate(t) if v > 0), key=lambda i: counts[i], default=-1)
+        for t in targets
+    ]
+
+
+def stratified_split(
+    targets: Sequence[Target], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
+) -> list[str]:
+    """Seeded stratified train/val/test split: the split name of each target.
+
+    Within each stratum (see `strata`) the samples are shuffled with ``seed``;
+    ``round(n * val)`` go to val, ``round(n * test)`` to test, the rest to train
+    (fractions are normalised to sum 1).
+    """
+    fractions = check_fractions(fractions)
+    total = sum(fractions)
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(strata(targets))
+    assigned = ["train"] * len(targets)
+    for group in sorted(set(groups.tolist())):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        n_val = min(len(members), round(len(members) * fractions[1] / total))
+        n_test = min(len(members) - n_val, round(len(members) * fractions[2] / total))
+        for name, chosen in (("val", members[:n_val]), ("test", members[n_val : n_val + n_test])):
+            for index in chosen:
+                assigned[index] = name
+    return assigned
+
+
+def seeded_split(n: int, weights: Sequence[float], seed: int = 0) -> list[str]:
+    """Assign ``train``/``val``/``test`` to ``n`` samples in proportion to ``weights``.
+
+    Counts are ``round(n * w / sum(weights))`` for train and val, the rest test
+    (exact for weights that are the paper's split sizes); which sample goes
+    where follows a seeded permutation. Unlike `stratified_split` it ignores
+    the labels.
+    """
+    weights = check_fractions(weights)
+    total = sum(weights)
+    n_train = round(n * weights[0] / total)
+    n_val = min(n - n_train, round(n * weights[1] / total))
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)
+    order = np.random.default_rng(seed).permutation(n)
+    splits = [""] * n
+    for position, index in enumerate(order):
+        splits[index] = names[position]
+    return splits
+
+
+def assign_splits(
+    source: Source, val_fraction: float, test_fraction: float, seed: int = 0
+) -> Source:
+    """``source`` with a stratified seeded split for every record that has none.
+
+    Records that already have a split keep it. Raises ConfigError if train or
+    val ends up empty.
+    """
+    unsplit = [i for i, r in enumerate(source.records) if r.split is None]
+    fractions = holdout_fractions(val_fraction, test_fraction)
+    names = stratified_split([source.records[i].target for i in unsplit], fractions, seed)
+    records = list(source.records)
+    for index, name in zip(unsplit, names):
+        records[index] = replace(records[index], split=name)
+    result = replace(source, records=records)
+    empty = [s for s in ("train", "val") if not result.split(s)]
+    if empty:
+        raise ConfigError(
+            f"data.val_fraction/data.test_fraction: the {empty} split(s) are empty "
+            f"(fractions {fractions} over {len(unsplit)} unsplit samples; check the split column)"
+        )
+    return result

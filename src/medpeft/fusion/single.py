@@ -1,0 +1,57 @@
+"""Single-stream fusion: one image modality on the plain timm ViT, parameter names unchanged.
+
+:func:`as_single_stream` gives a timm model a subclass of its own class whose
+``forward`` also takes the batch dict (``{"images": {modality: Tensor[B, 3, H, W]},
+"present": ..., "adapters": ...}``) and enters the call's routing. Nothing is
+wrapped: ``blocks.0.attn.qkv``, ``head`` and every timm method stay where they
+are, so LoRA-ViT files import and PEFT exports load onto a plain timm model.
+A plain image tensor is accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from medpeft.adapters.inject import check_routed
+from medpeft.errors import DataError
+from medpeft.fusion.base import routed
+
+
+class SingleStream:
+    """Mixin placed in front of a timm model's class by :func:`as_single_stream`."""
+
+    modalities: tuple[str, ...]
+    trained_prefixes = ("head.",)
+
+    def forward(self, batch: Mapping | torch.Tensor) -> torch.Tensor:
+        if not isinstance(batch, Mapping):
+            check_routed(self)
+            return super().forward(batch)
+        modality = self.modalities[0]
+        images = batch.get("images", {}).get(modality)
+        if images is None:
+            raise DataError(f"batch has no images for modality {modality!r}")
+        if images.dim() != 4:
+            raise DataError(
+                f"modality {modality!r}: expected one image per sample [B, 3, H, W], got "
+                f"{tuple(images.shape)}; several images per sample need several modalities"
+            )
+        with routed(self, batch):
+            return super().forward(images)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def as_single_stream(vit: nn.Module, modality: str = "image") -> nn.Module:
+    """Make ``vit`` (in place) read modality ``modality`` of the batch dict; return it."""
+    base = type(vit)
+    if not issubclass(base, SingleStream):
+        if base not in _CLASSES:
+            _CLASSES[base] = type(f"SingleStream{base.__name__}", (SingleStream, base), {})
+        vit.__class__ = _CLASSES[base]
+    vit.modalities = (modality,)
+    return vit

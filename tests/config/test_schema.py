@@ -1,0 +1,53 @@
+"""The one RunConfig schema: every built-in recipe loads, bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from medpeft.cli import builtin_configs
+from medpeft.config import RunConfig, load_config
+from medpeft.data.missing import MissingSetting
+from medpeft.errors import ConfigError
+from medpeft.methods import LoraSettings, MoraSettings
+
+MELO = {"melo_shenzhen", "melo_blood_cells", "melo_chestxray14", "melo_inbreast"}
+MORA = {"mora_odir", "mora_iu_xray", "mora_synthetic"}
+
+
+def test_builtin_configs_are_listed_with_how_to_run():
+    names = builtin_configs()
+    assert set(names) >= MELO | MORA
+    for name, path in names.items():
+        assert path.read_text().startswith(f"# How to run: medpeft train {name}")
+
+
+@pytest.mark.parametrize("name", sorted(builtin_configs()))
+def test_each_builtin_config_loads(name):
+    config = load_config(builtin_configs()[name])
+    assert isinstance(config, RunConfig)
+    if name.startswith("mora_"):  # MoRA recipes (single- and multi-modality share the schema)
+        mora = config.method_settings()
+        assert config.method == "mora" and isinstance(mora, MoraSettings)
+        assert config.settings["mora"] is mora and mora.rank == 4 and list(mora.blocks) == [0]
+        assert config.missing.train == MissingSetting(0.7, "both")
+        assert config.train.lr == 5e-3 and config.train.monitor == "f1_macro"
+    else:  # MeLo recipes
+        lora = config.method_settings()
+        assert isinstance(lora, LoraSettings) and config.method == "lora"
+        assert lora.rank == 4 and lora.alpha == 4.0
+        assert config.model.img_size in (224, 384)
+
+
+def test_method_section_typo_suggests_the_key():
+    with pytest.raises(ConfigError, match=r"lora: unknown key\(s\) \['rnk'\]; did you mean 'rank'\?"):
+        load_config(builtin_configs()["melo_shenzhen"], ["lora.rnk=3"])
+
+
+def test_method_settings_are_validated_with_their_key():
+    with pytest.raises(ConfigError, match=r"lora\.rank: expected an integer >= 1, got 0"):
+        load_config(builtin_configs()["melo_shenzhen"], ["lora.rank=0"])
+
+
+def test_defaults_without_a_file_use_the_method_defaults():
+    config = load_config(None, ["method=mora"])
+    assert config.method == "mora" and config.method_settings() == MoraSettings()

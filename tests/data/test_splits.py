@@ -1,0 +1,87 @@
+"""Split names and fractions, seeded stratified and exact-count splits, assign_splits."""
+
+from collections import Counter
+
+import pytest
+
+from medpeft.data.records import Record, image_source
+from medpeft.data.splits import (
+    assign_splits,
+    holdout_fractions,
+    parse_split,
+    seeded_split,
+    stratified_split,
+)
+from medpeft.errors import ConfigError, DataError
+
+
+def test_stratified_split_is_seeded_and_stratified():
+    targets = [int(i < 20) for i in range(100)]  # 80 / 20
+    names = stratified_split(targets, (0.7, 0.1, 0.2), seed=3)
+    assert Counter(names) == {"train": 70, "val": 10, "test": 20}
+    assert Counter(t for t, n in zip(targets, names) if n == "test") == {0: 16, 1: 4}
+    assert names == stratified_split(targets, (0.7, 0.1, 0.2), seed=3)
+    assert names != stratified_split(targets, (0.7, 0.1, 0.2), seed=4)
+    with pytest.raises(ConfigError):
+        stratified_split(targets, (0.5, 0.5))
+
+
+def test_multilabel_split_stratifies_on_rarest_label():
+    targets = [(1.0, 1.0)] * 10 + [(1.0, 0.0)] * 30 + [(0.0, 0.0)] * 10  # rare, common, normal
+    names = stratified_split(targets, (0.8, 0.0, 0.2), seed=0)
+    test = [t for t, n in zip(targets, names) if n == "test"]
+    assert Counter(test) == {(1.0, 1.0): 2, (1.0, 0.0): 6, (0.0, 0.0): 2}
+
+
+def test_paper_split_sizes_are_exact():
+    assert Counter(seeded_split(3500, (2781, 382, 337), seed=0)) == {
+        "train": 2781, "val": 382, "test": 337,
+    }
+    assert Counter(seeded_split(3794, (3022, 399, 373), seed=1)) == {
+        "train": 3022, "val": 399, "test": 373,
+    }
+    assert seeded_split(50, (8, 1, 1), seed=3) == seeded_split(50, (8, 1, 1), seed=3)
+    with pytest.raises(ConfigError, match="fractions"):
+        seeded_split(10, (-0.2, 0.6, 0.6))
+
+
+def test_holdout_fractions_name_the_config_keys():
+    assert holdout_fractions(0.1, 0.2) == pytest.approx((0.7, 0.1, 0.2))
+    assert holdout_fractions(0.7, 0.3)[0] == pytest.approx(0.0)
+    assert holdout_fractions(0.8, 0.2)[0] == 0.0  # 1 - 0.8 - 0.2 is -5.6e-17 in floats
+    for val, test in ((0.6, 0.6), (-0.1, 0.2)):
+        with pytest.raises(ConfigError, match="data.val_fraction, data.test_fraction"):
+            holdout_fractions(val, test)
+
+
+def test_parse_split_aliases():
+    assert [parse_split(v, "x") for v in ("Training", " valid ", "TEST", "dev")] == [
+        "train", "val", "test", "val"
+    ]
+    with pytest.raises(DataError, match="line 2 column 'split': bad split value 'holdout'"):
+        parse_split("holdout", "line 2 column 'split'")
+
+
+def source_of(targets, splits=None):
+    splits = splits or [None] * len(targets)
+    records = [Record(str(i), {"image": ("x.png",)}, t, s) for i, (t, s) in enumerate(zip(targets, splits))]
+    return image_source(records, ["a", "b"], "multiclass")
+
+
+def test_assign_splits_is_stratified_and_keeps_given_splits():
+    source = source_of([int(i < 20) for i in range(100)])
+    split = assign_splits(source, 0.1, 0.2, seed=0)
+    assert [len(split.split(n)) for n in ("train", "val", "test")] == [70, 10, 20]
+    assert Counter(split.targets("test")) == {0: 16, 1: 4} and Counter(split.targets("val")) == {0: 8, 1: 2}
+    assert all(r.split is None for r in source.records)  # a new Source; the input is unchanged
+    assert split.ids("test") == assign_splits(source, 0.1, 0.2, seed=0).ids("test")
+    partial = source_of([0, 1] * 10, ["test", "test"] + [None] * 18)
+    assigned = assign_splits(partial, 0.5, 0.0, seed=1)
+    assert assigned.ids("test") == ["0", "1"] and len(assigned.split("val")) == 8  # 2 x round(4.5)
+
+
+def test_assign_splits_names_the_config_keys_when_train_or_val_is_empty():
+    with pytest.raises(ConfigError, match=r"data.val_fraction/data.test_fraction.*\['val'\]"):
+        assign_splits(source_of([0, 1] * 5), 0.0, 0.2)
+    with pytest.raises(ConfigError, match=r"\['train'\]"):
+        assign_splits(source_of([0, 1] * 5), 0.6, 0.4)
