@@ -36,9 +36,8 @@ def two_tasks(tmp_path):
         torch.manual_seed(0)
         single = build_model(spec).eval()
         _randomize(single, seed)
-        save_adapter(single, tmp_path / task, spec, ["a", "b", "c"], "multiclass")
+        save_adapter(single, tmp_path / task, spec, ["a", "b", "c"], "multiclass", backbone_seed=0)
         singles[task] = single
-    torch.manual_seed(0)
     model, _ = load_adapter(tmp_path / "tb")
     load_adapter(tmp_path / "cells", model)
     return model.eval(), singles

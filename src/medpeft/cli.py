@@ -60,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise MedpeftError("give image files or --manifest (one column per modality), not both")
     common = dict(
         weights=args.weights, pretrained=args.pretrained, batch_size=args.batch_size,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, allow_random_backbone=args.random_backbone,
     )
     if args.manifest:
         predictions = predict_manifest(args.adapter, args.manifest, root=args.root, **common)
@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="folder of the manifest's relative paths (default: its folder)")
     p.add_argument("--weights", help="backbone checkpoint file")
     p.add_argument("--pretrained", action="store_true", help="fetch the backbone weights from the hub")
+    p.add_argument(
+        "--random-backbone", action="store_true",
+        help="run an adapter that records no backbone weights on a random backbone (meaningless outputs)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--output", help="CSV file to write (default: stdout)")

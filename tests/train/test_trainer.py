@@ -186,3 +186,22 @@ def test_dict_inputs_evaluate_and_predict():
     np.testing.assert_allclose(predict(model, [batch[:1]], "multiclass"), result.scores)
     moved = to_device({"a": [x, (x,)], "b": 3}, torch.device("cpu"))
     assert isinstance(moved["a"][1], tuple) and moved["b"] == 3
+
+
+def test_aux_loss_is_added_to_the_training_loss(tmp_path):
+    loader = DataLoader(tabular(), batch_size=16, shuffle=False)
+    settings = TrainSettings(epochs=2, lr=1e-2, **CPU)
+    plain = fit(mlp(), loader, loader, "multiclass", settings, tmp_path / "plain", progress=False)
+    calls = []
+
+    def constant(model: nn.Module) -> torch.Tensor:
+        calls.append(model)
+        return torch.tensor(5.0)  # no gradient: training is unchanged, the logged loss is not
+
+    extra = fit(
+        mlp(), loader, loader, "multiclass", settings, tmp_path / "aux", progress=False, aux_loss=constant
+    )
+    assert len(calls) == 2 * len(loader)
+    for a, b in zip(plain.history, extra.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"] + 5.0, abs=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-6)

@@ -66,7 +66,8 @@ class AdapterConfig:
     ``backbone_weights`` records where the frozen backbone's weights came from in
     training: a checkpoint path (relative paths are resolved from the adapter
     folder), ``"hub"`` (pretrained weights from the hub) or ``None`` (random init).
-    ``modalities`` maps each modality, in presence-mask order, to ``image`` or
+    ``backbone_seed`` is the seed a random backbone was drawn with, so it is rebuilt
+    exactly. ``modalities`` maps each modality, in presence-mask order, to ``image`` or
     ``text``; ``inputs`` holds how samples were read (``missing_image``,
     ``combine``, ``tokenizer``, ``max_text_len``).
     """
@@ -85,6 +86,7 @@ class AdapterConfig:
     vilt_config: dict | None = None
     inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
+    backbone_seed: int | None = None
     medpeft_version: str = __version__
     format_version: int = FORMAT_VERSION
 

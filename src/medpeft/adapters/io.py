@@ -85,6 +85,7 @@ def save_adapter(
     backbone_weights: str | Path | None = None,
     kinds: dict[str, str] | None = None,
     inputs: dict | None = None,
+    backbone_seed: int | None = None,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
@@ -100,6 +101,8 @@ def save_adapter(
             so that loading finds them again.
         kinds: Modality -> ``image``/``text`` (default: from the spec).
         inputs: How samples were read (``missing_image``, ``combine``, ``tokenizer``).
+        backbone_seed: The seed a random backbone was built after (``torch.manual_seed``
+            right before ``build_model``), so loading rebuilds the same one.
 
     Returns:
         The output folder.
@@ -115,6 +118,7 @@ def save_adapter(
     if backbone_weights not in (None, HUB):
         backbone_weights = str(Path(backbone_weights).resolve())
     config = make_config(spec, labels, task, preprocessing, kinds, inputs, backbone_weights)
+    config.backbone_seed = backbone_seed if backbone_weights is None else None
     out_dir = Path(out_dir)
     write_state_dict(out_dir / WEIGHTS_NAME, tensors)
     write_adapter_config(config, out_dir)
@@ -163,6 +167,7 @@ def load_adapter(
     adapter_name: str | None = None,
     weights: str | Path | None = None,
     pretrained: bool = False,
+    allow_random_backbone: bool = False,
 ) -> tuple[nn.Module, AdapterConfig]:
     """Load a saved adapter, building its model or adding it to a given one.
 
@@ -175,6 +180,9 @@ def load_adapter(
         weights: Backbone checkpoint when building the model; by default the one
             recorded at save time (see `AdapterConfig.backbone_weights`).
         pretrained: Fetch the backbone's hub weights when building the model.
+        allow_random_backbone: Build a random backbone when the adapter records
+            neither weights nor the seed of its random backbone (outputs are then
+            meaningless; tests and demos only).
 
     Returns:
         The model, with this adapter as its default, and the adapter's config.
@@ -185,8 +193,8 @@ def load_adapter(
     method = get_method(config.method)
     if model is None:
         if weights is None and not pretrained:
-            weights, pretrained = recorded_backbone(config, folder)
-        model = build_model(config.to_spec(), pretrained=pretrained, weights=weights, adapter_name=name)
+            weights, pretrained = recorded_backbone(config, folder, allow_random_backbone)
+        model = build_adapter_model(config, weights, pretrained, name)
         copy_weights(adapter_parameters(model, name, method), state, source)
         return model, config
     if not method.adapter_dicts:
@@ -214,20 +222,33 @@ def read_config(path: str | Path) -> AdapterConfig:
     return read_legacy_adapter(folder)[0] if _is_legacy(folder) else read_adapter_config(folder)
 
 
-def recorded_backbone(config: AdapterConfig, folder: Path) -> tuple[str | None, bool]:
+def recorded_backbone(
+    config: AdapterConfig, folder: Path, allow_random_backbone: bool = False
+) -> tuple[str | None, bool]:
     """``(weights, pretrained)`` the adapter was trained on, as recorded in its config.
 
+    A randomly initialised backbone is rebuilt exactly from its recorded seed (see
+    `build_adapter_model`); without a recorded seed it cannot be, and loading is
+    refused unless ``allow_random_backbone``.
+
     Raises:
-        WeightsError: if the recorded checkpoint is not on this machine, since the
-            adapter on a random backbone would predict nonsense.
+        WeightsError: if the recorded checkpoint is not on this machine, or the
+            backbone was random and its seed is unknown: the adapter on another
+            backbone would predict nonsense.
     """
     recorded = config.backbone_weights
-    if config.method == "full":
+    if config.method == "full" or (recorded is None and config.backbone_seed is not None):
         return None, False
     if recorded is None:
+        if not allow_random_backbone:
+            raise WeightsError(
+                f"{folder} records no backbone weights (trained on a random backbone, or "
+                "imported without --weights); on an unknown backbone its outputs are "
+                "meaningless. Pass the checkpoint with --weights (Python: weights=...), or "
+                "--random-backbone (allow_random_backbone=True) to run it anyway"
+            )
         warnings.warn(
-            f"{folder} was trained on a randomly initialised backbone; on a new random "
-            "backbone its outputs are meaningless (pass the backbone weights if you have them)",
+            f"{folder} runs on a randomly initialised backbone: its outputs are meaningless",
             stacklevel=3,
         )
         return None, False
@@ -240,6 +261,16 @@ def recorded_backbone(config: AdapterConfig, folder: Path) -> tuple[str | None, 
             "pass that checkpoint with --weights (Python: weights=...)"
         )
     return str(path), False
+
+
+def build_adapter_model(
+    config: AdapterConfig, weights: str | None, pretrained: bool, adapter_name: str
+) -> nn.Module:
+    """The adapter's model; a random backbone is drawn from its recorded seed (caller's RNG kept)."""
+    with torch.random.fork_rng(devices=[]):
+        if weights is None and not pretrained and config.backbone_seed is not None:
+            torch.manual_seed(config.backbone_seed)
+        return build_model(config.to_spec(), pretrained=pretrained, weights=weights, adapter_name=adapter_name)
 
 
 def add_adapter_weights(

@@ -67,6 +67,7 @@ def read_legacy_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Te
         inputs={"max_text_len": spec["max_text_len"], "missing_image": run.data.missing_image,
                 "tokenizer": run.model.tokenizer},
         backbone_weights=run.model.weights or ("hub" if run.model.pretrained else None),
+        backbone_seed=run.train.seed,  # 0.1 seeded before building a random backbone
     )
     source = folder / LEGACY_WEIGHTS_NAME
     dicts = get_method(method).adapter_dicts

@@ -10,6 +10,7 @@ state, end of each epoch) and, when enabled, ``tensorboard/``. The train loader 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
 from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
+
+AuxLoss = Callable[[nn.Module], "torch.Tensor | None"]
 
 
 @dataclass
@@ -86,8 +89,12 @@ def fit(
     class_names: list[str] | None = None,
     resume: bool = True,
     progress: bool = True,
+    aux_loss: AuxLoss | None = None,
 ) -> FitResult:
     """Train the model's trainable parameters, validating each epoch; end with the best weights.
+
+    ``aux_loss(model)`` (a method's auxiliary loss, e.g. a router balancing term) is
+    added to the task loss after every training forward when it returns a tensor.
 
     With ``resume`` and ``out_dir/checkpoint.pt`` present, training continues
     after the last completed epoch with the saved optimizer, scheduler, scaler
@@ -100,6 +107,7 @@ def fit(
     if len(train_loader) == 0:
         raise DataError("train_loader yields no batches")
     run = _Run(model, task, settings, Path(out_dir), class_names, progress, len(train_loader))
+    run.aux_loss = aux_loss
     if resume and run.checkpoint_path.exists():
         run.state = load_checkpoint(run.checkpoint_path, model, *run.parts.resumable())
     log = RunLog(run.out_dir, settings.tensorboard, purge_step=run.state.global_step or None)
@@ -130,6 +138,7 @@ class _Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model, self.task, self.settings, self.out_dir = model, task, settings, out_dir
         self.class_names, self.progress = class_names, progress
+        self.aux_loss: AuxLoss | None = None
         self.checkpoint_path = out_dir / CHECKPOINT
         self.device = resolve_device(settings.device)
         self.dtype = autocast_dtype(settings)
@@ -181,6 +190,9 @@ class _Run:
             with autocast(self.device, self.dtype):
                 logits = model(to_device(inputs, self.device))
             loss = parts.loss_fn(logits.float(), targets)
+            extra = self.aux_loss(model) if self.aux_loss is not None else None
+            if extra is not None:
+                loss = loss + extra.float()
             parts.scaler.scale(loss / group_size).backward()
             total_loss += loss.detach() * len(targets)
             total_count += len(targets)

@@ -1,0 +1,121 @@
+"""``medpeft train``: one run from a :class:`~medpeft.config.RunConfig`, any number of modalities.
+
+Read the data, build backbone + fusion + method, train with validation each
+epoch (resumable), keep the best epoch, save the adapter, evaluate the test split
+(and, for several modalities, the missing-modality grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medpeft.adapters.inject import ParameterCount, count_parameters
+from medpeft.adapters.io import HUB, save_adapter
+from medpeft.config import RunConfig, save_config
+from medpeft.data.records import Source
+from medpeft.errors import ConfigError
+from medpeft.methods import get_method
+from medpeft.model import ModelSpec, build_model, set_backbone_dropout
+from medpeft.runs.data import load_source, run_data, save_tables, split_tables
+from medpeft.reports import markdown_table, summary_header, summary_row
+from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
+from medpeft.runs.layout import METRICS_CSV, RunLayout
+from medpeft.train import fit
+
+
+@dataclass
+class RunReport:
+    """What a finished training run produced."""
+
+    run_dir: Path
+    adapter_dir: Path
+    params: ParameterCount
+    adapter_bytes: int
+    best_epoch: int | None
+    val_metrics: dict[str, float]
+    test: Evaluation
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return self.test.metrics
+
+
+def model_spec(config: RunConfig, source: Source) -> ModelSpec:
+    """The architecture a run config asks for, over the source's modalities and labels."""
+    m = config.model
+    text = next((name for name, kind in source.kinds.items() if kind == "text"), "text")
+    return ModelSpec(
+        backbone=m.backbone,
+        num_classes=source.num_classes,
+        method=config.method,
+        settings=config.method_settings(),
+        img_size=m.img_size,
+        modalities=source.modalities,
+        kind=m.kind,
+        text_modality=text,
+        missing_token=config.data.missing_image == "token",
+        vilt_config=m.vilt_config,
+        max_text_len=m.max_text_len if m.kind == "vilt" else None,
+        model_kwargs=dict(m.kwargs),
+    )
+
+
+def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> RunReport:
+    """Train, keep the best epoch, save the adapter and evaluate on the test split."""
+    layout = RunLayout.at(config.output_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, layout.config)
+    source = load_source(config, layout)
+    tables = split_tables(source, config.missing)
+    save_tables(tables, layout)
+    if "val" not in tables:
+        raise ConfigError("the data needs non-empty train and val splits (check the split column/fractions)")
+    spec = model_spec(config, source)
+    torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
+    model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
+    set_backbone_dropout(model, config.model.dropout)
+    data = run_data(config, source, model)
+    result = fit(
+        model, data.loader("train", tables["train"], train=True), data.loader("val", tables["val"]),
+        source.task, config.train, layout.root, class_names=source.labels, resume=resume,
+        progress=progress, aux_loss=get_method(config.method).aux_loss,
+    )
+    adapter_dir = save_adapter(
+        model, layout.adapter, spec, source.labels, source.task, data.pre,
+        backbone_weights=config.model.weights or (HUB if config.model.pretrained else None),
+        kinds=source.kinds, inputs=_inputs(config, source), backbone_seed=config.train.seed,
+    )
+    test = Evaluation("test", {})
+    if "test" in tables:
+        test = evaluate_split(model, data, config, "test", tables["test"], layout, progress)
+    return RunReport(
+        run_dir=layout.root,
+        adapter_dir=adapter_dir,
+        params=count_parameters(model),
+        adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir()),
+        best_epoch=result.best_epoch,
+        val_metrics=result.best_metrics,
+        test=test,
+    )
+
+
+def format_report(report: RunReport) -> str:
+    """A finished run as console text: summary row, grid pivot (several modalities), files."""
+    text = markdown_table(summary_header(), [summary_row(report.run_dir.name, report)])
+    if report.test.grid:
+        text += f"\n\n{format_evaluation(report.test)}"
+    return (
+        f"{text}\nbest epoch: {report.best_epoch}; adapter: {report.adapter_dir}; "
+        f"log: {report.run_dir / METRICS_CSV}"
+    )
+
+
+def _inputs(config: RunConfig, source: Source) -> dict:
+    """How samples were read, recorded in the adapter so ``predict`` reads them the same way."""
+    inputs: dict = {"missing_image": config.data.missing_image, "combine": dict(source.combine)}
+    if "text" in source.kinds.values():
+        inputs["tokenizer"] = config.model.tokenizer
+    return inputs

@@ -1,0 +1,54 @@
+"""``medpeft eval`` / ``medpeft.runs.evaluate``: a finished run's adapter rebuilt from its folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medpeft.cli import main
+from medpeft.errors import ConfigError
+from medpeft.runs.evaluate import Evaluation, evaluate_run
+
+from .conftest import CPU
+
+
+def test_eval_one_modality_run_on_val(image_run, capsys):
+    assert main(["eval", str(image_run), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "auroc" in out and "\\ eta" not in out  # one modality: no missing-modality grid
+    assert "auroc" in json.loads((image_run / "val_metrics.json").read_text())
+
+
+def test_evaluate_run_reproduces_the_test_metrics_of_training(image_run):
+    recorded = json.loads((image_run / "test_metrics.json").read_text())
+    evaluation = evaluate_run(image_run, overrides=CPU)
+    assert isinstance(evaluation, Evaluation) and evaluation.split == "test"
+    assert evaluation.grid == {}
+    assert evaluation.metrics == pytest.approx(recorded, nan_ok=True)
+
+
+def test_eval_mora_run_rebuilds_the_model_and_sweeps_the_grid(mora_run, capsys):
+    recorded = json.loads((mora_run / "test_metrics.json").read_text())
+    assert main(["eval", str(mora_run)]) == 0  # rebuilds the same model from the run folder
+    out = capsys.readouterr().out
+    assert "f1_macro \\ eta" in out and "| both |" in out
+    evaluated = json.loads((mora_run / "test_metrics.json").read_text())
+    assert evaluated == pytest.approx(recorded, nan_ok=True)
+
+
+def test_evaluate_mora_run_on_val_writes_its_own_grid(mora_run):
+    evaluation = evaluate_run(mora_run, split="val")
+    assert set(evaluation.grid) == {(kind, eta) for kind in ("a", "b", "both") for eta in (0.3, 0.9)}
+    assert all("/" not in key for metrics in evaluation.grid.values() for key in metrics)
+    assert evaluation.metric == "f1_macro" and "f1_macro" in evaluation.metrics
+    assert len(json.loads((mora_run / "grid_val.json").read_text())) == 6
+    assert (mora_run / "grid_val.md").is_file() and (mora_run / "val_metrics.json").is_file()
+    assert (mora_run / "grid.md").is_file()  # the test grid is kept
+
+
+def test_eval_with_a_bad_override_names_the_key(mora_run, capsys):
+    assert main(["eval", str(mora_run), "missing.grid.kinds=[a, c]"]) == 2
+    assert "missing.grid.kinds" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"data: unknown key\(s\) \['shuffle'\]"):
+        evaluate_run(mora_run, overrides=["data.shuffle=true"])
