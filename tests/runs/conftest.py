@@ -41,13 +41,22 @@ def image_manifest(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def train_image(image_manifest) -> Train:
+def image_argv(image_manifest) -> Callable[..., list[str]]:
+    """``image_argv(run, *overrides)``: the ``medpeft train`` arguments of a tiny image run."""
+
+    def argv(run: Path, *extra: str) -> list[str]:
+        return ["train", "melo_shenzhen", f"output_dir={run}", "data.source=csv",
+                f"data.manifest={image_manifest}", *TINY_IMAGE, *extra, "--quiet"]
+
+    return argv
+
+
+@pytest.fixture(scope="session")
+def train_image(image_argv) -> Train:
     """``train_image(run, *overrides)``: ``medpeft train melo_shenzhen`` on the tiny image data."""
 
     def train(run: Path, *extra: str) -> Path:
-        argv = ["train", "melo_shenzhen", f"output_dir={run}", "data.source=csv",
-                f"data.manifest={image_manifest}", *TINY_IMAGE, *extra, "--quiet"]
-        assert main(argv) == 0
+        assert main(image_argv(run, *extra)) == 0
         return run
 
     return train

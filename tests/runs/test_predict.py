@@ -13,7 +13,6 @@ from medpeft.runs.layout import ADAPTER_DIR, SYNTHETIC_DIR
 from medpeft.runs.predict import Predictions, predict_files, predict_manifest
 
 
-
 def _images(manifest: Path, n: int = 3) -> list[Path]:
     return sorted((manifest.parent / "images").glob("*.png"))[:n]
 

@@ -46,7 +46,9 @@ def build_loader(
         train: shuffle, and drop the last partial batch when the dataset is larger than a batch.
         num_workers: loader worker processes.
         balanced: train only; draw samples with replacement using `balanced_weights`.
-        seed: seeds the shuffling/sampling generator (and the workers' base seed).
+        seed: seeds the shuffling/sampling generator (and the workers' base seed). Training
+            workers are not persistent: each epoch starts workers seeded from the generator,
+            which the trainer reseeds per epoch (reproducible resume).
         collate_fn: batches items (default: torch's default collate).
     """
     if batch_size <= 0:
@@ -69,5 +71,5 @@ def build_loader(
         collate_fn=collate_fn,
         generator=generator,
         drop_last=train and len(dataset) > batch_size,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 and not train,  # training workers restart per epoch
     )

@@ -5,7 +5,7 @@ A run folder holds the resolved ``config.yaml``; the trainer's ``metrics.csv``,
 ``adapter/`` folder; ``{split}_metrics.json``; for several modalities the seeded
 ``missing_{split}.csv`` tables and the grid reports ``grid.md``, ``grid.json``,
 ``grid_heatmap.png``, ``grid_curves.png``; the ``synthetic_data/`` of a
-synthetic run.
+synthetic run; ``report.json``, written last, marks a finished run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
 SYNTHETIC_DIR = "synthetic_data"
+REPORT = "report.json"
 GRID = "grid"
 
 
@@ -40,6 +41,10 @@ class RunLayout:
     @property
     def adapter(self) -> Path:
         return self.root / ADAPTER_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
 
     @property
     def synthetic_data(self) -> Path:

@@ -19,10 +19,11 @@ from medpeft.data.records import Source
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
 from medpeft.model import ModelSpec, build_model, set_backbone_dropout
-from medpeft.runs.data import load_source, run_data, save_tables, split_tables
 from medpeft.reports import markdown_table, summary_header, summary_row
+from medpeft.runs.data import load_source, run_data, save_tables, split_tables
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.layout import METRICS_CSV, RunLayout
+from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import fit
 
 
@@ -41,6 +42,33 @@ class RunReport:
     @property
     def test_metrics(self) -> dict[str, float]:
         return self.test.metrics
+
+    def to_dict(self) -> dict:
+        """Plain data for ``report.json`` (paths are the run folder's)."""
+        grid = [{"kind": k, "eta": e, **values} for (k, e), values in self.test.grid.items()]
+        return {
+            "params": {"trainable": self.params.trainable, "total": self.params.total},
+            "adapter_bytes": self.adapter_bytes,
+            "best_epoch": self.best_epoch,
+            "val_metrics": self.val_metrics,
+            "test": {"split": self.test.split, "metrics": self.test.metrics, "grid": grid,
+                     "metric": self.test.metric},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, layout: RunLayout) -> RunReport:
+        """The report of a finished run, read back from ``report.json``."""
+        test = data["test"]
+        grid = {(row.pop("kind"), row.pop("eta")): row for row in test["grid"]}
+        return cls(
+            run_dir=layout.root,
+            adapter_dir=layout.adapter,
+            params=ParameterCount(**data["params"]),
+            adapter_bytes=data["adapter_bytes"],
+            best_epoch=data["best_epoch"],
+            val_metrics=data["val_metrics"],
+            test=Evaluation(test["split"], test["metrics"], grid, test["metric"]),
+        )
 
 
 def model_spec(config: RunConfig, source: Source) -> ModelSpec:
@@ -64,8 +92,19 @@ def model_spec(config: RunConfig, source: Source) -> ModelSpec:
 
 
 def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> RunReport:
-    """Train, keep the best epoch, save the adapter and evaluate on the test split."""
+    """Train, keep the best epoch, save the adapter and evaluate on the test split.
+
+    Rerunning into the same folder resumes an interrupted run and returns a finished
+    one's report without rewriting anything; other settings are refused unless
+    ``resume`` is False (start over).
+    """
     layout = RunLayout.at(config.output_dir)
+    if resume:
+        check_resume(config, layout)
+        stored = finished_report(config, layout)
+        if stored is not None:
+            return RunReport.from_dict(stored, layout)
+    layout.report.unlink(missing_ok=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(config, layout.config)
     source = load_source(config, layout)
@@ -91,7 +130,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     test = Evaluation("test", {})
     if "test" in tables:
         test = evaluate_split(model, data, config, "test", tables["test"], layout, progress)
-    return RunReport(
+    report = RunReport(
         run_dir=layout.root,
         adapter_dir=adapter_dir,
         params=count_parameters(model),
@@ -100,6 +139,8 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         val_metrics=result.best_metrics,
         test=test,
     )
+    write_report(layout, {"epochs": config.train.epochs, **report.to_dict()})
+    return report
 
 
 def format_report(report: RunReport) -> str:

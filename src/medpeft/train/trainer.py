@@ -156,6 +156,7 @@ class _Run:
     def epoch(self, train_loader: Any, val_loader: Any, log: RunLog) -> None:
         """Train one epoch, validate, keep the best weights, checkpoint and log."""
         state, settings = self.state, self.settings
+        reseed_loader(train_loader, settings.seed, state.epoch)
         train_loss = self.train_epoch(train_loader, log)
         val = evaluate(
             self.model, val_loader, self.task, self.class_names, self.progress, self.dtype
@@ -224,6 +225,18 @@ class _Run:
             save_trainable(self.model, self.out_dir / BEST, meta)
         else:
             state.bad_epochs += 1
+
+
+def reseed_loader(loader: Any, seed: int, epoch: int) -> None:
+    """Seed the loader's shuffling/sampling generator for ``epoch``.
+
+    The order of every epoch (and the seeds of its worker processes, drawn from the
+    same generator) then depends on ``(seed, epoch)`` only, so a run resumed after
+    any interruption replays exactly the epochs an uninterrupted run would.
+    """
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed * 1_000_003 + epoch)
 
 
 def _optimizer_step(model: nn.Module, parts: _Parts, max_grad_norm: float | None) -> None:
