@@ -113,3 +113,13 @@ def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, overrid
 def test_predict_takes_image_files_or_a_manifest(tmp_path, capsys, extra):
     assert main(["predict", str(tmp_path / "adapter"), *extra]) == 2
     assert "--manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order", ["options first", "options last"])
+def test_options_and_overrides_in_any_order(tmp_path, dataset, order):
+    overrides = [f"output_dir={tmp_path / 'run'}", "data.source=csv", f"data.manifest={dataset}",
+                 *TINY, "train.epochs=1"]
+    options = ["--quiet", "--no-resume"]
+    args = [*options, *overrides] if order == "options first" else [*overrides, *options]
+    assert main(["train", "melo_shenzhen", *args]) == 0
+    assert (tmp_path / "run" / "report.json").is_file()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -106,6 +109,27 @@ def cmd_configs(_: argparse.Namespace) -> None:
         print(f"{name:24s} {first}")
 
 
+def _show_messages() -> None:
+    """Print medpeft's log messages (data summary) and Python warnings as plain lines on stderr."""
+    logger = logging.getLogger("medpeft")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+    if not os.environ.get("MEDPEFT_DEBUG"):
+        warnings.showwarning = _one_line_warning
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each message as one line to the ``sys.stderr`` of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medpeft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,16 +197,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if hasattr(args, "overrides"):  # key=value overrides may come after options too
+        args.overrides += overrides
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _show_messages()
     try:
         args.func(args)
-    except MedpeftError as error:
-        print(f"medpeft {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
         if os.environ.get("MEDPEFT_DEBUG"):
             raise
+        print(
+            f"medpeft {args.command}: interrupted (a training run resumes from its last finished "
+            "epoch when the same command is run again)",
+            file=sys.stderr,
+        )
+        return 130
+    except (MedpeftError, OSError) as error:
+        if os.environ.get("MEDPEFT_DEBUG"):
+            raise
+        print(f"medpeft {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
     return 0
 
+
+def user_message(error: BaseException) -> str:
+    """One line for a user-caused error.
+
+    An error raised in a DataLoader worker arrives re-raised with the worker's
+    traceback in its message; only its last line (the original message) is kept.
+    Other OS errors (disk full, permissions) are named with the file.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return re.sub(r"^[\w.]+Error: ", "", last.strip())
+    if isinstance(error, OSError) and not isinstance(error, MedpeftError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or text} (errno {error.errno})"
+    return text
 
 if __name__ == "__main__":
     sys.exit(main())

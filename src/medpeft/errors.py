@@ -22,6 +22,10 @@ class WeightsError(MedpeftError, RuntimeError):
     """Backbone or adapter weights cannot be found, loaded or matched."""
 
 
+class TrainingError(MedpeftError, RuntimeError):
+    """Training cannot go on (e.g. the loss diverged to NaN or infinity)."""
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the option closest to ``name``, or ``""``."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)

@@ -43,6 +43,17 @@ from sklearn.metrics import (
 
 from medpeft.tasks import check_task
 
+METRICS = {
+    "multiclass": (
+        "accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "sensitivity", "specificity",
+    ),
+    "multilabel": (
+        "subset_accuracy", "label_accuracy", "f1_macro", "f1_micro", "f1_samples", "f1_weighted",
+        "auroc", "map", "sensitivity", "specificity",
+    ),
+}
+PER_CLASS = ("auroc", "ap")  # per-class keys "<metric>/<class>"
+
 
 def compute_metrics(
     task: str,

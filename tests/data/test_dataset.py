@@ -63,7 +63,8 @@ def test_single_image_source_items(tmp_path):
     transform = build_transform(8, mean=(0, 0, 0), std=(1, 1, 1))
     ds = Dataset.from_source(source, "train", {"image": transform})
     inputs, target = ds[1]
-    assert set(inputs) == {"images", "present"} and set(inputs["images"]) == {"image"}
+    assert set(inputs) == {"images", "present", "sample"} and set(inputs["images"]) == {"image"}
+    assert inputs["sample"].endswith(f"({ds.records[1].values['image'][0]})")  # named in messages
     assert inputs["images"]["image"].shape == (3, 8, 8)
     assert inputs["images"]["image"].mean().item() == pytest.approx(50 / 255, abs=1e-6)
     assert torch.equal(inputs["present"], torch.tensor([True]))

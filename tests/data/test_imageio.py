@@ -134,3 +134,24 @@ def test_missing_optional_reader_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(DataError, match=r"a\.dcm needs pydicom.*medpeft\[medical\]"):
         load_image(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("fill", ["all", "one"])
+def test_non_finite_pixels_are_rejected_naming_the_file(tmp_path, bad, fill):
+    array = np.full((8, 8), bad) if fill == "all" else np.arange(64, dtype=np.float32).reshape(8, 8)
+    if fill == "one":
+        array[3, 4] = bad
+    path = tmp_path / "scan.npy"
+    np.save(path, array)
+    with pytest.raises(DataError, match=r"scan\.npy: \d+ of 64 pixels are NaN or infinite"):
+        load_image(path)
+
+
+def test_non_finite_float_tiff_is_rejected(tmp_path):
+    path = tmp_path / "scan.tif"
+    array = np.ones((8, 8), dtype=np.float32)
+    array[0, 0] = np.nan
+    Image.fromarray(array, mode="F").save(path)
+    with pytest.raises(DataError, match=r"scan\.tif: 1 of 64 pixels"):
+        load_image(path)

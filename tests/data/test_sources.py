@@ -297,3 +297,27 @@ def test_synthetic_source_reads_back_the_written_task(tmp_path, task):
     assert source.labels == (["c0", "c1", "c2", "c3"] if task == "multiclass" else ["img_0", "txt_0"])
     assert len(source.records) == 20 and {r.split for r in source.records} == {"train", "val", "test"}
     assert (tmp_path / "manifest.csv").is_file() and source.records[0].values["txt"].startswith("sig0")
+
+
+def test_duplicated_rows_are_kept_once_and_end_in_one_split(tmp_path, caplog):
+    for i in range(6):
+        Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    rows = [f"{i}.png,{'a' if i % 2 else 'b'}" for i in range(6)]
+    rows += ["1.png,a", "1.png,a", "4.png,b"]  # repeats of rows 2 and 5
+    (tmp_path / "m.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        source = csv_source(tmp_path / "m.csv")
+    assert len(source.records) == 6
+    assert "3 duplicated row(s) dropped" in caplog.text and "line 8 (= " in caplog.text
+    split = assign_splits(source, 0.34, 0.34, seed=0)
+    paths = [r.values["image"] for r in split.records]
+    assert len(paths) == len(set(paths)) == 6
+
+
+@pytest.mark.parametrize(("repeat", "what"), [("1.png,b,", "label"), ("1.png,a,test", "split")])
+def test_contradictory_repeats_are_an_error(tmp_path, repeat, what):
+    for i in range(2):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.png")
+    (tmp_path / "m.csv").write_text(f"image,label,split\n0.png,b,train\n1.png,a,\n{repeat}\n")
+    with pytest.raises(DataError, match=f"line 4: the same inputs as .* line 3 with another {what}"):
+        csv_source(tmp_path / "m.csv")

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medpeft.backbones.weights import read_state_dict
-from medpeft.errors import ConfigError, WeightsError
+from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
 HEAD_NAME = "head"
 
@@ -41,8 +43,7 @@ def build_vit(
     """
     if img_size is not None:
         model_kwargs["img_size"] = img_size
-    if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(f"unknown timm model {name!r}; see timm.list_models('vit_*')")
+    check_vit(name)
     use_hub = pretrained and weights is None
     try:
         model = timm.create_model(name, pretrained=use_hub, num_classes=num_classes, **model_kwargs)
@@ -57,6 +58,24 @@ def build_vit(
     if weights is not None:
         load_backbone_weights(model, weights)
     return model
+
+
+def check_vit(name: str) -> None:
+    """ConfigError unless ``name`` is a timm Vision Transformer (checked on the meta device).
+
+    medpeft adapts timm's ``VisionTransformer`` family: ViT, DeiT, DINOv2, CLIP, ...
+    """
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = did_you_mean(arch, timm.list_models("*vit*") + timm.list_models("deit*"))
+        raise ConfigError(f"model.backbone: unknown timm model {name!r} (see timm.list_models('vit_*')){close}")
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(
+            f"model.backbone: {name!r} is a {type(model).__name__}, not a Vision Transformer; "
+            "medpeft adapts timm ViTs (vit_*, deit_*, *_dinov2, *_clip_*, ...)"
+        )
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:

@@ -35,6 +35,8 @@ class Collate:
             },
             "present": torch.stack([it["present"] for it in items]),
         }
+        if "sample" in items[0]:  # where each sample comes from, for error messages
+            inputs["samples"] = [it["sample"] for it in items]
         if "text" in items[0]:
             inputs["text"] = self._tokenize([it["text"] for it in items])
         return inputs, torch.stack(targets)

@@ -17,18 +17,7 @@ MAX_LISTED = 5
 Rows = list[tuple[int, dict[str, str]]]  # (line number, column -> cell)
 
 
-def read_csv_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], Rows]:
-    """Header (names stripped) and ``(line number, row)`` pairs of a CSV file.
-
-    The line number is where the row starts (a quoted cell may span lines);
-    blank lines are skipped and a short row's absent cells read as ``""``.
-    DataError naming the file (and line) if it is absent, has no header or no
-    rows, repeats a column name, or a row has filled cells beyond the header's
-    columns (a delimiter inside an unquoted cell?).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
+def _parse(path: Path, delimiter: str) -> tuple[list[str], Rows]:
     rows = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter=delimiter)
@@ -50,6 +39,28 @@ def read_csv_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], Ro
                 )
             cells += [""] * (len(header) - len(cells))
             rows.append((line, dict(zip(header, cells))))
+    return header, rows
+
+
+def read_csv_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], Rows]:
+    """Header (names stripped) and ``(line number, row)`` pairs of a CSV file.
+
+    The line number is where the row starts (a quoted cell may span lines);
+    blank lines are skipped and a short row's absent cells read as ``""``.
+    DataError naming the file (and line) if it is absent, has no header or no
+    rows, repeats a column name, or a row has filled cells beyond the header's
+    columns (a delimiter inside an unquoted cell?), or is not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    try:
+        header, rows = _parse(path, delimiter)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save the manifest as "
+            "UTF-8 (e.g. from Excel: CSV UTF-8)"
+        ) from error
     if not header or not rows:
         raise DataError(f"{path}: empty manifest (no header line or no rows)")
     return header, rows

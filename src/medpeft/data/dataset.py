@@ -79,6 +79,13 @@ def target_tensor(target: Target) -> torch.Tensor:
     return torch.tensor(target, dtype=torch.float32)
 
 
+def sample_name(record: Record) -> str:
+    """Where a sample comes from, for messages: its manifest row and first file."""
+    files = [v[0] for v in record.values.values() if isinstance(v, tuple) and v]
+    where = record.where or f"sample {record.id}"
+    return f"{where} ({files[0]})" if files else where
+
+
 class Dataset(data.Dataset):
     """Records with a missing-modality table applied (see the module docstring).
 
@@ -218,7 +225,11 @@ class Dataset(data.Dataset):
     def __getitem__(self, index: int) -> Item:
         record = self.records[index]
         present = self.presence(index)
-        inputs: dict = {"images": {}, "present": torch.tensor(present, dtype=torch.bool)}
+        inputs: dict = {
+            "images": {},
+            "present": torch.tensor(present, dtype=torch.bool),
+            "sample": sample_name(record),
+        }
         for i, m in enumerate(self.modalities):
             if m == self.text_modality:
                 inputs["text"] = str(record.values.get(m, "")).strip() if present[i] else ""

@@ -117,8 +117,20 @@ def _read_pil(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        return to_rgb(scale_to_uint8(np.asarray(image)))
+        return to_rgb(scale_to_uint8(_finite(np.asarray(image), path)))
     return image.convert("RGB")
+
+
+def _finite(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array``, or a DataError naming ``path`` if any pixel is NaN or infinite."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(
+                f"{path}: {bad} of {array.size} pixels are NaN or infinite; expected finite "
+                "intensities (fix or drop the file)"
+            )
+    return array
 
 
 def _has_dicom_marker(path: Path) -> bool:
@@ -185,4 +197,4 @@ def _read_npy(path: Path, slice_index: int | None) -> np.ndarray:
         raise DataError(
             f"{path}: expected an (H, W), (H, W, 3) or (S, H, W) array, got shape {array.shape}"
         )
-    return array if array.dtype == np.uint8 else scale_to_uint8(array)
+    return array if array.dtype == np.uint8 else scale_to_uint8(_finite(array, path))

@@ -9,11 +9,15 @@ Every reader in `medpeft.data.sources` yields a `Source`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from medpeft.errors import ConfigError, DataError
 from medpeft.tasks import check_task
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 5
 
 MODALITY_KINDS = ("image", "text")
 IMAGE_MODALITY = "image"  # the one modality of single-image data
@@ -119,6 +123,36 @@ def check_modalities(modalities: Sequence[str], kinds: Mapping[str, str]) -> Non
             )
     if sum(kinds[m] == "text" for m in modalities) > 1:
         raise ConfigError("at most one text modality is supported (one token stream)")
+
+
+def drop_duplicates(records: Sequence[Record]) -> list[Record]:
+    """The records without repeats of the same inputs (same files and text), with a warning.
+
+    A repeated row would otherwise be trained on twice and could land in train and
+    test at once. Repeats that disagree (another label, or another explicit split)
+    are a DataError naming both rows: the data itself is contradictory.
+    """
+    first: dict[tuple, Record] = {}
+    kept, dropped = [], []
+    for record in records:
+        seen = first.setdefault(tuple(sorted(record.values.items())), record)
+        if seen is record:
+            kept.append(record)
+            continue
+        for what, a, b in (("label", seen.target, record.target), ("split", seen.split, record.split)):
+            if a != b:
+                raise DataError(
+                    f"{record.where or record.id}: the same inputs as {seen.where or seen.id} with "
+                    f"another {what} ({b!r} vs {a!r}); keep one row per sample"
+                )
+        dropped.append(f"{record.where or record.id} (= {seen.where or seen.id})")
+    if dropped:
+        more = " ..." if len(dropped) > MAX_LISTED else ""
+        log.warning(
+            "warning: %d duplicated row(s) dropped, each sample kept once so it sits in one split: %s%s",
+            len(dropped), ", ".join(dropped[:MAX_LISTED]), more,
+        )
+    return kept
 
 
 def check_records(records: Sequence[Record], modalities: Sequence[str]) -> None:

@@ -37,6 +37,7 @@ from medpeft.runs.layout import RunLayout
 
 SOURCES = ("csv", "folder", "synthetic", *RECIPES)
 SYNTHETIC_MODALITIES = {"a": "image", "b": "image"}
+RARE = 2  # a class with at most this many samples (or 0.1% of the data) is flagged
 Tables = dict[str, MissingTable | None]
 
 
@@ -72,6 +73,37 @@ def load_source(config: RunConfig, layout: RunLayout) -> Source:
         hint = did_you_mean(data.source, SOURCES)
         raise ConfigError(f"data.source: {data.source!r} is not one of {list(SOURCES)}{hint}")
     return assign_splits(source, data.val_fraction, data.test_fraction, seed)
+
+
+def describe_source(source: Source) -> list[str]:
+    """Lines saying what a run reads: samples per split, and every class with its count.
+
+    A class with very few samples (at most `RARE`, or 0.1% of the data) is flagged:
+    with ``data.classes`` unset, a misspelt label silently becomes a class of its own.
+    """
+    splits = ", ".join(f"{s} {len(source.split(s))}" for s in SPLITS if source.split(s))
+    lines = [f"data: {len(source.records)} samples ({splits}); modalities {dict(source.kinds)}"]
+    counts = class_counts(source)
+    lines.append(f"{source.task} labels: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    limit = max(RARE, len(source.records) / 1000)
+    for label in (k for k, n in counts.items() if n <= limit):
+        lines.append(
+            f"warning: label {label!r} has only {counts[label]} sample(s); a typo in the labels? "
+            "(data.classes fixes the list)"
+        )
+    return lines
+
+
+def class_counts(source: Source) -> dict[str, int]:
+    """Samples per class (multiclass) or positives per label (multilabel)."""
+    counts = dict.fromkeys(source.labels, 0)
+    for record in source.records:
+        if isinstance(record.target, int):
+            counts[source.labels[record.target]] += 1
+        else:
+            for label, value in zip(source.labels, record.target):
+                counts[label] += int(value > 0)
+    return counts
 
 
 def dataset_root(data: DataSettings) -> str:

@@ -7,6 +7,7 @@ epoch (resumable), keep the best epoch, save the adapter, evaluate the test spli
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +15,21 @@ import torch
 
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.adapters.io import HUB, save_adapter
+from medpeft.backbones.timm_vit import check_vit
 from medpeft.config import RunConfig, save_config
 from medpeft.data.records import Source
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
-from medpeft.model import ModelSpec, build_model, set_backbone_dropout
+from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
-from medpeft.runs.data import load_source, run_data, save_tables, split_tables
+from medpeft.runs.data import describe_source, load_source, run_data, save_tables, split_tables
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import fit
+from medpeft.train.settings import check_monitor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +104,8 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     ``resume`` is False (start over).
     """
     layout = RunLayout.at(config.output_dir)
+    if config.model.kind == "timm":
+        check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
     if resume:
         check_resume(config, layout)
         stored = finished_report(config, layout)
@@ -108,6 +115,9 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(config, layout.config)
     source = load_source(config, layout)
+    for line in describe_source(source):
+        (log.warning if line.startswith("warning") else log.info)(line)
+    check_monitor(config.train.monitor, source.task, source.labels)
     tables = split_tables(source, config.missing)
     save_tables(tables, layout)
     if "val" not in tables:

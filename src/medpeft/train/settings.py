@@ -8,13 +8,14 @@ AMP, label smoothing 0.1, best by validation AUROC). MoRA: ``optimizer="adamw"``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from medpeft.errors import ConfigError
+from medpeft.errors import ConfigError, did_you_mean
+from medpeft.metrics import METRICS, PER_CLASS
 from medpeft.train.schedules import OPTIMIZERS, SCHEDULES
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -70,10 +71,33 @@ class TrainSettings:
             raise ConfigError(
                 f"train.min_lr: expected <= lr ({self.lr}), got {self.min_lr!r}"
             )
+        check_monitor(self.monitor)
         if self.warmup and self.warmup_fraction:
             raise ConfigError(
                 "train.warmup_fraction: set either warmup (epochs) or warmup_fraction"
             )
+
+
+HISTORY_VALUES = ("val_loss", "train_loss")
+
+
+def check_monitor(monitor: str, task: str | None = None, labels: Sequence[str] | None = None) -> None:
+    """ConfigError (with a did-you-mean) unless ``monitor`` is a value the trainer logs.
+
+    Without ``task`` and ``labels`` (on load) any task's metric and any per-class value
+    (``auroc/<class>``) pass; once the data is read they narrow the check.
+    """
+    tasks = [task] if task else list(METRICS)
+    known = [*HISTORY_VALUES, *dict.fromkeys(m for t in tasks for m in METRICS[t])]
+    metric, sep, label = monitor.partition("/")
+    if monitor in known or (sep and metric in PER_CLASS and (labels is None or label in labels)):
+        return
+    if sep and metric in PER_CLASS:
+        raise ConfigError(f"train.monitor: {monitor!r} names no class of {list(labels)}{did_you_mean(label, labels)}")
+    raise ConfigError(
+        f"train.monitor: {monitor!r} is not a value training logs{' for ' + task if task else ''}; "
+        f"expected one of {known} or auroc/<class>{did_you_mean(monitor, known)}"
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -120,7 +144,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "amp": (lambda v: isinstance(v, bool), "true or false"),
     "amp_dtype": (lambda v: v in AMP_DTYPES, f"one of {list(AMP_DTYPES)}"),
     "max_grad_norm": (lambda v: v is None or (_is_number(v) and v > 0), "None or a number > 0"),
-    "monitor": (lambda v: isinstance(v, str) and v != "", "a metric name"),
+    "monitor": (lambda v: isinstance(v, str) and v != "", "a metric name"),  # and check_monitor
     "monitor_mode": (lambda v: v in ("max", "min"), "'max' or 'min'"),
     "patience": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
     "seed": (_is_int, "an integer"),

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medpeft.errors import ConfigError, DataError
+from medpeft.errors import ConfigError, DataError, TrainingError
 from medpeft.runs.layout import BEST, CHECKPOINT
 from medpeft.tasks import check_task
 from medpeft.train.checkpoint import (
@@ -194,6 +194,8 @@ class _Run:
             extra = self.aux_loss(model) if self.aux_loss is not None else None
             if extra is not None:
                 loss = loss + extra.float()
+            if not torch.isfinite(loss):
+                raise_diverged(loss, state.epoch, index, inputs, parts.optimizer)
             parts.scaler.scale(loss / group_size).backward()
             total_loss += loss.detach() * len(targets)
             total_count += len(targets)
@@ -225,6 +227,21 @@ class _Run:
             save_trainable(self.model, self.out_dir / BEST, meta)
         else:
             state.bad_epochs += 1
+
+
+def raise_diverged(
+    loss: torch.Tensor, epoch: int, batch: int, inputs: Any, optimizer: torch.optim.Optimizer
+) -> None:
+    """Stop training with the epoch, batch and samples where the loss became NaN or infinite."""
+    samples = inputs.get("samples", []) if isinstance(inputs, dict) else []
+    shown = ", ".join(samples[:3]) + (f" and {len(samples) - 3} more" if len(samples) > 3 else "")
+    lr = optimizer.param_groups[0]["lr"]
+    raise TrainingError(
+        f"the loss is {loss.item()} at epoch {epoch}, batch {batch}"
+        + (f" (samples {shown})" if shown else "")
+        + f"; training diverged: lower train.lr (now {lr:g}) or check these inputs. "
+        "The last finished epoch's checkpoint is kept"
+    )
 
 
 def reseed_loader(loader: Any, seed: int, epoch: int) -> None:

@@ -32,6 +32,7 @@ from medpeft.data.records import (
     Value,
     check_modalities,
     check_records,
+    drop_duplicates,
 )
 from medpeft.data.splits import parse_split
 from medpeft.errors import ConfigError
@@ -66,7 +67,8 @@ def csv_source(
         label_cols: one 0/1 column per label (multilabel).
         label_sep: separator of several class names in one cell.
         split_col: optional split column (None: ignore any).
-        id_col: optional sample id column (None: row numbers).
+        id_col: optional sample id column (None: row numbers). Without one, a row
+            repeating another's inputs is dropped with a warning (see `drop_duplicates`).
         task: ``multiclass``/``multilabel`` (default: inferred).
         classes: label names in head order (default: sorted names found).
         root: folder of relative image paths (default: the manifest's folder).
@@ -88,6 +90,8 @@ def csv_source(
         split = (row.get(split_col) or "").strip() if split_col else ""
         if split:
             record.split = parse_split(split, f"{record.where} column {split_col!r}")
+    if not (id_col and any(id_col in row for _, row in rows)):
+        records = drop_duplicates(records)  # with an id column, each row is its own sample
     return Source(records, tuple(kinds), kinds, labels, task, dict(combine or {}))
 
 

@@ -1,0 +1,123 @@
+"""User-caused stops and surprises: one clear line (exit 2, or 130 on Ctrl-C), never a traceback.
+
+Each case below once ended with a traceback or, worse, a silent wrong result.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import medpeft.train.checkpoint as checkpoint
+import medpeft.train.trainer as trainer
+from medpeft.cli import main
+from medpeft.data.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture
+def manifest(tmp_path) -> Path:
+    return make_synthetic_dataset(tmp_path / "data", ("normal", "lesion"), n_per_class=12, img_size=32)
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("medpeft ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_label_typo_is_flagged_with_the_class_counts(tmp_path, manifest, image_argv, capsys):
+    rows = manifest.read_text().splitlines()
+    rows[1] = rows[1].replace(",normal,", ",nromal,").replace(",lesion,", ",nromal,")
+    manifest.write_text("\n".join(rows) + "\n")
+    argv = image_argv(tmp_path / "run", "train.epochs=1")
+    argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "multiclass labels: lesion" in err and "nromal 1" in err
+    assert "warning: label 'nromal' has only 1 sample(s); a typo in the labels?" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("lora.rank=0", "lora.rank"),
+        ("lora.rank=-2", "lora.rank"),
+        ("lora.alpha=-1", "lora.alpha"),
+        ("lora.dropout=1.5", "lora.dropout"),
+        ("model.img_size=-32", "model.img_size"),
+        ("model.backbone=resnet50", "model.backbone: 'resnet50' is a ResNet"),
+        ("train.monitor=aucroc", "did you mean 'auroc'?"),
+        ("lora.rnk=3", "did you mean 'rank'?"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(tmp_path, image_argv, capsys, override, key):
+    run = tmp_path / "run"
+    assert main(image_argv(run, override)) == 2
+    assert key in _one_line(capsys.readouterr().err)
+    assert not (run / "metrics.csv").exists()
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path, manifest, image_argv, capsys):
+    broken = sorted((manifest.parent / "images").glob("*.png"))
+    for path in broken:
+        path.write_bytes(b"not a png at all")
+    argv = image_argv(tmp_path / "run", "train.epochs=1", "data.num_workers=2")
+    argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "cannot read" in line and ".png" in line and "Original Traceback" not in line
+
+
+def test_a_latin_1_manifest_is_named(tmp_path, image_argv, capsys):
+    manifest = tmp_path / "labels.csv"
+    manifest.write_bytes("image,label\nradiograf\xeda.png,normal\n".encode("latin-1"))
+    argv = image_argv(tmp_path / "run")
+    argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
+    assert main(argv) == 2
+    assert "labels.csv: not UTF-8 text" in _one_line(capsys.readouterr().err)
+
+
+def test_disk_full_while_saving_is_one_line(tmp_path, image_argv, capsys, monkeypatch):
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", full)
+    assert main(image_argv(tmp_path / "run", "train.epochs=1")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "checkpoint.pt: No space left on device" in line or "No space left on device" in line
+
+
+def test_ctrl_c_is_exit_130_and_says_how_to_resume(tmp_path, image_argv, capsys, monkeypatch):
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_optimizer_step", interrupt)
+    assert main(image_argv(tmp_path / "run", "train.epochs=1")) == 130
+    assert "interrupted" in _one_line(capsys.readouterr().err)
+
+
+def test_a_diverged_loss_stops_naming_the_batch(tmp_path, image_argv, capsys, monkeypatch):
+    def nan_loss(task, label_smoothing=0.0):
+        return lambda logits, targets: logits.sum() * torch.tensor(float("nan"))
+
+    monkeypatch.setattr(trainer, "build_loss", nan_loss)
+    run = tmp_path / "run"
+    assert main(image_argv(run, "train.epochs=1")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "the loss is nan at epoch 0, batch 0 (samples " in line and "line " in line
+    assert "lower train.lr" in line
+    assert not (run / "adapter").exists()
+
+
+def test_predict_rejects_a_nan_npy_image(tmp_path, train_image, capsys):
+    run = train_image(tmp_path / "run", "train.epochs=1")
+    image = tmp_path / "scan.npy"
+    np.save(image, np.full((32, 32), np.nan))
+    assert main(["predict", str(run / "adapter"), str(image)]) == 2
+    assert "scan.npy: 1024 of 1024 pixels are NaN or infinite" in _one_line(capsys.readouterr().err)
+    shutil.rmtree(run)
