@@ -5,6 +5,7 @@ Train / eval / predict runs end to end are in tests/runs/.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,35 @@ def test_options_and_overrides_in_any_order(tmp_path, dataset, order):
     args = [*options, *overrides] if order == "options first" else [*overrides, *options]
     assert main(["train", "melo_shenzhen", *args]) == 0
     assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_import_lora_vit_records_its_weights_and_predict_refuses_a_random_backbone(tmp_path, capsys):
+    import timm
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=2, img_size=32)
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    g = torch.Generator().manual_seed(1)
+    state = {f"w_{ab}_{i:03d}": torch.randn(*((4, 192) if ab == "a" else (192, 4)), generator=g)
+             for ab in "ab" for i in range(24)}
+    state["fc_192in_2out"] = torch.randn(2, 192, generator=g)
+    lora_file = tmp_path / "tb_lora_4_4.safetensors"
+    save_file(state, str(lora_file))
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (90, 30, 200)).save(image)
+    common = ["import-lora-vit", str(lora_file), "--backbone", "vit_tiny_patch16_224", "--img-size", "32"]
+    assert main([*common, "--weights", str(weights), "--output", str(tmp_path / "with")]) == 0
+    config = json.loads((tmp_path / "with" / "adapter_config.json").read_text())
+    assert config["backbone_weights"] == str(weights.resolve())
+    assert main(["predict", str(tmp_path / "with"), str(image), "--quiet"]) == 0
+    assert main([*common, "--output", str(tmp_path / "without")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "without"), str(image), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "records no backbone weights" in err and "--random-backbone" in err
+    with pytest.warns(UserWarning, match="randomly initialised backbone"):
+        assert main(["predict", str(tmp_path / "without"), str(image), "--random-backbone", "--quiet"]) == 0

@@ -116,7 +116,7 @@ def _show_messages() -> None:
         logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
     if not os.environ.get("MEDPEFT_DEBUG"):
-        warnings.showwarning = _one_line_warning
+        warnings.formatwarning = _one_line_warning
 
 
 class _StderrHandler(logging.Handler):
@@ -126,8 +126,8 @@ class _StderrHandler(logging.Handler):
         print(record.getMessage(), file=sys.stderr)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=file or sys.stderr)
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,11 +66,24 @@ def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path, manifest, 
     broken = sorted((manifest.parent / "images").glob("*.png"))
     for path in broken:
         path.write_bytes(b"not a png at all")
-    argv = image_argv(tmp_path / "run", "train.epochs=1", "data.num_workers=2")
+    argv = image_argv(tmp_path / "run", "train.epochs=1", "data.num_workers=2", "data.check_images=none")
     argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
     assert "cannot read" in line and ".png" in line and "Original Traceback" not in line
+
+
+def test_unreadable_images_are_all_reported_before_training(tmp_path, manifest, image_argv, capsys):
+    images = sorted((manifest.parent / "images").glob("*.png"))
+    for path in images[:2]:
+        path.write_bytes(b"\x89PNG truncated")
+    run = tmp_path / "run"
+    argv = image_argv(run, "train.epochs=1", "data.check_images=all")
+    argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 unreadable image(s)" in err and images[0].name in err and images[1].name in err
+    assert "Traceback" not in err and not (run / "metrics.csv").exists()
 
 
 def test_a_latin_1_manifest_is_named(tmp_path, image_argv, capsys):

@@ -88,6 +88,8 @@ class DataSettings:
             (the whole image to a square: nothing cut off, e.g. side-by-side pairs).
         hflip: flip probability when augmenting (never for ``hconcat`` modalities).
         balanced: class-balanced sampling of the training set.
+        check_images: decode the images of the ``test`` split (default), of ``all`` splits
+            or ``none`` before training, reporting every unreadable file at once.
         batch_size, num_workers: data loader settings.
     """
 
@@ -113,6 +115,7 @@ class DataSettings:
     resize: Literal["crop", "squash"] = "crop"
     hflip: float = 0.5
     balanced: bool = False
+    check_images: Literal["test", "all", "none"] = "test"
     batch_size: int = 32
     num_workers: int = 2
 

@@ -18,6 +18,7 @@ from medpeft.adapters.io import HUB, save_adapter
 from medpeft.backbones.timm_vit import check_vit
 from medpeft.config import RunConfig, save_config
 from medpeft.data.records import Source
+from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
@@ -118,6 +119,10 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     for line in describe_source(source):
         (log.warning if line.startswith("warning") else log.info)(line)
     check_monitor(config.train.monitor, source.task, source.labels)
+    if config.data.check_images != "none":
+        every = config.data.check_images == "all"
+        records = source.records if every else source.split("test")
+        check_images(records, source.kinds, "data" if every else "test split", progress)
     tables = split_tables(source, config.missing)
     save_tables(tables, layout)
     if "val" not in tables:
