@@ -158,3 +158,19 @@ def vilt_reference() -> Callable:
         return out.pooler_output
 
     return pooled
+
+
+@pytest.fixture
+def long_text_batch(vilt_batch) -> Callable[[int], dict]:
+    """``long_text_batch(length)``: a three-sample batch (complete, text-missing, image-missing)
+    whose text has ``length`` tokens, sample 1 padded past half of them."""
+
+    def make(length: int) -> dict:
+        batch = vilt_batch([[1, 1], [1, 0], [0, 1]])
+        ids = torch.randint(5, 12, (3, length), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1, length // 2 :] = 0
+        batch["text"] = {"input_ids": ids, "attention_mask": mask}
+        return batch
+
+    return make

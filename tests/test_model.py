@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medpeft.adapters.inject import count_adapter_parameters
 from medpeft.errors import ConfigError
@@ -30,13 +29,6 @@ def _vilt(vilt_config, method: str, **kwargs):
         vilt_config=vilt_config.to_dict(), **kwargs,
     )
     return build_model(spec)
-
-
-def _long_text_batch(vilt_batch, length: int) -> dict:
-    batch = vilt_batch(MIXED)
-    ids = torch.randint(5, 12, (3, length), generator=torch.Generator().manual_seed(0))
-    batch["text"] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    return batch
 
 
 def test_lora_on_vilt_maps_q_v_to_query_value(vilt_config):
@@ -94,14 +86,14 @@ def test_settings_of_another_method_are_a_config_error():
     assert ModelSpec(num_classes=2, method="mora", **TIMM).settings == MoraSettings()
 
 
-def test_builder_grows_the_table_frozen_and_keeps_a_shorter_one(vilt_config, vilt_batch):
+def test_builder_grows_the_table_frozen_and_keeps_a_shorter_one(vilt_config, vilt_batch, long_text_batch):
     def table(max_text_len):
         model = _vilt(vilt_config, "mora", max_text_len=max_text_len)
         return model, model.vilt.embeddings.text_embeddings.position_embeddings.weight
 
     model, weight = table(80)
     assert weight.shape[0] == 80 and not weight.requires_grad
-    assert model(_long_text_batch(vilt_batch, 80)).shape == (3, 3)
+    assert model(long_text_batch(80)).shape == (3, 3)
     assert table(8)[1].shape[0] == 40
     assert table(None)[1].shape[0] == 40
     with pytest.raises(ConfigError, match="max_text_len"):

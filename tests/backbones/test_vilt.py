@@ -46,16 +46,7 @@ def test_tokenizer_from_vocab_file_and_clear_error(tokenizer, tmp_path: Path):
         build_tokenizer(tmp_path / "absent")
 
 
-def _long_text_batch(vilt_batch, length: int) -> dict:
-    batch = vilt_batch(MIXED)
-    ids = torch.randint(5, 12, (3, length), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[1, length // 2 :] = 0  # padding past half the positions
-    batch["text"] = {"input_ids": ids, "attention_mask": mask}
-    return batch
-
-
-def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch, vilt_reference):
+def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch, vilt_reference, long_text_batch):
     torch.manual_seed(0)
     vilt = ViltModel(vilt_config).eval()
     old = vilt.embeddings.text_embeddings.position_embeddings.weight.detach().clone()
@@ -76,7 +67,7 @@ def test_resize_text_positions_interpolates_the_table(vilt_config, vilt_batch, v
     assert vilt_config.max_position_embeddings == 40  # the caller's config is left alone
 
     model = ViltClassifier(vilt, num_classes=3).eval()
-    batch = _long_text_batch(vilt_batch, 80)
+    batch = long_text_batch(80)
     with torch.no_grad():
         torch.testing.assert_close(
             model.forward_features(batch), vilt_reference(vilt, batch), atol=1e-5, rtol=1e-4

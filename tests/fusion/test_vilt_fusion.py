@@ -12,16 +12,6 @@ from medpeft.fusion.vilt import ViltClassifier, additive_mask, attend_with_prefi
 MIXED = [[1, 1], [1, 0], [0, 1]]
 
 
-def long_text_batch(vilt_batch, length: int) -> dict:
-    """A MIXED batch whose text has ``length`` tokens (sample 1 padded past half)."""
-    batch = vilt_batch(MIXED)
-    ids = torch.randint(5, 12, (3, length), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[1, length // 2 :] = 0  # padding past half the positions
-    batch["text"] = {"input_ids": ids, "attention_mask": mask}
-    return batch
-
-
 @pytest.mark.parametrize("size", [32, 48])
 def test_block_by_block_equals_vilt_model(vilt_config, vilt_batch, vilt_reference, size):
     torch.manual_seed(0)
@@ -79,7 +69,7 @@ def test_batch_without_text_is_a_data_error(vilt_config, vilt_batch):
         model(batch)
 
 
-def test_text_longer_than_the_table_is_a_data_error(vilt_config, vilt_batch):
+def test_text_longer_than_the_table_is_a_data_error(vilt_config, vilt_batch, long_text_batch):
     model = ViltClassifier(ViltModel(vilt_config), num_classes=3)
     with pytest.raises(DataError, match="max_text_len=41"):
-        model(long_text_batch(vilt_batch, 41))
+        model(long_text_batch(41))

@@ -15,7 +15,7 @@ from transformers import ViltConfig
 
 from medpeft.adapters.io import load_adapter, save_adapter
 from medpeft.errors import ConfigError
-from medpeft.methods import LoraSettings, MoraSettings, PromptSettings, get_method, method_names
+from medpeft.methods import LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names
 from medpeft.model import ModelSpec, build_model
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
@@ -43,6 +43,7 @@ CASES = {
     "prompts": _vilt("prompts", PromptSettings(num_layers=2, length=4)),
     "linear": _timm("linear"),
     "full": _timm("full"),
+    "mor": _timm("mor", MorSettings(("mlp.fc1", "mlp.fc2", "attn.proj"), ranks=(2, 3), blocks=(1,))),
 }
 MASK = torch.tensor([[True, True], [True, False], [False, True]])
 
@@ -151,6 +152,7 @@ PAPER_COUNTS = {
     "prompts": (ModelSpec(None, 8, "prompts", kind="vilt", modalities=("image", "text")), 3 * 6 * 16 * 768),
     "linear": (ModelSpec("vit_base_patch16_224", 2, "linear", img_size=224), 0),
     "full": (ModelSpec("vit_base_patch16_224", 2, "full", img_size=224), 85_798_656),
+    "mor": (ModelSpec("vit_base_patch16_224", 2, "mor", img_size=224), 1_474_656),
 }
 
 
