@@ -12,6 +12,7 @@ from medpeft.errors import ConfigError, did_you_mean
 from medpeft.methods.base import Method
 from medpeft.methods.baselines import FullFineTuning, LinearProbe
 from medpeft.methods.lora import LoRA, LoraSettings
+from medpeft.methods.mor import MoR, MorSettings
 from medpeft.methods.mora import MoRA, MoraSettings
 from medpeft.methods.prompts import MissingAwarePromptsMethod, PromptSettings
 
@@ -47,12 +48,13 @@ def settings_types() -> dict[str, type]:
     return {name: method.settings_type for name, method in _REGISTRY.items()}
 
 
-for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning()):
+for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning(), MoR()):
     register(_method)
 
 __all__ = [
     "LoraSettings",
     "Method",
+    "MorSettings",
     "MoraSettings",
     "PromptSettings",
     "get_method",
