@@ -17,3 +17,9 @@ def test_demo_runs_every_stage_and_writes_summary(tmp_path, capsys):
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {m} |" in summary for m in METHODS)
     assert "Test-set results" in capsys.readouterr().out
+    # Rerunning into the finished demo reports it again without retraining or rewriting.
+    adapter = tmp_path / "lora" / "adapter" / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns
+    again = run_demo(tmp_path, epochs=1, progress=False, pretrain_epochs=1)
+    assert adapter.stat().st_mtime_ns == before
+    assert again["lora"].test_metrics == lora.test_metrics

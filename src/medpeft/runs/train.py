@@ -7,6 +7,7 @@ epoch (resumable), keep the best epoch, save the adapter, evaluate the test spli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,9 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     ``resume`` is False (start over).
     """
     layout = RunLayout.at(config.output_dir)
+    if config.method not in config.settings:  # a config built in Python: the method's defaults
+        defaults = get_method(config.method).settings_type()
+        config = dataclasses.replace(config, settings={**config.settings, config.method: defaults})
     if config.model.kind == "timm":
         check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
     if resume:
