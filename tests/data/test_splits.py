@@ -85,3 +85,13 @@ def test_assign_splits_names_the_config_keys_when_train_or_val_is_empty():
         assign_splits(source_of([0, 1] * 5), 0.0, 0.2)
     with pytest.raises(ConfigError, match=r"\['train'\]"):
         assign_splits(source_of([0, 1] * 5), 0.6, 0.4)
+
+
+def test_seeded_split_with_targets_keeps_exact_counts_and_each_class_share():
+    targets = [0] * 600 + [1] * 300 + [2] * 100
+    splits = seeded_split(targets, (8, 1, 1), seed=4)
+    assert Counter(splits) == {"train": 800, "val": 100, "test": 100}
+    for split, share in (("val", 100), ("test", 100)):
+        per_class = Counter(t for t, s in zip(targets, splits) if s == split)
+        assert abs(per_class[0] - 0.6 * share) <= 2 and abs(per_class[2] - 0.1 * share) <= 2
+    assert splits == seeded_split(targets, (8, 1, 1), seed=4) != seeded_split(targets, (8, 1, 1), seed=5)

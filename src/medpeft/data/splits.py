@@ -1,9 +1,10 @@
 """Train/val/test splits: split names, fractions and seeded assignment.
 
 `stratified_split` keeps each class's share in every split (multilabel: by the
-rarest positive label, see `strata`); `seeded_split` ignores labels and gives
-exact counts (the paper's split sizes of ODIR-5K and IU X-ray). `assign_splits`
-gives every record of a `Source` without a split one, stratified.
+rarest positive label, see `strata`); `seeded_split` gives exact counts (the
+papers' split sizes of ODIR-5K and IU X-ray), stratified too when given the
+targets. `assign_splits` gives every record of a `Source` without a split one,
+stratified.
 """
 
 from __future__ import annotations
@@ -82,24 +83,40 @@ def stratified_split(
     return assigned
 
 
-def seeded_split(n: int, weights: Sequence[float], seed: int = 0) -> list[str]:
-    """Assign ``train``/``val``/``test`` to ``n`` samples in proportion to ``weights``.
+def seeded_split(
+    samples: int | Sequence[Target], weights: Sequence[float], seed: int = 0
+) -> list[str]:
+    """Assign ``train``/``val``/``test`` with exact counts in proportion to ``weights``.
 
     Counts are ``round(n * w / sum(weights))`` for train and val, the rest test
-    (exact for weights that are the paper's split sizes); which sample goes
-    where follows a seeded permutation. Unlike `stratified_split` it ignores
-    the labels.
+    (exact for weights that are a paper's split sizes). Given the targets, the
+    order in which samples fill the splits interleaves the strata (see `strata`):
+    each stratum's members are spread evenly, with seeded jitter, over one seeded
+    sequence, so every split gets about its share of each stratum. Given only a
+    count, the order is a plain seeded permutation.
     """
     weights = check_fractions(weights)
     total = sum(weights)
+    n = samples if isinstance(samples, int) else len(samples)
     n_train = round(n * weights[0] / total)
     n_val = min(n - n_train, round(n * weights[1] / total))
     names = ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n) if isinstance(samples, int) else _interleaved(strata(samples), rng)
     splits = [""] * n
     for position, index in enumerate(order):
         splits[index] = names[position]
     return splits
+
+
+def _interleaved(groups: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A seeded order of the samples in which every group is spread evenly."""
+    groups = np.asarray(groups)
+    keys = np.empty(len(groups))
+    for group in sorted(set(groups.tolist())):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        keys[members] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    return np.argsort(keys, kind="stable")
 
 
 def assign_splits(

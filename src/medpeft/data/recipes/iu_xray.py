@@ -13,7 +13,7 @@ Default label list: the 20 most frequent problems over all reports (ties
 alphabetical, ``normal`` excluded); pass ``labels`` to fix it. Problems
 outside the list are ignored. Reports without a frontal image are dropped
 (counted in a log warning) unless ``drop_without_image=False``, which keeps
-them with a missing image. Split: seeded, proportional to MoRA's 3022/399/373.
+them with a missing image. Split: seeded and stratified, exact counts proportional to MoRA's 3022/399/373.
 """
 
 from __future__ import annotations
@@ -119,6 +119,6 @@ def load_iu_xray(
         log.warning(
             "IU X-ray: dropped %d report(s) without a frontal image: %s", len(dropped), dropped[:10]
         )
-    for record, split in zip(records, seeded_split(len(records), SPLIT_SIZES, seed)):
+    for record, split in zip(records, seeded_split([r.target for r in records], SPLIT_SIZES, seed)):
         record.split = split
     return Source(records, ("image", "text"), dict(KINDS), names, "multilabel")

@@ -10,7 +10,7 @@ One record per patient: modality ``image`` = left and right fundus side by side
 as one image (``combine="hconcat"``), modality ``text`` =
 ``"Left_text:<left keywords> Right_text:<right keywords>"`` (a space before
 ``Right_text`` so words do not fuse), 8 multilabel targets N D G C A H M O.
-Split: seeded, proportional to MoRA's 2781/382/337 (exact on the 3,500 patients).
+Split: seeded and stratified, proportional to MoRA's 2781/382/337 (exact on the 3,500 patients).
 Train transforms should not flip horizontally (``hflip=0``): a flip swaps the eyes.
 """
 
@@ -96,9 +96,8 @@ def load_odir(
     workbook = Path(annotations) if annotations else find_annotations(root)
     images = Path(image_dir) if image_dir else find_image_dir(root)
     rows = read_annotations(workbook)
-    splits = seeded_split(len(rows), SPLIT_SIZES, seed)
     records, missing = [], []
-    for index, ((line, row), split) in enumerate(zip(rows, splits)):
+    for index, (line, row) in enumerate(rows):
         where = f"{workbook} line {line}"
         names = [row[c].strip() for c in IMAGE_COLUMNS]
         paths = tuple(str(images / name) for name in names)
@@ -113,11 +112,12 @@ def load_odir(
                 id=row[ID_COLUMN].strip() or str(index),
                 values={"image": paths, "text": text},
                 target=binary_target(row, LABELS, where),
-                split=split,
                 where=where,
             )
         )
     raise_missing(missing, str(workbook))
+    for record, split in zip(records, seeded_split([r.target for r in records], SPLIT_SIZES, seed)):
+        record.split = split
     return Source(
         records, ("image", "text"), dict(KINDS), list(LABELS), "multilabel", {"image": "hconcat"}
     )
