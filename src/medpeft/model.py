@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from medpeft.adapters.inject import freeze_except
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
+from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.fusion.single import as_single_stream
 from medpeft.methods import get_method
 
@@ -49,6 +51,8 @@ class ModelSpec:
         vilt_config: ``ViltConfig`` fields for random init or a weights file.
         max_text_len: Tokens per text (ViLT; longer than 40: the table is interpolated).
         model_kwargs: Extra ``timm.create_model`` arguments (``depth``, ``drop_rate``...).
+        fusion: ``auto`` (as above) or ``early_intervention`` (a target and a reference
+            timm ViT per image modality, :class:`~medpeft.fusion.intervention.EarlyIntervention`).
     """
 
     backbone: str | None
@@ -63,6 +67,7 @@ class ModelSpec:
     vilt_config: dict | None = None
     max_text_len: int | None = None
     model_kwargs: dict = field(default_factory=dict)
+    fusion: Literal["auto", "early_intervention"] = "auto"
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -116,14 +121,25 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
         return _vilt_model(spec, pretrained, weights)
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
-    kwargs = dict(spec.model_kwargs)
-    vit = build_vit(
-        spec.backbone, spec.num_classes, img_size=spec.img_size,
-        pretrained=pretrained, weights=weights, **kwargs,
-    )
+
+    def vit() -> nn.Module:
+        return build_vit(
+            spec.backbone, spec.num_classes, img_size=spec.img_size,
+            pretrained=pretrained, weights=weights, **spec.model_kwargs,
+        )
+
+    if spec.fusion == "early_intervention":
+        start = torch.get_rng_state()  # every copy is the backbone a one-modality build draws
+
+        def copy() -> nn.Module:
+            torch.set_rng_state(start)
+            return vit()
+
+        targets = {m: copy() for m in spec.modalities}
+        return EarlyIntervention(targets, {m: copy() for m in spec.modalities})
     if len(spec.modalities) == 1 and not spec.missing_token:
-        return as_single_stream(vit, spec.modalities[0])
-    return MultiStreamViT(vit, spec.modalities, spec.missing_token)
+        return as_single_stream(vit(), spec.modalities[0])
+    return MultiStreamViT(vit(), spec.modalities, spec.missing_token)
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

@@ -84,6 +84,7 @@ class AdapterConfig:
     model_kwargs: dict = field(default_factory=dict)
     missing_token: bool = False
     vilt_config: dict | None = None
+    fusion: Literal["auto", "early_intervention"] = "auto"
     inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
     backbone_seed: int | None = None
@@ -130,6 +131,7 @@ class AdapterConfig:
             vilt_config=self.vilt_config,
             max_text_len=self.inputs.get("max_text_len"),
             model_kwargs=dict(self.model_kwargs),
+            fusion=self.fusion,
         )
 
 
@@ -160,6 +162,7 @@ def make_config(
             model_kwargs=dict(spec.model_kwargs),
             missing_token=spec.missing_token,
             vilt_config=spec.vilt_config,
+            fusion=spec.fusion,
             inputs={"max_text_len": spec.max_text_len, **(inputs or {})},
             backbone_weights=backbone_weights,
         )

@@ -107,7 +107,7 @@ def save_adapter(
     Returns:
         The output folder.
     """
-    outputs = _head_outputs(head_of(model, adapter_name))
+    outputs = _head_outputs(head_of(model, adapter_name)) if hasattr(model, HEAD_NAME) else model.num_classes
     if len(labels) != outputs:
         raise ConfigError(f"{len(labels)} labels, but head {adapter_name!r} has {outputs} outputs")
     method = get_method(spec.method)

@@ -10,6 +10,7 @@ from medpeft.config.legacy import upgrade
 from medpeft.config.schema import (
     DataSettings,
     GridSettings,
+    InterventionSettings,
     MissingSettings,
     ModelSettings,
     RunConfig,
@@ -17,7 +18,7 @@ from medpeft.config.schema import (
 from medpeft.config.tools import from_dict, read_config_data, save_yaml, to_dict
 from medpeft.errors import ConfigError, did_you_mean
 
-CORE_KEYS = ("name", "output_dir", "method", "model", "data", "missing", "train")
+CORE_KEYS = ("name", "output_dir", "method", "model", "data", "missing", "intervention", "train")
 
 
 def load_config(
@@ -76,6 +77,7 @@ def save_config(config: RunConfig, path: str | Path) -> Path:
 __all__ = [
     "DataSettings",
     "GridSettings",
+    "InterventionSettings",
     "MissingSettings",
     "ModelSettings",
     "RunConfig",

@@ -38,6 +38,8 @@ class ModelSettings:
         vilt_config: ``ViltConfig`` fields (random init or a state-dict file).
         dropout: probability of every dropout layer of the frozen backbone while training
             (the public MeLo and MoRA code train with 0.1; adapters keep their own).
+        fusion: ``auto`` (one token stream, or ViLT) or ``early_intervention`` (EI: one
+            model per image modality first, then reference [CLS] tokens steer each target).
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
 
@@ -50,6 +52,7 @@ class ModelSettings:
     max_text_len: int = 40
     vilt_config: dict | None = None
     dropout: float = 0.0
+    fusion: Literal["auto", "early_intervention"] = "auto"
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -176,6 +179,30 @@ class MissingSettings:
 
 
 @dataclass
+class InterventionSettings:
+    """Early intervention (``model.fusion: early_intervention``; SPEC section 3).
+
+    Attributes:
+        priors: multiplier of each modality's loss when picking the gate's target
+            (paper: ``[1, 0.001]``, MRNet ``[1, 1, 0.001]``; default all ones).
+        loss_weights: fused, targets, references, gate (paper: 1, 1, 0.3, 0.1).
+        public_gate: cross-entropy on the gate's softmax, as the public code does.
+        stage1_epochs: epochs of each single-modality stage-1 run (default ``train.epochs``).
+    """
+
+    priors: list[float] | None = None
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.3, 0.1])
+    public_gate: bool = False
+    stage1_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.loss_weights) != 4 or min(self.loss_weights) < 0:
+            raise ConfigError(
+                f"intervention.loss_weights: expected 4 numbers >= 0, got {self.loss_weights}"
+            )
+
+
+@dataclass
 class RunConfig:
     """A whole training run.
 
@@ -189,6 +216,7 @@ class RunConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     missing: MissingSettings = field(default_factory=MissingSettings)
+    intervention: InterventionSettings = field(default_factory=InterventionSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     settings: dict[str, Any] = field(default_factory=dict)
 

@@ -61,6 +61,11 @@ class EIOutput:
     gate: torch.Tensor
     present: torch.Tensor
 
+    @property
+    def logits(self) -> torch.Tensor:
+        """What evaluation and prediction read: the fused logits."""
+        return self.fused
+
 
 class EarlyIntervention(nn.Module):
     """EI over ``M`` image modalities, each with a target and a reference timm ViT.
@@ -82,7 +87,8 @@ class EarlyIntervention(nn.Module):
             )
         self.targets = nn.ModuleDict(dict(targets))
         self.references = nn.ModuleDict({m: references[m] for m in self.modalities})
-        dim = next(iter(targets.values())).embed_dim
+        first = next(iter(targets.values()))
+        dim, self.num_classes = first.embed_dim, first.num_classes
         self.projectors = nn.ModuleDict(
             {pair_name(r, m): InterventionProjector(dim) for m in self.modalities for r in self.others(m)}
         )

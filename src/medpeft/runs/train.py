@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.adapters.io import HUB, save_adapter
@@ -30,6 +31,7 @@ from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import fit
 from medpeft.train.settings import check_monitor
+from medpeft.train.trainer import Objective
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def model_spec(config: RunConfig, source: Source) -> ModelSpec:
         vilt_config=m.vilt_config,
         max_text_len=m.max_text_len if m.kind == "vilt" else None,
         model_kwargs=dict(m.kwargs),
+        fusion=m.fusion,
     )
 
 
@@ -103,12 +106,12 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
 
     Rerunning into the same folder resumes an interrupted run and returns a finished
     one's report without rewriting anything; other settings are refused unless
-    ``resume`` is False (start over).
+    ``resume`` is False (start over). ``model.fusion: early_intervention`` first trains
+    one model per modality (``stage1/<modality>``, each a run of its own), then the EI
+    model in the run folder (:mod:`medpeft.runs.intervention`).
     """
+    config = with_method_defaults(config)
     layout = RunLayout.at(config.output_dir)
-    if config.method not in config.settings:  # a config built in Python: the method's defaults
-        defaults = get_method(config.method).settings_type()
-        config = dataclasses.replace(config, settings={**config.settings, config.method: defaults})
     if config.model.kind == "timm":
         check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
     if resume:
@@ -127,19 +130,46 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         every = config.data.check_images == "all"
         records = source.records if every else source.split("test")
         check_images(records, source.kinds, "data" if every else "test split", progress)
+    if config.model.fusion == "early_intervention":
+        from medpeft.runs.intervention import intervention_model  # needs train_source
+
+        spec, model, objective = intervention_model(config, layout, source, resume, progress)
+    else:
+        spec, objective = model_spec(config, source), None
+        torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
+        model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
+    return train_source(config, layout, source, spec, model, resume, progress, objective)
+
+
+def with_method_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with its method's settings section (defaults for a config built in Python)."""
+    if config.method in config.settings:
+        return config
+    defaults = get_method(config.method).settings_type()
+    return dataclasses.replace(config, settings={**config.settings, config.method: defaults})
+
+
+def train_source(
+    config: RunConfig,
+    layout: RunLayout,
+    source: Source,
+    spec: ModelSpec,
+    model: nn.Module,
+    resume: bool = True,
+    progress: bool = True,
+    objective: Objective | None = None,
+) -> RunReport:
+    """Fit ``model`` on ``source``, save its adapter, evaluate the test split (and grid), report."""
     tables = split_tables(source, config.missing)
     save_tables(tables, layout)
     if "val" not in tables:
         raise ConfigError("the data needs non-empty train and val splits (check the split column/fractions)")
-    spec = model_spec(config, source)
-    torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
-    model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
     set_backbone_dropout(model, config.model.dropout)
     data = run_data(config, source, model)
     result = fit(
         model, data.loader("train", tables["train"], train=True), data.loader("val", tables["val"]),
         source.task, config.train, layout.root, class_names=source.labels, resume=resume,
-        progress=progress, aux_loss=get_method(config.method).aux_loss,
+        progress=progress, aux_loss=get_method(config.method).aux_loss, objective=objective,
     )
     adapter_dir = save_adapter(
         model, layout.adapter, spec, source.labels, source.task, data.pre,

@@ -43,6 +43,11 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model's outputs: a tensor, or an object with ``.logits``."""
+    return getattr(outputs, "logits", outputs)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA only; a no-op elsewhere or when ``dtype`` is None."""
     if dtype is None or device.type != "cuda":
@@ -67,7 +72,7 @@ def _collect(model: nn.Module, loader: Any, progress: bool, dtype: torch.dtype |
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
             inputs, target = _split_batch(batch)
             with autocast(device, dtype):
-                logits.append(model(to_device(inputs, device)).float().cpu())
+                logits.append(logits_of(model(to_device(inputs, device))).float().cpu())
             if target is not None:
                 targets.append(torch.as_tensor(target))
     model.train(was_training)

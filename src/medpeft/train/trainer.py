@@ -30,13 +30,14 @@ from medpeft.train.checkpoint import (
     save_trainable,
     seed_everything,
 )
-from medpeft.train.evaluation import autocast, evaluate, to_device
+from medpeft.train.evaluation import autocast, evaluate, logits_of, to_device
 from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
 from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
 
 AuxLoss = Callable[[nn.Module], "torch.Tensor | None"]
+Objective = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> loss
 
 
 @dataclass
@@ -90,11 +91,14 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     aux_loss: AuxLoss | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train the model's trainable parameters, validating each epoch; end with the best weights.
 
     ``aux_loss(model)`` (a method's auxiliary loss, e.g. a router balancing term) is
     added to the task loss after every training forward when it returns a tensor.
+    ``objective(outputs, targets)`` replaces the task loss for models whose outputs
+    carry more than logits (early intervention); evaluation reads ``outputs.logits``.
 
     With ``resume`` and ``out_dir/checkpoint.pt`` present, training continues
     after the last completed epoch with the saved optimizer, scheduler, scaler
@@ -107,7 +111,7 @@ def fit(
     if len(train_loader) == 0:
         raise DataError("train_loader yields no batches")
     run = _Run(model, task, settings, Path(out_dir), class_names, progress, len(train_loader))
-    run.aux_loss = aux_loss
+    run.aux_loss, run.objective = aux_loss, objective
     if resume and run.checkpoint_path.exists():
         run.state = load_checkpoint(run.checkpoint_path, model, *run.parts.resumable())
     log = RunLog(run.out_dir, settings.tensorboard, purge_step=run.state.global_step or None)
@@ -139,6 +143,7 @@ class _Run:
         self.model, self.task, self.settings, self.out_dir = model, task, settings, out_dir
         self.class_names, self.progress = class_names, progress
         self.aux_loss: AuxLoss | None = None
+        self.objective: Objective | None = None
         self.checkpoint_path = out_dir / CHECKPOINT
         self.device = resolve_device(settings.device)
         self.dtype = autocast_dtype(settings)
@@ -189,8 +194,11 @@ class _Run:
             group_size = min(accum, num_batches - group_start)
             targets = to_device(targets, self.device)
             with autocast(self.device, self.dtype):
-                logits = model(to_device(inputs, self.device))
-            loss = parts.loss_fn(logits.float(), targets)
+                outputs = model(to_device(inputs, self.device))
+            if self.objective is not None:
+                loss = self.objective(outputs, targets)
+            else:
+                loss = parts.loss_fn(logits_of(outputs).float(), targets)
             extra = self.aux_loss(model) if self.aux_loss is not None else None
             if extra is not None:
                 loss = loss + extra.float()

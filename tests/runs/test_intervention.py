@@ -1,0 +1,85 @@
+"""Early-intervention runs from one config: stage 1 per modality, stage 2 EI, both resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medpeft.cli import main
+
+EI = [
+    "method=mor", "model.fusion=early_intervention", "data.modalities={a: image, b: image, c: image}",
+    "missing.train.eta=0.0", "missing.test={eta: 0.5, kind: both}", "missing.grid.etas=[0.5]",
+    "missing.grid.kinds=[a, both]", "data.num_samples=48", "data.batch_size=16", "train.epochs=1",
+    "model.img_size=16", "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+    "train.amp=false", "train.device=cpu", "data.num_workers=0",
+]
+
+
+def _argv(run: Path) -> list[str]:
+    return ["train", "mora_synthetic", f"output_dir={run}", *EI, "--quiet"]
+
+
+def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ei_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ei") / "run"
+    assert main(_argv(run)) == 0
+    return run
+
+
+def test_one_config_trains_both_stages(ei_run):
+    for m in "abc":
+        config = json.loads((ei_run / "stage1" / m / "adapter" / "adapter_config.json").read_text())
+        assert (config["fusion"], list(config["modalities"]), config["method"]) == ("auto", [m], "mor")
+    config = json.loads((ei_run / "adapter" / "adapter_config.json").read_text())
+    assert (config["fusion"], list(config["modalities"])) == ("early_intervention", ["a", "b", "c"])
+    assert (ei_run / "report.json").is_file() and (ei_run / "grid.md").is_file()
+
+
+def test_eval_reproduces_the_test_metrics_and_predict_takes_a_missing_modality(ei_run, tmp_path, capsys):
+    recorded = (ei_run / "test_metrics.json").read_text()
+    assert main(["eval", str(ei_run)]) == 0
+    assert (ei_run / "test_metrics.json").read_text() == recorded
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,a,b,c\nall,a/00000.png,b/00000.png,c/00000.png\nno_b,a/00000.png,,c/00000.png\n")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", str(ei_run / "adapter"), "--manifest", str(rows), "--root",
+            str(ei_run / "synthetic_data"), "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    with open(out) as f:
+        preds = list(csv.DictReader(f))
+    labels = [k for k in preds[0] if k not in ("id", "prediction")]
+    assert [p["id"] for p in preds] == ["all", "no_b"]
+    assert all(sum(float(p[k]) for k in labels) == pytest.approx(1.0, abs=1e-3) for p in preds)
+    assert [preds[0][k] for k in labels] != [preds[1][k] for k in labels]
+
+
+def test_rerun_rewrites_nothing_and_an_interrupted_stage_2_resumes_alone(ei_run, tmp_path):
+    before = _snapshot(ei_run)
+    assert main(_argv(ei_run)) == 0
+    assert _snapshot(ei_run) == before
+    run = tmp_path / "run"
+    shutil.copytree(ei_run, run)
+    for name in ("report.json", "checkpoint.pt", "best.safetensors", "metrics.csv", "test_metrics.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "adapter")  # as if killed during stage 2
+    stage1 = {k: v for k, v in _snapshot(run).items() if k.startswith("stage1")}
+    assert main(_argv(run)) == 0
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if k.startswith("stage1")} == stage1  # not retrained
+    for name in ("adapter/adapter_model.safetensors", "test_metrics.json", "metrics.csv"):
+        assert after[name][0] == before[name][0]
+
+
+def test_early_intervention_needs_several_image_modalities(tmp_path, capsys):
+    argv = ["train", "mora_synthetic", f"output_dir={tmp_path}", *EI, "data.modalities={a: image}"]
+    assert main(argv) == 2
+    assert ">= 2 image modalities" in capsys.readouterr().err
