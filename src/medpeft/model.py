@@ -26,6 +26,7 @@ from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
+from medpeft.fusion.late import LateFusion
 from medpeft.fusion.single import as_single_stream
 from medpeft.methods import get_method
 
@@ -51,8 +52,10 @@ class ModelSpec:
         vilt_config: ``ViltConfig`` fields for random init or a weights file.
         max_text_len: Tokens per text (ViLT; longer than 40: the table is interpolated).
         model_kwargs: Extra ``timm.create_model`` arguments (``depth``, ``drop_rate``...).
-        fusion: ``auto`` (as above) or ``early_intervention`` (a target and a reference
-            timm ViT per image modality, :class:`~medpeft.fusion.intervention.EarlyIntervention`).
+        fusion: ``auto`` (as above), ``early_intervention`` (a target and a reference
+            timm ViT per image modality, :class:`~medpeft.fusion.intervention.EarlyIntervention`)
+            or ``late`` (one ViT per modality, features joined at the end,
+            :class:`~medpeft.fusion.late.LateFusion`).
     """
 
     backbone: str | None
@@ -67,7 +70,7 @@ class ModelSpec:
     vilt_config: dict | None = None
     max_text_len: int | None = None
     model_kwargs: dict = field(default_factory=dict)
-    fusion: Literal["auto", "early_intervention"] = "auto"
+    fusion: Literal["auto", "early_intervention", "late"] = "auto"
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -137,6 +140,13 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
 
         targets = {m: copy() for m in spec.modalities}
         return EarlyIntervention(targets, {m: copy() for m in spec.modalities})
+    if spec.fusion == "late":
+        start = torch.get_rng_state()
+        encoders = {}
+        for m in spec.modalities:
+            torch.set_rng_state(start)
+            encoders[m] = vit()
+        return LateFusion(encoders, spec.num_classes)
     if len(spec.modalities) == 1 and not spec.missing_token:
         return as_single_stream(vit(), spec.modalities[0])
     return MultiStreamViT(vit(), spec.modalities, spec.missing_token)

@@ -166,3 +166,18 @@ def test_needs_two_modalities_with_both_copies():
         EarlyIntervention({"a": _vit(0)}, {"a": _vit(1)})
     with pytest.raises(ConfigError, match="target and a reference"):
         EarlyIntervention({"a": _vit(0), "b": _vit(1)}, {"a": _vit(2)})
+
+
+def test_late_fusion_ignores_the_images_of_a_missing_modality():
+    from medpeft.fusion.late import LateFusion
+
+    model = LateFusion({m: _vit(i) for i, m in enumerate(MODS)}, num_classes=3).eval()
+    images, other = _images(seed=0), _images(seed=1)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    swapped = {**images, "coronal": other["coronal"]}
+    with torch.no_grad():
+        a = model({"images": images, "present": present})
+        b = model({"images": swapped, "present": present})
+    torch.testing.assert_close(a[0], b[0])  # coronal missing: its image does not count
+    assert not torch.allclose(a[1], b[1])
+    assert model.head.in_features == 3 * 32

@@ -83,3 +83,15 @@ def test_early_intervention_needs_several_image_modalities(tmp_path, capsys):
     argv = ["train", "mora_synthetic", f"output_dir={tmp_path}", *EI, "data.modalities={a: image}"]
     assert main(argv) == 2
     assert ">= 2 image modalities" in capsys.readouterr().err
+
+
+def test_late_fusion_baseline_trains_from_the_same_stage_1(tmp_path):
+    run = tmp_path / "late"
+    argv = _argv(run)
+    argv[argv.index("model.fusion=early_intervention")] = "model.fusion=late"
+    assert main(argv) == 0
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["fusion"] == "late" and (run / "stage1" / "c" / "adapter").is_dir()
+    recorded = (run / "test_metrics.json").read_text()
+    assert main(["eval", str(run)]) == 0
+    assert (run / "test_metrics.json").read_text() == recorded

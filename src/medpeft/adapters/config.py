@@ -84,7 +84,7 @@ class AdapterConfig:
     model_kwargs: dict = field(default_factory=dict)
     missing_token: bool = False
     vilt_config: dict | None = None
-    fusion: Literal["auto", "early_intervention"] = "auto"
+    fusion: Literal["auto", "early_intervention", "late"] = "auto"
     inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
     backbone_seed: int | None = None

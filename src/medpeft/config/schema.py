@@ -38,8 +38,9 @@ class ModelSettings:
         vilt_config: ``ViltConfig`` fields (random init or a state-dict file).
         dropout: probability of every dropout layer of the frozen backbone while training
             (the public MeLo and MoRA code train with 0.1; adapters keep their own).
-        fusion: ``auto`` (one token stream, or ViLT) or ``early_intervention`` (EI: one
-            model per image modality first, then reference [CLS] tokens steer each target).
+        fusion: ``auto`` (one token stream, or ViLT), ``early_intervention`` (EI: one
+            model per image modality first, then reference [CLS] tokens steer each target)
+            or ``late`` (the same stage 1, then per-modality features joined at the end).
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
 
@@ -52,7 +53,7 @@ class ModelSettings:
     max_text_len: int = 40
     vilt_config: dict | None = None
     dropout: float = 0.0
-    fusion: Literal["auto", "early_intervention"] = "auto"
+    fusion: Literal["auto", "early_intervention", "late"] = "auto"
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

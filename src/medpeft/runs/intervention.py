@@ -1,11 +1,12 @@
-"""Early-intervention runs (``model.fusion: early_intervention``, SPEC section 3), both stages.
+"""Two-stage fusion runs (``model.fusion: early_intervention`` or ``late``, SPEC section 3).
 
 Stage 1: for every image modality ``m``, the samples that have ``m``, read as a
 one-modality task, train ``<run>/stage1/<m>``: a run folder of its own, so it
-resumes after an interruption and is not retrained once finished. Stage 2: the
-target and the reference copy of every modality start from ``m``'s stage-1 model
-(backbone, adapter and head), and the EI model trains in the run folder on every
-sample with :func:`~medpeft.fusion.intervention.ei_loss`.
+resumes after an interruption and is not retrained once finished. Stage 2: every
+copy of modality ``m`` (EI: its target and reference; late fusion: its encoder)
+starts from ``m``'s stage-1 model (backbone, adapter and head), and the fused model
+trains in the run folder on every sample; EI with
+:func:`~medpeft.fusion.intervention.ei_loss`, late fusion with the task loss.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ from medpeft.train.trainer import Objective
 STAGE1_DIR = "stage1"
 
 
-def intervention_model(
+def two_stage_model(
     config: RunConfig, layout: RunLayout, source: Source, resume: bool, progress: bool
-) -> tuple[ModelSpec, nn.Module, Objective]:
-    """Run (or reuse) stage 1, then build the stage-2 EI model from it and its objective."""
+) -> tuple[ModelSpec, nn.Module, Objective | None]:
+    """Run (or reuse) stage 1, then build the stage-2 model from it, and its objective."""
     from medpeft.runs.train import model_spec, train_source
 
     if set(source.kinds.values()) != {"image"} or len(source.modalities) < 2:
         raise ConfigError(
-            f"model.fusion: early_intervention needs >= 2 image modalities, got {source.kinds}"
+            f"model.fusion: {config.model.fusion} needs >= 2 image modalities, got {source.kinds}"
         )
     stage1 = {}
     for m in source.modalities:
@@ -54,11 +55,13 @@ def intervention_model(
         stage1[m] = sub_layout.adapter
     spec = model_spec(config, source)
     model = _build(spec, config)
+    copies = ("encoders",) if config.model.fusion == "late" else ("targets", "references")
     for m, adapter in stage1.items():
         single, _ = load_adapter(adapter, adapter_name="default", weights=config.model.weights)
-        state = single.state_dict()
-        model.targets[m].load_state_dict(state)
-        model.references[m].load_state_dict(state)
+        for name in copies:
+            getattr(model, name)[m].load_state_dict(single.state_dict())
+    if config.model.fusion == "late":
+        return spec, model, None
     ei = config.intervention
     objective = partial(
         ei_loss, task=source.task, priors=ei.priors, weights=ei.loss_weights, public_gate=ei.public_gate

@@ -106,9 +106,9 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
 
     Rerunning into the same folder resumes an interrupted run and returns a finished
     one's report without rewriting anything; other settings are refused unless
-    ``resume`` is False (start over). ``model.fusion: early_intervention`` first trains
-    one model per modality (``stage1/<modality>``, each a run of its own), then the EI
-    model in the run folder (:mod:`medpeft.runs.intervention`).
+    ``resume`` is False (start over). ``model.fusion: early_intervention`` (and ``late``)
+    first trains one model per modality (``stage1/<modality>``, each a run of its own),
+    then the fused model in the run folder (:mod:`medpeft.runs.intervention`).
     """
     config = with_method_defaults(config)
     layout = RunLayout.at(config.output_dir)
@@ -130,10 +130,10 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         every = config.data.check_images == "all"
         records = source.records if every else source.split("test")
         check_images(records, source.kinds, "data" if every else "test split", progress)
-    if config.model.fusion == "early_intervention":
-        from medpeft.runs.intervention import intervention_model  # needs train_source
+    if config.model.fusion in ("early_intervention", "late"):
+        from medpeft.runs.intervention import two_stage_model  # needs train_source
 
-        spec, model, objective = intervention_model(config, layout, source, resume, progress)
+        spec, model, objective = two_stage_model(config, layout, source, resume, progress)
     else:
         spec, objective = model_spec(config, source), None
         torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
