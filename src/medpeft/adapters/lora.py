@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medpeft.adapters.wrapped import WrappedLinear
 from medpeft.routing import current
 
 Segment = tuple[int, int]
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(WrappedLinear):
     """A frozen Linear plus named low-rank updates on chosen output segments.
 
     Args:
@@ -43,8 +44,7 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, segments: Sequence[Segment] | None = None) -> None:
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.segments: list[Segment] = list(segments or [(0, base.out_features)])
         lengths = {stop - start for start, stop in self.segments}
         inside = all(0 <= start < stop <= base.out_features for start, stop in self.segments)
@@ -63,26 +63,6 @@ class LoRALinear(nn.Module):
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         self.merged_adapters: list[str] = []
-        base.weight.requires_grad_(False)
-        if base.bias is not None:
-            base.bias.requires_grad_(False)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base weight, so code that inspects ``layer.weight`` keeps working."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
         """Add a fresh adapter: A kaiming-uniform(a=sqrt 5), B zeros, scale = alpha / rank."""

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medpeft.adapters.inject import candidate_linears, has_suffix, replace_module
+from medpeft.adapters.wrapped import WrappedLinear
 from medpeft.errors import ConfigError
 from medpeft.routing import current
 
@@ -44,7 +45,7 @@ DEFAULT_RANKS = (2, 4, 8)
 DEFAULT_SCALE = 2.0  # alpha_k = 2 r_k
 
 
-class MoRLinear(nn.Module):
+class MoRLinear(WrappedLinear):
     """A frozen Linear plus named MoR adapters (rank-varied LoRA experts + a per-token router).
 
     Args:
@@ -52,8 +53,7 @@ class MoRLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear) -> None:
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.mor_A = nn.ParameterDict()
         self.mor_B = nn.ParameterDict()
         self.mor_router_weight = nn.ParameterDict()
@@ -62,24 +62,6 @@ class MoRLinear(nn.Module):
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         self._expert_of_column: dict[tuple[str, torch.device], torch.Tensor] = {}
-        base.requires_grad_(False)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base weight, so code that inspects ``layer.weight`` keeps working."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     @property
     def adapter_names(self) -> list[str]:
