@@ -1,13 +1,32 @@
-"""Missing-modality grid reports: markdown tables and PNG plots."""
+"""Reports: markdown tables, missing-grid plots, statistics and the run report page."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from medpeft.cli import main
+from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import ConfigError
+from medpeft.metrics import compute_metrics
 from medpeft.reports import (
     markdown_table,
     missing_grid_table,
     plot_missing_curves,
     plot_missing_heatmap,
+)
+from medpeft.reports.page import write_report_page
+from medpeft.reports.scores import SplitScores
+from medpeft.reports.stats import (
+    bootstrap,
+    calibration,
+    class_rates,
+    headline_metrics,
+    operating_point,
+    parse_operating_point,
+    weighted_auroc,
 )
 
 RESULTS = {
@@ -55,3 +74,144 @@ def test_markdown_table_formats_floats_and_marks_gaps():
         "| lora | 0.9123 | - |",
         "| x | - | 2 |",
     ]
+
+
+# --- the run report page (medpeft report) -------------------------------------------------
+
+CPU = ["train.amp=false", "train.device=cpu", "data.num_workers=0", "train.epochs=2", "--quiet"]
+TINY = [
+    "model.backbone=vit_tiny_patch16_224", "model.img_size=32", "model.pretrained=false",
+    "model.kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
+    "data.batch_size=16", "train.lr=0.003", "train.warmup=0", "data.source=csv",
+]
+QUIET = pytest.mark.filterwarnings("ignore:.*undefined for classes:RuntimeWarning")
+PLOTS = {"training_curves.png", "roc.png", "pr.png", "confusion.png", "calibration.png"}
+
+
+def _scores(task: str, n: int = 200, classes: int = 3, seed: int = 0) -> SplitScores:
+    """Informative random scores: the true class (or present labels) score higher."""
+    rng = np.random.default_rng(seed)
+    labels = [f"c{i}" for i in range(classes)]
+    if task == "multiclass":
+        targets = rng.integers(0, classes, n)
+        logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[targets]
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return SplitScores(labels, task, np.round(probs, 3), targets)
+    targets = (rng.random((n, classes)) < 0.4).astype(int)
+    probs = 1 / (1 + np.exp(-(rng.normal(size=(n, classes)) + 2 * targets - 1)))
+    return SplitScores(labels, task, np.round(probs, 2), targets)
+
+
+def test_weighted_auroc_equals_sklearn_on_the_resampled_data():
+    scores = _scores("multiclass")
+    rng = np.random.default_rng(1)
+    counts = rng.multinomial(200, np.full(200, 1 / 200), size=3).astype(float)
+    got = weighted_auroc(scores.scores[:, 1], scores.truth[:, 1], counts)
+    for row, value in zip(counts.astype(int), got):
+        index = np.repeat(np.arange(200), row)  # ties in the rounded scores count half
+        assert value == pytest.approx(roc_auc_score(scores.truth[index, 1], scores.scores[index, 1]))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_bootstrap_point_estimates_match_compute_metrics_and_are_seeded(task):
+    scores = _scores(task)
+    point = operating_point(scores)  # argmax / 0.5, the thresholds of compute_metrics
+    metrics = headline_metrics(scores, point)
+    first = bootstrap(metrics, 200, resamples=300, seed=3)
+    reference = compute_metrics(task, scores.scores, scores.targets, scores.labels)
+    for name, interval in first.items():
+        assert interval.value == pytest.approx(reference[name]), name
+        assert interval.low <= interval.value <= interval.high
+        assert 0 < interval.high - interval.low < 0.3
+    assert bootstrap(metrics, 200, resamples=300, seed=3) == first
+    assert bootstrap(metrics, 200, resamples=300, seed=4) != first
+
+
+def test_operating_points_and_per_class_rates():
+    scores = _scores("multiclass", classes=2)
+    youden = operating_point(scores, parse_operating_point("youden"))
+    fixed = operating_point(scores, parse_operating_point("0.5"))
+    truth, score = scores.truth[:, 1], scores.scores[:, 1]
+    fpr, tpr, _ = roc_curve(truth, score)
+    rates = class_rates(scores, youden)
+    assert rates["sensitivity"][1] + rates["specificity"][1] - 1 == pytest.approx(np.max(tpr - fpr))
+    assert rates["support"].tolist() == scores.truth.sum(0).tolist()
+    assert class_rates(scores, fixed)["sensitivity"][1] == np.mean(score[truth == 1] > 0.5)
+    with pytest.raises(ConfigError, match="threshold"):
+        parse_operating_point("1.5")
+    with pytest.raises(ConfigError, match="multiclass"):
+        operating_point(_scores("multilabel"), "argmax")
+
+
+def test_calibration_of_perfectly_calibrated_scores_is_near_zero():
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    scores = SplitScores(["no", "yes"], "multilabel", np.stack([1 - p, p], 1), (rng.random((20000, 2)) < np.stack([1 - p, p], 1)).astype(int))
+    assert calibration(scores).ece < 0.02
+    overconfident = SplitScores(["no", "yes"], "multilabel", np.stack([1 - p, p], 1) ** 0.2, scores.targets)
+    assert calibration(overconfident).ece > 0.2
+
+
+def test_scores_csv_round_trip(tmp_path):
+    for task in ("multiclass", "multilabel"):
+        scores = _scores(task, n=20)
+        back = SplitScores.read_csv(scores.write_csv(tmp_path / f"{task}.csv"), task)
+        assert back.labels == scores.labels
+        np.testing.assert_array_equal(back.targets, scores.targets)
+        np.testing.assert_allclose(back.scores, scores.scores)
+
+
+def _train(tmp_path, manifest: Path, *extra: str) -> Path:
+    run = tmp_path / "run"
+    argv = ["train", "melo_shenzhen", f"output_dir={run}", f"data.manifest={manifest}", *TINY, *CPU, *extra]
+    assert main(argv) == 0
+    return run
+
+
+def _check_page(run: Path, out: Path, plots: set[str], default_point: bool = True) -> dict:
+    """Check the page's files; its headline values are the run's test metrics (those at the
+    operating point only when it is the default, that of the metrics)."""
+    page = (out / "index.html").read_text()
+    assert set(p.name for p in out.glob("*.png")) == plots
+    assert page.count("data:image/png;base64,") == len(plots)  # self-contained
+    summary = json.loads((out / "summary.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    for name, interval in summary["headline"].items():
+        if not default_point and name in ("sensitivity", "specificity"):
+            continue
+        assert interval["value"] == pytest.approx(report["test"]["metrics"][name]), name
+    return summary
+
+
+@QUIET
+def test_report_of_a_multilabel_run(tmp_path):
+    manifest = make_synthetic_dataset(tmp_path / "data", ("a", "b", "c"), n_per_class=8, img_size=32,
+                                      task="multilabel")
+    run = _train(tmp_path, manifest, "data.task=multilabel", "train.monitor=f1_macro")
+    result = write_report_page(run, tmp_path / "page", resamples=100)
+    summary = _check_page(run, tmp_path / "page", PLOTS)
+    assert result.operating_point == summary["operating_point"] == "threshold 0.5"
+    assert "f1_micro" in summary["headline"] and "accuracy" not in summary["headline"]
+
+
+@QUIET
+def test_report_of_a_multimodal_run_without_saved_scores(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
+            "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}", "data.num_samples=40",
+            "data.batch_size=16", "missing.grid.etas=[0.5]", *CPU]
+    assert main(argv) == 0
+    (run / "predictions_test.csv").unlink()  # a run trained before scores were saved
+    assert main(["report", str(run), "--threshold", "youden", "--resamples", "200"]) == 0
+    assert (run / "predictions_test.csv").is_file()
+    assert f"wrote {run / 'report' / 'index.html'}" in capsys.readouterr().out
+    summary = _check_page(run, run / "report", PLOTS | {"missing_heatmap.png"}, default_point=False)
+    assert summary["method"] == "mora" and summary["operating_point"] == "youden"
+    assert len(summary["per_class"]) == 4
+    assert summary["params"]["trainable"] > 0 and summary["adapter_weights_bytes"] > 0
+    assert "Missing-modality grid" in (run / "report" / "index.html").read_text()
+
+
+def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "report.json" in capsys.readouterr().err

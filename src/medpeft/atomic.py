@@ -19,7 +19,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file lives in the same folder, so the final ``os.replace``
-    is atomic on POSIX and Windows.
+    is atomic on POSIX and Windows. An OS error (disk full, no permission) is
+    raised again naming ``path`` and saying that its previous version is kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +30,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.chmod(tmp, _new_file_mode())  # mkstemp creates 0600; give the usual umask mode
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        raise OSError(error.errno, f"{reason}; any earlier version of the file is kept", str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

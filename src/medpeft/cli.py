@@ -1,4 +1,4 @@
-"""``medpeft`` command line: train, eval, predict, export, import, demo.
+"""``medpeft`` command line: train, eval, predict, report, explain, serve, export, import, demo.
 
 Configs are YAML files (or the name of a built-in recipe, see ``medpeft configs``);
 any key can be overridden with ``section.key=value`` arguments.
@@ -42,9 +42,20 @@ def resolve_config(name_or_path: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> None:
     from medpeft.config import load_config
     from medpeft.runs.train import format_report, train_run
+    from medpeft.train import distributed
 
-    config = load_config(resolve_config(args.config), args.overrides)
-    print(format_report(train_run(config, resume=not args.no_resume, progress=not args.quiet)))
+    repeats = [f"train.repeats={args.repeats}"] if args.repeats else []
+    config = load_config(resolve_config(args.config), [*args.overrides, *repeats])
+    if config.train.repeats > 1:
+        from medpeft.runs.repeats import format_repeats, train_repeats
+
+        summary = train_repeats(config, resume=not args.no_resume, progress=not args.quiet)
+        if distributed.is_main():
+            print(format_repeats(summary))
+        return
+    report = train_run(config, resume=not args.no_resume, progress=not args.quiet)
+    if distributed.is_main():  # under `accelerate launch`, one report
+        print(format_report(report))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -57,27 +68,62 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from medpeft.runs.predict import predict_files, predict_manifest
+    from medpeft.runs.predict import predict_files, predict_manifest, predict_tasks
+    from medpeft.train import distributed
 
+    distributed.setup()  # under `accelerate launch`: each process scores a slice
+    if args.adapters and args.adapter:  # with --adapter, the first positional is an image
+        args.images, args.adapter = [args.adapter, *args.images], None
+    if not args.adapters and not args.adapter:
+        raise MedpeftError("give an adapter folder, or --adapter NAME=FOLDER once per task")
     if bool(args.images) == bool(args.manifest):
         raise MedpeftError("give image files or --manifest (one column per modality), not both")
     common = dict(
         weights=args.weights, pretrained=args.pretrained, batch_size=args.batch_size,
         device=args.device, progress=not args.quiet, allow_random_backbone=args.random_backbone,
     )
-    if args.manifest:
+    if args.adapters:
+        del common["progress"]
+        predictions = predict_tasks(
+            _named_adapters(args.adapters), args.images, args.manifest, args.root, **common
+        )
+    elif args.manifest:
         predictions = predict_manifest(args.adapter, args.manifest, root=args.root, **common)
     else:
         predictions = predict_files(args.adapter, args.images, **common)
+    if not distributed.is_main():  # every process holds all rows; the main one writes them
+        return
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         predictions.write_csv(out)
 
 
+def _named_adapters(values: Sequence[str]) -> dict[str, str]:
+    """``NAME=FOLDER`` (or ``FOLDER``, named after it) per ``--adapter`` -> {name: folder}."""
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, _, folder = value.rpartition("=") if "=" in value else (Path(value).name, "", value)
+        if name in adapters:
+            raise MedpeftError(f"--adapter: task name {name!r} given twice; use NAME=FOLDER")
+        adapters[name] = folder
+    return adapters
+
+
 def cmd_export(args: argparse.Namespace) -> None:
+    from medpeft.adapters.export import export_merged, export_onnx
     from medpeft.adapters.formats import export_peft
     from medpeft.adapters.io import load_adapter, read_config
 
+    if not (args.output or args.merged or args.onnx):
+        raise MedpeftError("export: give --output (PEFT), --merged DIR and/or --onnx FILE")
+    plain = dict(weights=args.weights, allow_random_backbone=args.random_backbone)
+    if args.merged:
+        print(f"wrote {export_merged(args.adapter, args.merged, **plain)} (timm: local-dir:{args.merged})")
+    if args.onnx:
+        difference = export_onnx(args.adapter, args.onnx, **plain)
+        print(f"wrote {args.onnx} (onnxruntime vs PyTorch: max abs logit difference {difference:.1e})")
+    if not args.output:
+        return
     method = read_config(args.adapter).method
     if method != "lora":
         raise MedpeftError(
@@ -101,6 +147,38 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from medpeft.demo import run_demo
 
     run_demo(Path(args.output), epochs=args.epochs, progress=not args.quiet)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from medpeft.reports.page import write_report_page
+    from medpeft.reports.stats import parse_operating_point
+
+    result = write_report_page(
+        args.run, args.out, parse_operating_point(args.threshold), args.resamples, args.seed, progress=True
+    )
+    print(f"wrote {result.page}")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from medpeft.explain import explain_files
+
+    for explanation in explain_files(
+        args.adapter, args.files, args.out, weights=args.weights, target=args.target,
+        allow_random_backbone=args.random_backbone,
+    ):
+        print(explanation.describe())
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from medpeft.serve.main import serve
+    from medpeft.serve.settings import ServeSettings, token_from
+
+    settings = ServeSettings(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+        max_upload_mb=args.max_upload_mb, token=token_from(args.token),
+    )
+    serve(args.directory, settings, args.host, args.port, args.device, args.max_loaded,
+          args.weights, args.random_backbone)
 
 
 def cmd_configs(_: argparse.Namespace) -> None:
@@ -139,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--repeats", type=int, help="train N times (seeds seed..seed+N-1) into rep<i>/, report mean ± std"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run's adapter on a data split")
@@ -150,8 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files or a manifest with a saved adapter")
-    p.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument(
+        "adapter", nargs="?", help="adapter folder (adapter_config.json + adapter_model.safetensors)"
+    )
     p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy), one modality")
+    p.add_argument(
+        "--adapter", dest="adapters", action="append", metavar="NAME=FOLDER",
+        help="one task of several on one backbone (repeat): mixed-task batches; a manifest "
+        "then needs a 'task' column, image files go through every task",
+    )
     p.add_argument("--manifest", help="CSV with one column per modality (empty = missing), optional id")
     p.add_argument("--root", help="folder of the manifest's relative paths (default: its folder)")
     p.add_argument("--weights", help="backbone checkpoint file")
@@ -166,10 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a LoRA adapter to Hugging Face PEFT format")
+    p = sub.add_parser("export", help="export an adapter: PEFT format, merged timm model, ONNX")
     p.add_argument("adapter", help="medpeft adapter folder")
-    p.add_argument("--output", required=True, help="folder for the PEFT adapter")
+    p.add_argument("--output", help="folder for the Hugging Face PEFT adapter (LoRA)")
+    p.add_argument("--merged", metavar="DIR", help="folder for the merged timm model (safetensors + config.json)")
+    p.add_argument("--onnx", metavar="FILE", help="ONNX file of the merged model (checked with onnxruntime)")
     p.add_argument("--weights", help="backbone checkpoint file")
+    p.add_argument(
+        "--random-backbone", action="store_true",
+        help="export an adapter that records no backbone weights on a random backbone (tests only)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-lora-vit", help="convert a published LoRA-ViT/MeLo .safetensors file")
@@ -186,9 +280,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=25, help="epochs of each adaptation run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="HTML report page of a finished run (plots, CIs, per-class table)")
+    p.add_argument("run", help="run folder (holds report.json, adapter/)")
+    p.add_argument("--out", help="folder for index.html and the PNGs (default: RUN/report)")
+    p.add_argument(
+        "--threshold", help="operating point: argmax, youden or a probability (default: argmax "
+        "for multiclass, 0.5 for multilabel)",
+    )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("explain", help="attention rollout and Grad-CAM overlays of a prediction")
+    p.add_argument("adapter", help="adapter folder of a timm ViT run")
+    p.add_argument(
+        "files", nargs="+",
+        help="image files (one modality: each explained alone) or modality=path pairs (several)",
+    )
+    p.add_argument("--out", default="explain", help="folder for the overlay PNGs and explain.json")
+    p.add_argument("--target", help="class to explain (default: the predicted class)")
+    p.add_argument("--weights", help="backbone checkpoint file (default: the adapter's record)")
+    p.add_argument("--random-backbone", action="store_true",
+                   help="allow an adapter that records no backbone weights (meaningless maps)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="HTTP server for the task adapters of a directory (one backbone)")
+    p.add_argument("directory", help="folder of task adapter folders (each task is named after its folder)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (the log names it)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--max-batch", type=int, default=16, help="samples per forward pass, any mix of tasks")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--queue-size", type=int, default=256, help="waiting samples before 503")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body before 413")
+    p.add_argument("--token", help="bearer token every API call needs (default: $MEDPEFT_TOKEN; none: open)")
+    p.add_argument("--max-loaded", type=int, help="most adapters on the backbone at once (default: all)")
+    backbone = p.add_mutually_exclusive_group()
+    backbone.add_argument("--weights", help="backbone checkpoint file (default: the one the adapters record)")
+    backbone.add_argument(
+        "--random-backbone", action="store_true",
+        help="serve adapters that record no backbone weights on a random backbone (meaningless outputs)",
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("configs", help="list the built-in recipe configs")
     p.set_defaults(func=cmd_configs)

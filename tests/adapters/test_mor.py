@@ -307,7 +307,7 @@ def test_cli_trains_a_mor_adapter(tmp_path):
     adapter = run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["method"] == "mor"
-    assert config["settings"] == {"targets": ["mlp.fc1", "mlp.fc2"], "ranks": [2, 4], "blocks": [1]}
+    assert config["settings"] == {"targets": ["mlp.fc1", "mlp.fc2"], "ranks": [2, 4], "blocks": [1], "per_modality": False}
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     mor_keys = {k for k in weights if "mor_" in k}
     assert mor_keys == {

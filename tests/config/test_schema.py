@@ -31,6 +31,10 @@ def test_each_builtin_config_loads(name):
         assert config.settings["mora"] is mora and mora.rank == 4 and list(mora.blocks) == [0]
         assert config.missing.train == MissingSetting(0.7, "both")
         assert config.train.lr == 5e-3 and config.train.monitor == "f1_macro"
+    elif name.startswith("ei_"):  # EI + MoR recipes
+        assert config.method == "mor" and config.model.fusion == "early_intervention"
+        assert config.model.img_size % 14 == 0 and config.data.balanced == "oversample"
+        assert (config.train.schedule, config.train.monitor, config.train.patience) == ("cyclic", "map", 10)
     else:  # MeLo recipes
         lora = config.method_settings()
         assert isinstance(lora, LoraSettings) and config.method == "lora"

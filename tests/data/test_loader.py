@@ -58,3 +58,15 @@ def test_balanced_weights_multilabel_use_rarest_positive_label():
     # label 0 positive 3x, label 1 once, one normal sample
     assert weights.tolist() == pytest.approx([1 / 3, 1.0, 1 / 3, 1.0])
     assert balanced_weights([0, 0, 1]).tolist() == pytest.approx([0.5, 0.5, 1.0])
+
+
+def test_oversample_repeats_every_class_up_to_the_largest(tmp_path):
+    targets = [0] * 5 + [1] * 2 + [2]
+    data = dataset(tmp_path, targets)
+    loader = build_loader(data, 4, train=True, balanced="oversample", seed=3)
+    epoch = list(loader.sampler)
+    assert len(loader.sampler) == 15 and len(epoch) == 15
+    assert Counter(targets[i] for i in epoch) == {0: 5, 1: 5, 2: 5}
+    assert sorted(i for i in epoch if targets[i] == 0) == [0, 1, 2, 3, 4]  # the largest class once
+    assert Counter(i for i in epoch if targets[i] == 1) in (Counter({5: 3, 6: 2}), Counter({5: 2, 6: 3}))
+    assert epoch != list(loader.sampler)  # reshuffled every epoch

@@ -278,7 +278,8 @@ def test_image_folder_errors(tmp_path):
 
 def test_recipe_registry():
     assert sorted(RECIPES) == [
-        "blood_cells", "chestxray14", "inbreast", "iu_xray", "odir", "shenzhen"
+        "blood_cells", "chestxray14", "derm7pt", "inbreast", "iu_xray", "mmc_amd", "mrnet", "odir",
+        "shenzhen",
     ]
     with pytest.raises(ConfigError, match="unknown dataset recipe 'odir5k'"):
         recipe_source("odir5k", ".")

@@ -29,3 +29,19 @@ def test_train_transform_is_random_but_seedable():
     assert not torch.equal(first, transform(image))
     with pytest.raises(ConfigError, match="interpolation"):
         build_transform(16, interpolation="lanczos9")
+
+
+def test_ei_policy_rotates_crops_and_squashes_eval_is_a_plain_resize():
+    image = Image.fromarray(np.full((40, 60, 3), 120, dtype=np.uint8))
+    torch.manual_seed(0)
+    train = build_transform(16, mean=(0, 0, 0), std=(1, 1, 1), train=True, policy="ei")
+    outs = torch.stack([train(image) for _ in range(8)])
+    assert outs.shape == (8, 3, 16, 16)
+    assert (outs == 0).any()  # black corners from the rotation
+    centre = outs[:, :, 8, 8] / (120 / 255)
+    assert centre.min() >= 0.7 * 0.7 * 0.7 - 0.05 and centre.max() <= 1.3 ** 2 + 0.05
+    assert len({round(float(c), 4) for c in centre[:, 0]}) > 1  # colour scaled at random
+    plain = build_transform(16, mean=(0, 0, 0), std=(1, 1, 1), keep_aspect=False)(image)
+    assert torch.allclose(plain, torch.full((3, 16, 16), 120 / 255))
+    with pytest.raises(ConfigError, match="data.augmentation"):
+        build_transform(16, train=True, policy="autoaugment")

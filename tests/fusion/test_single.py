@@ -66,8 +66,17 @@ def test_reads_its_own_modality_and_refuses_others():
     assert model({"images": {"cxr": x}, "present": torch.ones(1, 1, dtype=torch.bool)}).shape == (1, 3)
     with pytest.raises(DataError, match="'cxr'"):
         model({"images": {"image": x}, "present": torch.ones(1, 1, dtype=torch.bool)})
-    with pytest.raises(DataError, match="several modalities"):
-        model({"images": {"cxr": x[:, None].expand(1, 2, 3, 32, 32)}})
+    with pytest.raises(DataError, match=r"\[B, K, 3, H, W\]"):
+        model({"images": {"cxr": x[0]}})
+
+
+def test_several_images_per_sample_max_pool_their_logits():
+    model = _model("linear", modality="cxr").eval()
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        pooled = model({"images": {"cxr": x}, "present": torch.ones(2, 1, dtype=torch.bool)})
+        each = torch.stack([model(x[:, k]) for k in range(3)], 1)
+    torch.testing.assert_close(pooled, each.amax(1))
 
 
 def test_wrapping_twice_keeps_one_subclass():

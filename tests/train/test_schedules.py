@@ -69,3 +69,19 @@ def test_sgd_momentum_and_errors():
 
 def test_no_warmup_single_step_is_finite():
     assert math.isfinite(lr_at(0, LR, MIN_LR, 1, 0, "cosine"))
+
+
+def test_cyclic_matches_torch_cyclic_lr_with_shrinking_amplitude():
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    reference = torch.optim.lr_scheduler.CyclicLR(
+        optimizer, 1e-5, 1e-3, step_size_up=3, scale_fn=lambda c: 0.8 ** (c - 1), cycle_momentum=False
+    )
+    expected = []
+    for _ in range(20):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    ours = [lr_at(s, 1e-3, 1e-5, 20, 0, "cyclic", cycle_steps=3, cycle_decay=0.8) for s in range(20)]
+    assert ours == pytest.approx(expected, rel=1e-9)
+    assert max(ours[6:12]) == pytest.approx(1e-5 + 0.8 * (1e-3 - 1e-5))  # second cycle's peak

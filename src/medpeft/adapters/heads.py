@@ -9,7 +9,7 @@ always switch together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,17 +50,42 @@ class TaskHeads(nn.Module):
 
     def mixed_forward(self, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
         """Logits of each sample by its own task's head (heads of equal width)."""
-        unknown = sorted(set(names) - set(self.heads))
-        widths = {self.heads[n].out_features for n in set(names) - set(unknown)}
-        if unknown or len(widths) != 1:
+        logits, widths = self.padded_logits(x, names)
+        if len(set(widths)) != 1:
             raise ValueError(
-                f"per-sample heads need known tasks of one width; unknown {unknown}, widths {widths}"
+                f"per-sample heads in one logits tensor need one width, got {sorted(set(widths))}; "
+                "use padded_logits"
             )
-        out = x.new_empty(x.shape[0], widths.pop())
-        for name in dict.fromkeys(names):
-            rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=x.device)
-            out[rows] = self.heads[name](x[rows]).to(out.dtype)
-        return out
+        return logits
+
+    def padded_logits(self, x: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        """Each sample's logits by its own task's head, in one batched product.
+
+        Heads of different widths are zero-padded to the widest; returns the
+        ``(B, widest)`` logits and each sample's own width.
+        """
+        unknown = sorted(set(names) - set(self.heads))
+        if unknown:
+            raise KeyError(f"no head for adapters {unknown}; known: {list(self.heads)}")
+        used = list(dict.fromkeys(names))
+        heads = [self._linear(self.heads[n]) for n in used]
+        widest = max(h.out_features for h in heads)
+        weight = x.new_zeros(len(used), widest, x.shape[-1])
+        bias = x.new_zeros(len(used), widest)
+        for i, head in enumerate(heads):
+            weight[i, : head.out_features] = head.weight
+            if head.bias is not None:
+                bias[i, : head.out_features] = head.bias
+        slot = {name: i for i, name in enumerate(used)}
+        index = torch.tensor([slot[n] for n in names], device=x.device)
+        logits = torch.bmm(weight[index], x.unsqueeze(-1)).squeeze(-1) + bias[index]
+        return logits, [heads[slot[n]].out_features for n in names]
+
+    @staticmethod
+    def _linear(head: nn.Module) -> nn.Linear:
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"per-sample heads must be nn.Linear, got {type(head).__name__}")
+        return head
 
 
 def head_of(model: nn.Module, adapter_name: str) -> nn.Module:

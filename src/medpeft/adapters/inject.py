@@ -140,14 +140,15 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
     The default serves calls that do not route an adapter (:mod:`medpeft.routing`).
     A per-task head (:class:`medpeft.adapters.heads.TaskHeads`) switches as well.
     """
-    layers = keyed_layers(model)
-    if name is not None and name not in adapter_names(model):
+    layers = keyed_layers(model)  # one walk over the modules
+    holds = [name is not None and name in layer.adapter_names for layer in layers]
+    if name is not None and not any(holds):
         raise KeyError(f"no adapter named {name!r}; known: {adapter_names(model)}")
     head = getattr(model, "head", None)
     if name is not None and hasattr(head, "activate"):
         head.activate(name)
-    for layer in layers:
-        layer.active_adapter = name if name in layer.adapter_names else None
+    for layer, held in zip(layers, holds):
+        layer.active_adapter = name if held else None
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -156,6 +157,18 @@ def adapter_names(model: nn.Module) -> list[str]:
     for layer in keyed_layers(model):
         names.update(dict.fromkeys(layer.adapter_names))
     return list(names)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name`` from every layer holding it, and its per-task head."""
+    for layer in keyed_layers(model):
+        if name in layer.adapter_names:
+            layer.delete_adapter(name)
+    heads = getattr(model, "head", None)
+    if hasattr(heads, "heads") and name in heads.heads:
+        del heads.heads[name]
+        if heads.active == name:
+            heads.active = next(iter(heads.heads))
 
 
 def check_routed(model: nn.Module) -> None:

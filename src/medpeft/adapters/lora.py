@@ -16,7 +16,8 @@ Which adapter a call uses comes from :func:`medpeft.routing.current` (the call's
 routing), else from the layer's default ``active_adapter``. A batch routed to
 different adapters per sample computes all its deltas at once: each sample's
 ``A`` and dense ``B`` are gathered (zero-padded to the largest rank, which leaves
-the product unchanged) and applied with two batched matmuls.
+the product unchanged) from stacks cached per layer, and applied with two
+batched matmuls.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class LoRALinear(WrappedLinear):
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         self.merged_adapters: list[str] = []
+        self._stack_cache: tuple | None = None  # (key, slots, A^T stack, B^T stack)
 
     def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
         """Add a fresh adapter: A kaiming-uniform(a=sqrt 5), B zeros, scale = alpha / rank."""
@@ -81,6 +83,7 @@ class LoRALinear(WrappedLinear):
         )
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / rank  # real division: MeLo's `alpha // r` floors to 0
+        self._stack_cache = None
         if self.active_adapter is None:
             self.active_adapter = name
 
@@ -90,6 +93,7 @@ class LoRALinear(WrappedLinear):
             self.unmerge(name)
         del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         del self.scaling[name]
+        self._stack_cache = None
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.lora_A.keys()), None)
 
@@ -121,36 +125,72 @@ class LoRALinear(WrappedLinear):
         out = self.base(x)
         routing = current()
         if routing.is_mixed():
-            return out + self.mixed_delta(x, routing.adapters).to(out.dtype)
+            return self.add_mixed_delta(out, x, routing.adapters)
         name = routing.batch_adapter() or self.active_adapter
         if name not in self.lora_A or name in self.merged_adapters:
             return out
-        # One matmul with the dense B over the full output: no scatter of segment deltas.
-        return out + F.linear(self.scaled_hidden(x, name), self.dense_B(name))
+        # One matmul with the dense B over the full output, added in place (no scatter,
+        # no delta-sized temporary: the output is read and written once).
+        hidden = self.scaled_hidden(x, name).to(out.dtype)
+        flat = out.view(-1, self.out_features)
+        flat.addmm_(hidden.reshape(-1, hidden.shape[-1]), self.dense_B(name).to(out.dtype).T)
+        return out
 
-    def mixed_delta(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        """Each sample's update by its own adapter, ``(B, ..., out)``; zero for adapters
-        this layer does not hold. Inference path: dropout is not applied."""
+    def add_mixed_delta(self, out: torch.Tensor, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """Add each sample's update by its own adapter to ``out`` ``(B, ..., out)`` in place;
+        none for adapters this layer does not hold. Inference path: no dropout.
+
+        Two batched matmuls over per-sample gathered ``A`` and ``B`` (zero-padded to
+        the largest rank), the second accumulating into ``out``. Without gradients the
+        stacked, padded weights of all the layer's adapters are cached and rebuilt only
+        when an adapter is added, removed, moved or changed (tensor version counters).
+        """
         if self.merged_adapters:
             raise RuntimeError(
                 f"per-sample adapters need unmerged weights; {self.merged_adapters} are merged"
             )
         if len(names) != x.shape[0]:
             raise ValueError(f"{len(names)} adapter names for a batch of {x.shape[0]}")
-        used = list(dict.fromkeys(n for n in names if n in self.lora_A))
-        width = max((self.rank(n) for n in used), default=0) * len(self.segments)
-        a_rows = x.new_zeros(len(used) + 1, width, self.in_features)  # last row: no adapter
-        b_cols = x.new_zeros(len(used) + 1, self.out_features, width)
-        for i, name in enumerate(used):
-            a = self.lora_A[name].flatten(0, 1) * self.scaling[name]
-            a_rows[i, : a.shape[0]] = a
-            b_cols[i, :, : a.shape[0]] = self.dense_B(name)
-        slot = {name: i for i, name in enumerate(used)}
-        index = torch.tensor([slot.get(n, len(used)) for n in names], device=x.device)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.lora_A.values()):
+            slot, a_cols, b_rows = self._stack(list(dict.fromkeys(n for n in names if n in self.lora_A)))
+        else:
+            slot, a_cols, b_rows = self._cached_stack()
+        none = a_cols.shape[0] - 1  # the last slot is all zeros: no adapter on this layer
+        index = torch.tensor([slot.get(n, none) for n in names], device=x.device)
         tokens = x.reshape(x.shape[0], -1, self.in_features)
-        hidden = torch.bmm(tokens, a_rows[index].transpose(1, 2))
-        delta = torch.bmm(hidden, b_cols[index].transpose(1, 2))
-        return delta.reshape(*x.shape[:-1], self.out_features)
+        hidden = torch.bmm(tokens, a_cols.to(x.dtype)[index]).to(out.dtype)
+        out.view(x.shape[0], -1, self.out_features).baddbmm_(hidden, b_rows.to(out.dtype)[index])
+        return out
+
+    def _stack(self, names: Sequence[str]) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+        """Slots of ``names`` and their scaled ``A^T`` ``(n+1, in, w)`` and dense ``B^T``
+        ``(n+1, w, out)``, zero-padded to the widest ``w = segments * rank``; last slot zero."""
+        ref = self.base.weight
+        width = max((self.rank(n) for n in names), default=0) * len(self.segments)
+        a_cols = ref.new_zeros(len(names) + 1, self.in_features, width)
+        b_rows = ref.new_zeros(len(names) + 1, width, self.out_features)
+        for i, name in enumerate(names):
+            a = self.lora_A[name].flatten(0, 1) * self.scaling[name]
+            a_cols[i, :, : a.shape[0]] = a.T
+            b_rows[i, : a.shape[0]] = self.dense_B(name).T
+        return {name: i for i, name in enumerate(names)}, a_cols, b_rows
+
+    def _cached_stack(self) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+        """:meth:`_stack` of every adapter of the layer, rebuilt only when one changed."""
+        key = tuple(
+            (n, self.scaling[n], *(_identity(t) for t in (self.lora_A[n], self.lora_B[n])))
+            for n in self.lora_A
+        )
+        if self._stack_cache is None or self._stack_cache[0] != key:
+            with torch.no_grad():
+                self._stack_cache = (key, *self._stack(list(self.lora_A)))
+        return self._stack_cache[1:]
+
+    def stack_bytes(self) -> int:
+        """Bytes held by the cache of stacked adapters (see :meth:`add_mixed_delta`)."""
+        if self._stack_cache is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self._stack_cache[2:])
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""
@@ -180,3 +220,8 @@ class LoRALinear(WrappedLinear):
     def extra_repr(self) -> str:
         ranks = {n: self.rank(n) for n in self.lora_A}
         return f"segments={self.segments}, adapters={ranks}, active={self.active_adapter!r}"
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """Changes whenever the tensor's storage or contents change (in-place updates bump the version)."""
+    return t.data_ptr(), t._version, t.device, t.dtype

@@ -25,6 +25,15 @@ the per-expert distribution), ``B`` is zero, the router has ``nn.Linear``'s
 default initialisation (the public code's). Weights are stored per adapter name
 (``mor_A``, ``mor_B``, ``mor_router_weight`` ``(K+1, in)``, ``mor_router_bias``
 ``(K+1,)``), the adapter in use comes from :func:`medpeft.routing.current`.
+
+Per-modality experts (``modalities=...``, MoRA's idea on MoR): the down-projections
+and the router stay shared, the up-projections are one set per modality,
+``mor_B[name]`` ``(M, out, R)``, and each sample sums those of the modalities it has::
+
+    delta_b = sum_{m present in sample b} B_cat_m ((A_cat x) * g)
+
+with the presence mask of the call (:func:`medpeft.routing.current`; none routed:
+every modality). In one token stream every token of a sample gets the same sum.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ class MoRLinear(WrappedLinear):
         self.mor_router_bias = nn.ParameterDict()
         self.ranks: dict[str, tuple[int, ...]] = {}
         self.scaling: dict[str, float] = {}
+        self.modalities: dict[str, tuple[str, ...]] = {}  # adapters with per-modality experts
         self.active_adapter: str | None = None
         self._expert_of_column: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -68,7 +78,11 @@ class MoRLinear(WrappedLinear):
         return list(self.mor_A)
 
     def add_adapter(
-        self, name: str, ranks: Sequence[int] = DEFAULT_RANKS, scale: float = DEFAULT_SCALE
+        self,
+        name: str,
+        ranks: Sequence[int] = DEFAULT_RANKS,
+        scale: float = DEFAULT_SCALE,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         """Add a fresh adapter: experts of ``ranks`` (A kaiming, B zero), a router Linear(in -> K+1).
 
@@ -76,6 +90,8 @@ class MoRLinear(WrappedLinear):
             name: Key of the adapter's weights.
             ranks: Rank of each expert (``K = len(ranks)``).
             scale: ``alpha_k / r_k`` of every expert (paper: ``alpha = 2r``, so 2).
+            modalities: One set of up-projections per modality, chosen per sample by
+                the routed presence mask (None: one set for every sample).
         """
         ranks = tuple(ranks)
         if not ranks or any(r < 1 for r in ranks):
@@ -92,7 +108,10 @@ class MoRLinear(WrappedLinear):
         router_b = torch.empty(len(ranks) + 1, **kw)
         nn.init.uniform_(router_b, -bound, bound)
         self.mor_A[name] = nn.Parameter(a)
-        self.mor_B[name] = nn.Parameter(torch.zeros(self.out_features, sum(ranks), **kw))
+        sets = () if modalities is None else (len(modalities),)
+        self.mor_B[name] = nn.Parameter(torch.zeros(*sets, self.out_features, sum(ranks), **kw))
+        if modalities is not None:
+            self.modalities[name] = tuple(modalities)
         self.mor_router_weight[name] = nn.Parameter(router_w)
         self.mor_router_bias[name] = nn.Parameter(router_b)
         self.ranks[name] = ranks
@@ -105,6 +124,7 @@ class MoRLinear(WrappedLinear):
         del self.mor_A[name], self.mor_B[name]
         del self.mor_router_weight[name], self.mor_router_bias[name]
         del self.ranks[name], self.scaling[name]
+        self.modalities.pop(name, None)
         self._expert_of_column = {k: v for k, v in self._expert_of_column.items() if k[0] != name}
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.mor_A.keys()), None)
@@ -135,7 +155,24 @@ class MoRLinear(WrappedLinear):
             gate, self._column_experts(name, gate.device), dim=-1, output_size=a.shape[0]
         )  # (..., R): each expert's weight over its rank columns
         hidden = F.linear(x, a) * (columns * self.scaling[name])
-        return F.linear(hidden, b)
+        if name not in self.modalities:
+            return F.linear(hidden, b)
+        up = torch.einsum("bm,mor->bor", self._presence(x, name).to(b.dtype), b)  # per-sample B
+        flat = hidden.reshape(x.shape[0], -1, hidden.shape[-1])
+        return torch.bmm(flat, up.transpose(1, 2)).reshape(*x.shape[:-1], -1)
+
+    def _presence(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The routed presence mask ``[B, M]`` (every modality when none is routed)."""
+        present = current().presence
+        count = len(self.modalities[name])
+        if present is None:
+            return torch.ones(x.shape[0], count, device=x.device)
+        if tuple(present.shape) != (x.shape[0], count):
+            raise ValueError(
+                f"presence mask of shape {tuple(present.shape)} does not fit batch/modalities "
+                f"{(x.shape[0], count)} ({self.modalities[name]})"
+            )
+        return present.to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -172,8 +209,11 @@ def add_mor(
     blocks: Iterable[int] | None = None,
     adapter_name: str = "default",
     scale: float = DEFAULT_SCALE,
+    modalities: Sequence[str] | None = None,
 ) -> list[str]:
     """Add a MoR adapter called ``adapter_name`` to every target Linear; return their names.
+
+    ``modalities``: per-modality up-projections (see the module docstring).
 
     Linears already wrapped keep their wrapper and get one more named adapter.
 
@@ -203,7 +243,7 @@ def add_mor(
         if not isinstance(module, MoRLinear):
             module = MoRLinear(module)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name, ranks, scale)
+        module.add_adapter(adapter_name, ranks, scale, modalities)
     return list(found)
 
 

@@ -3,11 +3,17 @@
 Covers ViT, DeiT, DINOv2 (with or without registers), CLIP ViTs and other
 ``timm.models.vision_transformer`` variants. The image size may differ from the
 pretraining size: position embeddings are interpolated on load (timm's
-checkpoint filter).
+checkpoint filter). A size that is not a multiple of the patch size (512 or 256
+px with DINOv2's 14 px patches) would make timm drop the last pixels of every row
+and column silently; `patch_multiple` gives the nearest multiple instead (518 and
+252), which ``medpeft train`` uses for the model and the image transforms alike.
+Register tokens (DINOv2 ``reg4``) sit after [CLS] among the ``num_prefix_tokens``;
+the fusion models take patch tokens after all of them.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import timm
@@ -58,6 +64,20 @@ def build_vit(
     if weights is not None:
         load_backbone_weights(model, weights)
     return model
+
+
+def patch_multiple(name: str, img_size: int, **model_kwargs) -> int:
+    """``img_size`` rounded to the nearest multiple of the model's patch size (ties: up).
+
+    Args:
+        name: timm model name.
+        img_size: Wanted input side in pixels.
+        **model_kwargs: ``timm.create_model`` arguments (a ``patch_size`` override counts).
+    """
+    with torch.device("meta"):
+        model = timm.create_model(name.split(".")[0], pretrained=False, **model_kwargs)
+    patch = model.patch_embed.patch_size[0]
+    return max(patch, patch * math.floor(img_size / patch + 0.5))
 
 
 def check_vit(name: str) -> None:

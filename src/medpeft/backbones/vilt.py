@@ -12,6 +12,7 @@ missing-aware-prompts code does when it loads the checkpoint.
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def build_vilt(
 def _from_pretrained(source: str | Path) -> ViltModel:
     try:
         return ViltModel.from_pretrained(str(source))
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"{source}: refused to unpickle a Python object other than tensors (it could run "
+            "code; weights are read with weights_only=True). Convert it to model.safetensors"
+        ) from error
     except (OSError, ValueError) as error:
         raise WeightsError(
             f"cannot load ViLT weights from {source!r} ({error}). Offline? Download "

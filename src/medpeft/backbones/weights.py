@@ -3,8 +3,11 @@ write (safetensors, atomically) and copy into a model's tensors with checks."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,6 +15,28 @@ from medpeft.atomic import atomic_write
 from medpeft.errors import WeightsError
 
 _NESTED_KEYS = ("state_dict", "model", "module", "teacher")
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only.
+
+    A pickle that holds any other Python object is refused before it is built (its
+    code never runs); that, and a file that is no pickle at all, raise a one-line
+    WeightsError.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # torch raises KeyError, RuntimeError... for files it cannot parse
+        blocked = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+        if not isinstance(error, pickle.UnpicklingError) or blocked is None:
+            raise WeightsError(f"cannot read {path}: not a torch file of tensors") from error
+        raise WeightsError(
+            f"{path}: refused to unpickle {blocked.group(1)} (loading Python objects other "
+            "than tensors could run code; medpeft loads torch files with weights_only=True). "
+            "If the file comes from a source you trust, convert it to .safetensors"
+        ) from error
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,7 +55,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)
+    except WeightsError:
+        raise
     except Exception as error:
         raise WeightsError(
             f"cannot read weights from {path}: {error}. Expected a .safetensors file or a "

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from medpeft.data.imageio import ReadOptions
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.train.settings import TrainSettings
@@ -72,7 +73,7 @@ class DataSettings:
     Attributes:
         source: ``csv`` (a manifest), ``folder`` (class sub-folders), ``synthetic``, or a
             public dataset recipe (``shenzhen``, ``blood_cells``, ``chestxray14``,
-            ``inbreast``, ``odir``, ``iu_xray``).
+            ``inbreast``, ``odir``, ``iu_xray``, ``mmc_amd``, ``derm7pt``, ``mrnet``).
         root: dataset folder (recipes, folder layout) or the folder of relative paths.
         manifest: CSV manifest path (``source: csv``).
         modalities: modality -> ``image``/``text`` in presence-mask order, one manifest
@@ -91,10 +92,27 @@ class DataSettings:
         resize: ``crop`` (resize + centre crop at the backbone's crop_pct) or ``squash``
             (the whole image to a square: nothing cut off, e.g. side-by-side pairs).
         hflip: flip probability when augmenting (never for ``hconcat`` modalities).
-        balanced: class-balanced sampling of the training set.
+        augmentation: ``timm`` (random resized crop, flip, light jitter) or ``ei`` (the EI
+            paper's rotation +-180, 10% side crops, flip, colour x U(0.7, 1.3)).
+        normalize: image mean/std: the ``backbone``'s pretraining values, or ``clip`` /
+            ``imagenet`` for every backbone (the EI code uses CLIP's).
+        balanced: class-balanced training: ``true`` (weighted sampling with replacement,
+            epochs as long as the data) or ``oversample`` (every class repeated up to the
+            largest one, as the EI code's balanced lists; longer epochs).
         check_images: decode the images of the ``test`` split (default), of ``all`` splits
             or ``none`` before training, reporting every unreadable file at once.
-        batch_size, num_workers: data loader settings.
+        slice_index, slice_axis: slice of a volume (multi-frame DICOM, NIfTI, 3D ``.npy``;
+            ``null``: the middle one) and the axis it is taken along (NIfTI default 2,
+            ``.npy`` default 0).
+        window: ``[centre, width]`` intensity window (e.g. ``[40, 400]`` Hounsfield units
+            for soft-tissue CT) for grey DICOM, NIfTI, ``.npy`` and 16-bit PNG/TIFF;
+            ``null``: the DICOM file's window, else min-max.
+        batch_size, num_workers: data loader settings; ``batch_size`` is the global batch,
+            split between the processes under ``accelerate launch``.
+        cache: keep decoded images, shrunk to the evaluation resize, in ``cache_dir``
+            (`medpeft.data.cache`): epochs after the first skip decoding.
+        cache_dir: folder of the image cache (``null``: ``$MEDPEFT_CACHE`` or
+            ``~/.cache/medpeft/images``).
     """
 
     source: str = "csv"
@@ -118,10 +136,17 @@ class DataSettings:
     augment: bool = True
     resize: Literal["crop", "squash"] = "crop"
     hflip: float = 0.5
-    balanced: bool = False
+    augmentation: Literal["timm", "ei"] = "timm"
+    normalize: Literal["backbone", "imagenet", "clip"] = "backbone"
+    balanced: bool | Literal["oversample"] = False
     check_images: Literal["test", "all", "none"] = "test"
+    slice_index: int | None = None
+    slice_axis: int | None = None
+    window: list[float] | None = None
     batch_size: int = 32
     num_workers: int = 2
+    cache: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
@@ -129,6 +154,12 @@ class DataSettings:
                 f"data.batch_size, data.num_workers: need >= 1 and >= 0, got "
                 f"{self.batch_size}, {self.num_workers}"
             )
+        self.read_options()  # ConfigError naming data.slice_axis / data.window
+
+    def read_options(self) -> ReadOptions:
+        """How volumes and wide-range images are read (`medpeft.data.imageio.ReadOptions`)."""
+        window = tuple(self.window) if self.window is not None else None
+        return ReadOptions(self.slice_index, self.slice_axis, window)
 
 
 @dataclass

@@ -8,7 +8,7 @@ protocol of `medpeft.data.missing` (a no-op for one modality).
 
 from medpeft.data.collate import Collate
 from medpeft.data.dataset import Dataset
-from medpeft.data.imageio import load_image
+from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.data.loader import balanced_weights, build_loader
 from medpeft.data.missing import (
     MissingSetting,
@@ -44,6 +44,7 @@ __all__ = [
     "Dataset",
     "MissingSetting",
     "MissingTable",
+    "ReadOptions",
     "Record",
     "Source",
     "Target",

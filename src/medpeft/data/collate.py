@@ -2,7 +2,10 @@
 
 ``inputs = {"images": {m: Tensor[B, 3, H, W] or [B, K, 3, H, W]}, "present":
 Bool[B, M]}``, plus ``"text": {"input_ids", "attention_mask"}`` (LongTensor[B, L])
-when the items carry text; ``targets`` stacks the item targets.
+when the items carry text; ``targets`` stacks the item targets. Items a dataset
+skipped (``{"skipped": message}``, see `medpeft.data.dataset`) are left out and
+their messages listed in ``inputs["skipped"]``; a batch of skipped items only is
+``({"skipped": [...]}, targets[:0])``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ class Collate:
         self.max_text_len = max_text_len
 
     def __call__(self, batch: Sequence[Item]) -> tuple[dict, torch.Tensor]:
+        skipped = [inputs["skipped"] for inputs, _ in batch if "skipped" in inputs]
+        if skipped:
+            kept = [item for item in batch if "skipped" not in item[0]]
+            if not kept:
+                return {"skipped": skipped}, torch.stack([t for _, t in batch])[:0]
+            inputs, targets = self(kept)
+            return {**inputs, "skipped": skipped}, targets
         items, targets = zip(*batch)
         inputs: dict = {
             "images": {

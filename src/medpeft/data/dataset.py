@@ -15,6 +15,18 @@ missing-modality table (`medpeft.data.missing`). What is missing is filled:
   every record, like the first image of another modality);
 * missing text: the empty string, which tokenises to ``[CLS] [SEP]`` + padding.
 
+Several files of one image modality are combined per ``combine`` mode: ``stack``
+(all ``K`` files, ``[K, 3, H, W]``), ``hconcat`` (side by side as one image), ``one``
+(one file per sample: a random one in training, the first in sorted order otherwise; e.g. the several
+OCT B-scans of an MMC-AMD eye) or ``slices:K`` (one volume file, ``K`` evenly spaced
+slices, jittered in training; e.g. MRNet, see `medpeft.data.volumes`).
+
+A sample that cannot be read (unreadable file, non-finite pixels) raises
+`DataError` naming its manifest row and file (``on_bad_sample="stop"``), or, with
+``on_bad_sample="skip"``, becomes the item ``({"skipped": message}, target)``
+that `medpeft.data.collate.Collate` leaves out of the batch (listing the
+message in ``inputs["skipped"]``).
+
 Transforms are given per image modality. Text modalities take none; an image
 modality absent from every record may go without one only when
 ``allow_missing_keys=True`` (explicit, as in MONAI's ``MapTransform``).
@@ -29,13 +41,15 @@ import torch
 from PIL import Image
 from torch.utils import data
 
-from medpeft.data.imageio import load_image
+from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.data.missing import MissingTable, effective_presence
 from medpeft.data.records import Record, Source, Target, check_modalities, has_value
+from medpeft.data.volumes import spaced_slices, volume_depth
 from medpeft.errors import ConfigError, DataError
 
 MISSING_IMAGE_POLICIES = ("ones", "zeros", "token")
-COMBINE_MODES = ("stack", "hconcat")
+BAD_SAMPLE_POLICIES = ("stop", "skip")
+COMBINE_MODES = ("stack", "hconcat", "one", "slices:K")
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Item = tuple[dict, torch.Tensor]
@@ -56,6 +70,17 @@ def hconcat_images(images: Sequence[Image.Image]) -> Image.Image:
         canvas.paste(im.convert("RGB"), (left, 0))
         left += im.width
     return canvas
+
+
+def parse_combine(mode: str) -> tuple[str, int]:
+    """A combine mode as ``(name, slices)``: ``"slices:4"`` -> ``("slices", 4)``, others
+    ``(mode, 0)``; ConfigError for an unknown mode."""
+    name, sep, count = mode.partition(":")
+    if name == "slices" and sep and count.isdigit() and int(count) >= 1:
+        return name, int(count)
+    if mode in COMBINE_MODES[:3]:
+        return mode, 0
+    raise ConfigError(f"combine mode {mode!r}: expected one of {list(COMBINE_MODES)} (K >= 1)")
 
 
 def check_missing_image(policy: str) -> str:
@@ -101,6 +126,10 @@ class Dataset(data.Dataset):
             or ``"hconcat"`` (images side by side as one, e.g. ODIR left+right).
         allow_missing_keys: let image modalities absent from every record go
             without a transform.
+        train: random choices of training (``one``: a random file; ``slices``: jitter).
+        read_options: slice and window choices for volumes and wide-range images.
+        on_bad_sample: ``"stop"`` (raise) or ``"skip"`` (a skipped item) for a sample
+            that cannot be read.
     """
 
     def __init__(
@@ -113,8 +142,15 @@ class Dataset(data.Dataset):
         missing_image: str = "ones",
         combine: Mapping[str, str] | None = None,
         allow_missing_keys: bool = False,
+        train: bool = False,
+        read_options: ReadOptions | None = None,
+        on_bad_sample: str = "stop",
     ) -> None:
         check_modalities(modalities, kinds)
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ConfigError(
+                f"train.on_bad_sample: expected one of {BAD_SAMPLE_POLICIES}, got {on_bad_sample!r}"
+            )
         self.records = list(records)
         self.modalities = tuple(modalities)
         self.kinds = dict(kinds)
@@ -124,6 +160,10 @@ class Dataset(data.Dataset):
         self.missing_table = missing_table
         self.missing_image = check_missing_image(missing_image)
         self.combine = {m: (combine or {}).get(m, "stack") for m in self.image_modalities}
+        self.train = train
+        self.read_options = read_options or ReadOptions()
+        self.read_image = load_image  # or a `medpeft.data.cache.ImageCache` (same signature)
+        self.on_bad_sample = on_bad_sample
         self._check(allow_missing_keys)
         self.counts = {m: self._image_count(m) for m in self.image_modalities}
         self._fill_shapes: dict[str, tuple[int, ...]] = {}
@@ -137,12 +177,15 @@ class Dataset(data.Dataset):
         missing_table: MissingTable | None = None,
         missing_image: str = "ones",
         allow_missing_keys: bool = False,
+        train: bool = False,
+        read_options: ReadOptions | None = None,
+        on_bad_sample: str = "stop",
     ) -> Dataset:
         """Dataset of one split of ``source`` (None: its unsplit records), with its modalities,
         kinds and combine modes."""
         return cls(
             source.split(split), source.modalities, source.kinds, transforms, missing_table,
-            missing_image, source.combine, allow_missing_keys,
+            missing_image, source.combine, allow_missing_keys, train, read_options, on_bad_sample,
         )
 
     @property
@@ -155,8 +198,7 @@ class Dataset(data.Dataset):
         if extra:
             raise ConfigError(f"transforms for {extra}: not image modalities of {self.modalities}")
         for m in self.image_modalities:
-            if self.combine[m] not in COMBINE_MODES:
-                raise ConfigError(f"combine for {m!r} must be one of {COMBINE_MODES}")
+            parse_combine(self.combine[m])
             if m in self.transforms:
                 continue
             if not allow_missing_keys:
@@ -172,8 +214,11 @@ class Dataset(data.Dataset):
 
     def _image_count(self, m: str) -> int:
         """Images per sample of modality ``m`` after combining (all samples must agree)."""
-        if self.combine[m] == "hconcat":
+        mode, slices = parse_combine(self.combine[m])
+        if mode in ("hconcat", "one"):
             return 1
+        if mode == "slices":
+            return slices
         sized = [r for r in self.records if has_value(r.values.get(m))]
         expected = len(sized[0].values[m]) if sized else 1
         for r in sized:
@@ -192,9 +237,13 @@ class Dataset(data.Dataset):
 
     def _first_image_shape(self, m: str) -> tuple[int, ...]:
         for other in (m, *self.image_modalities):
-            first = next((r for r in self.records if has_value(r.values.get(other))), None)
-            if first is not None:
-                shape = tuple(self._load(first, other).shape)
+            for record in (r for r in self.records if has_value(r.values.get(other))):
+                try:
+                    shape = tuple(self._load(record, other).shape)
+                except DataError:
+                    if self.on_bad_sample == "stop":
+                        raise
+                    continue  # skipped where it is read; size the fill by another sample
                 return shape if other == m else shape[-3:]
         raise DataError(f"modality {m!r}: no sample has any image; cannot size a missing one")
 
@@ -211,18 +260,39 @@ class Dataset(data.Dataset):
 
     def _load(self, record: Record, m: str) -> torch.Tensor:
         paths = record.values[m]
+        mode, slices = parse_combine(self.combine[m])
         try:
-            images = [load_image(p) for p in paths]
-        except (OSError, ValueError) as err:
-            raise DataError(
-                f"{record.where or record.id} column {m!r}: cannot read {paths}: {err}"
-            ) from err
-        if self.combine[m] == "hconcat":
+            if mode == "one":
+                pick = paths[int(torch.randint(len(paths), ()))] if self.train else min(paths)
+                images = [self.read_image(pick, options=self.read_options)]
+            elif mode == "slices":
+                images = self._slices(record, m, slices)
+            else:
+                images = [self.read_image(p, options=self.read_options) for p in paths]
+        except (OSError, ValueError) as err:  # DataError is a ValueError; each names its file
+            raise DataError(f"{record.where or record.id} column {m!r}: {err}") from err
+        if mode == "hconcat":
             images = [hconcat_images(images)]
         tensors = [self.transforms[m](im) for im in images]
         return tensors[0] if self.counts[m] == 1 else torch.stack(tensors)
 
+    def _slices(self, record: Record, m: str, count: int) -> list[Image.Image]:
+        """``count`` evenly spaced slices of the record's one volume file of ``m``."""
+        paths = record.values[m]
+        if len(paths) != 1:
+            raise DataError(f"{record.where or record.id} column {m!r}: 'slices' needs one volume file")
+        depth = volume_depth(paths[0], self.read_options.slice_axis)
+        return [self.read_image(paths[0], i, self.read_options) for i in spaced_slices(depth, count, jitter=self.train)]
+
     def __getitem__(self, index: int) -> Item:
+        try:
+            return self._item(index)
+        except DataError as err:
+            if self.on_bad_sample == "stop":
+                raise
+            return {"skipped": str(err)}, target_tensor(self.records[index].target)
+
+    def _item(self, index: int) -> Item:
         record = self.records[index]
         present = self.presence(index)
         inputs: dict = {

@@ -1,25 +1,34 @@
 """Check that every image of some records decodes, before a run depends on them.
 
 Training reads the test split only after the last epoch; a corrupt file there used
-to end a long run with a traceback. `check_images` decodes every image once (with
-a progress bar) and reports every bad row at once.
+to end a long run with a traceback. `check_images` decodes every image once, in
+a few threads (with a progress bar), exactly as training will read it: files
+exist, decode (truncated or corrupt files fail), have a usable shape and channel
+count and hold finite intensities. Every bad row is reported at once.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from medpeft.data.imageio import load_image
+from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.data.records import Record
 from medpeft.errors import DataError
 
 MAX_LISTED = 10
+MAX_THREADS = 8
 
 
 def check_images(
-    records: Sequence[Record], kinds: Mapping[str, str], what: str = "", progress: bool = False
+    records: Sequence[Record],
+    kinds: Mapping[str, str],
+    what: str = "",
+    progress: bool = False,
+    options: ReadOptions | None = None,
 ) -> None:
     """Decode every image of ``records``; DataError listing each file that fails.
 
@@ -28,16 +37,29 @@ def check_images(
         kinds: Modality -> ``image``/``text`` (text is not checked).
         what: Name of the records in the progress bar and message (``test split``).
         progress: Show a progress bar.
+        options: How volumes and wide-range images are read (as in training).
     """
     images = [m for m, kind in kinds.items() if kind == "image"]
-    problems = []
-    for record in tqdm(records, desc=f"checking {what} images", disable=not progress, leave=False):
-        for m in images:
-            for path in record.values.get(m) or ():
-                try:
-                    load_image(path)
-                except (OSError, ValueError) as error:  # DataError is a ValueError
-                    problems.append(f"{record.where or record.id} column {m!r}: {error}")
+    jobs = [
+        (f"{record.where or record.id} column {m!r}", path)
+        for record in records
+        for m in images
+        for path in record.values.get(m) or ()
+    ]
+
+    def problem(job: tuple[str, str]) -> str | None:
+        where, path = job
+        try:
+            load_image(path, options=options)
+        except (OSError, ValueError) as error:  # DataError is a ValueError
+            return f"{where}: {error}"
+        return None
+
+    threads = min(MAX_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        found = pool.map(problem, jobs)
+        bar = tqdm(found, total=len(jobs), desc=f"checking {what} images", disable=not progress, leave=False)
+        problems = [p for p in bar if p is not None]
     if problems:
         shown = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

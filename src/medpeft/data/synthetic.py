@@ -10,6 +10,11 @@ horizontal flips keep the label. Multiclass: the first class shows nothing
 Multilabel: label ``k`` shows finding ``k``; a sample without labels is normal.
 Rows span the middle 60% of the height: meant for up to about 8 findings at
 32-64 px. The same arguments always give byte-identical files.
+
+`make_pairs_dataset` is a harder multiclass task (`PAIR_CLASSES`) on the same
+pictures, where the label is a spatial relation: no blob, one blob in one lung,
+one blob per lung at the same height, or at clearly different heights. Rows and
+brightness are random, so neither position nor intensity alone gives the class.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from medpeft.tasks import check_task
 
 MULTILABEL_RATE = 0.3
 NOISE = 0.06
+SIGMA = 1.0 / 12
+PAIR_CLASSES = ("normal", "one_sided", "symmetric", "asymmetric")
+ASYMMETRY = 0.22  # least row difference (fraction of the height) of an asymmetric pair
 
 
 def make_synthetic_dataset(
@@ -98,20 +106,70 @@ def draw_image(
     size: int, findings: Sequence[int], slots: int, rng: np.random.Generator
 ) -> np.ndarray:
     """One uint8 ``(size, size)`` image showing the given findings (slot indices)."""
+    blobs = []
+    for slot in findings:
+        row = 0.2 + 0.6 * (slot + 0.5) / slots + rng.uniform(-0.02, 0.02)
+        offset = 0.22 + rng.uniform(-0.02, 0.02)
+        amplitude = 0.25 + 0.45 * (slot + 1) / slots + rng.uniform(-0.03, 0.03)
+        blobs += [(0.5 - offset, row, amplitude), (0.5 + offset, row, amplitude)]
+    return _render(size, blobs, rng)
+
+
+def _render(size: int, blobs: Sequence[tuple[float, float, float]], rng: np.random.Generator) -> np.ndarray:
+    """The chest-like picture with Gaussian blobs ``(x, y, amplitude)`` (fractions of the size)."""
     ys, xs = np.mgrid[0:size, 0:size] / size
     image = 0.35 + 0.25 * ys
     for cx in (0.28, 0.72):
         lung = ((xs - cx) / 0.17) ** 2 + ((ys - 0.5) / 0.34) ** 2 < 1
         image = image - 0.15 * lung
-    sigma = 1.0 / 12
-    for slot in findings:
-        row = 0.2 + 0.6 * (slot + 0.5) / slots + rng.uniform(-0.02, 0.02)
-        offset = 0.22 + rng.uniform(-0.02, 0.02)
-        amplitude = 0.25 + 0.45 * (slot + 1) / slots + rng.uniform(-0.03, 0.03)
-        for cx in (0.5 - offset, 0.5 + offset):
-            image = image + amplitude * np.exp(-((xs - cx) ** 2 + (ys - row) ** 2) / (2 * sigma**2))
+    for cx, cy, amplitude in blobs:
+        image = image + amplitude * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * SIGMA**2))
     image = image + rng.normal(0.0, NOISE, image.shape)
     return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def make_pairs_dataset(
+    out_dir: str | Path,
+    n_per_class: int = 50,
+    img_size: int = 32,
+    seed: int = 0,
+    splits: Sequence[float] = (0.6, 0.2, 0.2),
+) -> Path:
+    """Write the blob-configuration task (classes `PAIR_CLASSES`); return the manifest path.
+
+    Every blob has a random row (25-75% of the height) and brightness; ``one_sided``
+    shows one blob in a random lung, ``symmetric`` one per lung at the same row,
+    ``asymmetric`` one per lung with rows at least `ASYMMETRY` apart. The classes are
+    invariant under horizontal flips.
+    """
+    if n_per_class < 1 or img_size < 8:
+        raise ConfigError(f"need n_per_class >= 1 and img_size >= 8, got {n_per_class}, {img_size}")
+    rng = np.random.default_rng(seed)
+    targets = [k for k in range(len(PAIR_CLASSES)) for _ in range(n_per_class)]
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    paths = [f"images/{i:05d}.png" for i in range(len(targets))]
+    for path, target in zip(paths, targets):
+        _write_png(out / path, _render(img_size, _pair_blobs(target, rng), rng))
+    names = stratified_split(targets, splits, seed)
+    rows = [(p, PAIR_CLASSES[t], n) for p, t, n in zip(paths, targets, names)]
+    return _write_manifest(out / "manifest.csv", rows)
+
+
+def _pair_blobs(target: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """Blobs ``(x, y, amplitude)`` of one sample of class ``PAIR_CLASSES[target]``."""
+    count = (0, 1, 2, 2)[target]
+    rows = rng.uniform(0.25, 0.75, 2)
+    if target == 2:
+        rows[1] = rows[0] + rng.uniform(-0.02, 0.02)
+    elif target == 3:
+        gap = rng.uniform(ASYMMETRY, 0.5)
+        low = rng.uniform(0.25, 0.75 - gap)
+        rows = rng.permutation([low, low + gap])
+    sides = rng.permutation([0.28, 0.72])
+    return [
+        (sides[i] + rng.uniform(-0.03, 0.03), rows[i], rng.uniform(0.3, 0.7)) for i in range(count)
+    ]
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

@@ -5,7 +5,9 @@
 "present": ..., "adapters": ...}``) and enters the call's routing. Nothing is
 wrapped: ``blocks.0.attn.qkv``, ``head`` and every timm method stay where they
 are, so LoRA-ViT files import and PEFT exports load onto a plain timm model.
-A plain image tensor is accepted too.
+A plain image tensor is accepted too. ``K`` images per sample (``[B, K, 3, H, W]``,
+e.g. MRI slices) are classified one by one and their logits max-pooled over ``K``, as
+the EI code's single-modality stage does.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ class SingleStream:
         images = batch.get("images", {}).get(modality)
         if images is None:
             raise DataError(f"batch has no images for modality {modality!r}")
-        if images.dim() != 4:
+        if images.dim() not in (4, 5):
             raise DataError(
-                f"modality {modality!r}: expected one image per sample [B, 3, H, W], got "
-                f"{tuple(images.shape)}; several images per sample need several modalities"
+                f"modality {modality!r}: expected [B, 3, H, W] or [B, K, 3, H, W] images, got "
+                f"{tuple(images.shape)}"
             )
         with routed(self, batch):
-            return super().forward(images)
+            if images.dim() == 4:
+                return super().forward(images)
+            logits = super().forward(images.flatten(0, 1))  # K images per sample (MRI slices)
+            return logits.unflatten(0, images.shape[:2]).amax(1)
 
 
 _CLASSES: dict[type, type] = {}

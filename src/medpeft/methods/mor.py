@@ -9,6 +9,10 @@ Defaults: ``mlp.fc1`` and ``mlp.fc2`` of every block, three LoRA experts of rank
 The layer is :class:`medpeft.adapters.mor.MoRLinear`. Not mergeable: the update
 depends on the input through the router. ViT-B: 122,888 parameters per block,
 1,474,656 per backbone.
+
+``per_modality: true`` gives several image modalities in one token stream
+(``model.fusion: auto``) MoRA-style routing: shared down-projections and router,
+one set of up-projections per modality, summed over the modalities each sample has.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from medpeft.adapters.mor import DEFAULT_RANKS, add_mor
+from medpeft.errors import ConfigError
 from medpeft.methods.base import Method, check_blocks, is_int, require
 
 
@@ -29,6 +34,7 @@ class MorSettings:
     targets: Sequence[str] = ("mlp.fc1", "mlp.fc2")
     ranks: Sequence[int] = DEFAULT_RANKS
     blocks: Sequence[int] | None = None
+    per_modality: bool = False
 
     def __post_init__(self) -> None:
         ok = isinstance(self.targets, Sequence) and not isinstance(self.targets, str)
@@ -47,6 +53,7 @@ class MorSettings:
         require(ok, "mor.blocks", "null (all blocks) or a list of block indices >= 0", self.blocks)
         self.blocks = None if self.blocks is None else tuple(self.blocks)
         check_blocks("mor.blocks", self.blocks)
+        require(isinstance(self.per_modality, bool), "mor.per_modality", "true or false", self.per_modality)
 
 
 class MoR(Method):
@@ -60,4 +67,17 @@ class MoR(Method):
     def attach(self, model: nn.Module, settings: MorSettings, adapter_name: str = "default") -> None:
         aliases = getattr(model, "target_aliases", {})
         targets = [aliases.get(t, t) for t in settings.targets]
-        add_mor(model, targets, settings.ranks, settings.blocks, adapter_name)
+        modalities = per_modality(model) if settings.per_modality else None
+        add_mor(model, targets, settings.ranks, settings.blocks, adapter_name, modalities=modalities)
+
+
+def per_modality(model: nn.Module) -> tuple[str, ...]:
+    """The modalities of a one-stream model with several of them (``mor.per_modality``)."""
+    modalities = tuple(getattr(model, "modalities", ()))
+    one_stream = not any(hasattr(model, copies) for copies in ("targets", "encoders"))
+    if len(modalities) < 2 or not one_stream:
+        raise ConfigError(
+            "mor.per_modality: needs several modalities in one token stream (model.fusion: auto); "
+            f"{type(model).__name__} has {list(modalities)}"
+        )
+    return modalities

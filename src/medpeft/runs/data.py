@@ -9,7 +9,7 @@ modality: no missing tables, no grid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from torch.utils.data import DataLoader
@@ -18,9 +18,10 @@ from medpeft.adapters.config import Preprocessing
 from medpeft.adapters.io import default_preprocessing
 from medpeft.adapters.legacy import VILT_MEAN_STD
 from medpeft.config import DataSettings, MissingSettings, RunConfig
+from medpeft.data.cache import ImageCache, default_cache_dir, eval_resize_side
 from medpeft.data.collate import Collate
 from medpeft.data.dataset import Dataset
-from medpeft.data.loader import build_loader
+from medpeft.data.loader import SkippedSamples, SkippingLoader, build_loader
 from medpeft.data.missing import (
     MissingTable,
     make_missing_table,
@@ -31,7 +32,7 @@ from medpeft.data.missing import (
 from medpeft.data.records import Source
 from medpeft.data.sources import RECIPES, csv_source, folder_source, recipe_source, synthetic_source
 from medpeft.data.splits import SPLITS, assign_splits
-from medpeft.data.transforms import build_transform
+from medpeft.data.transforms import NORMALIZATIONS, build_transform
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.runs.layout import RunLayout
 
@@ -169,6 +170,8 @@ def preprocessing(config: RunConfig, model: nn.Module) -> Preprocessing:
         return Preprocessing(size or 384, VILT_MEAN_STD, VILT_MEAN_STD, "bicubic", resize=resize)
     pre = default_preprocessing(model, size)
     pre.resize = resize
+    if config.data.normalize != "backbone":
+        pre.mean, pre.std = NORMALIZATIONS[config.data.normalize]
     return pre
 
 
@@ -178,8 +181,9 @@ def image_transforms(
     pre: Preprocessing,
     augment: bool,
     hflip: float = 0.5,
+    policy: str = "timm",
 ) -> dict:
-    """Per image modality: resize + normalise, augmented when ``augment``.
+    """Per image modality: resize + normalise, augmented (``policy``) when ``augment``.
 
     Side-by-side (``hconcat``) modalities are never flipped: a flip swaps the images.
     """
@@ -187,7 +191,7 @@ def image_transforms(
         m: build_transform(
             pre.size, pre.mean, pre.std, train=augment, interpolation=pre.interpolation,
             crop_pct=pre.crop, keep_aspect=pre.resize == "crop",
-            hflip=0.0 if combine.get(m) == "hconcat" else hflip,
+            hflip=0.0 if combine.get(m) == "hconcat" else hflip, policy=policy,
         )
         for m, kind in kinds.items()
         if kind == "image"
@@ -213,6 +217,8 @@ class RunData:
         collate: Batches items (tokenising the text modality).
         settings: The config's ``data`` section.
         seed: Seed of the shuffling.
+        on_bad_sample: ``stop`` or ``skip`` an unreadable sample (``train.on_bad_sample``).
+        skipped: The samples skipped so far, by every loader of the run.
     """
 
     source: Source
@@ -220,24 +226,44 @@ class RunData:
     collate: Collate
     settings: DataSettings
     seed: int
+    on_bad_sample: str = "stop"
+    skipped: SkippedSamples = field(default_factory=SkippedSamples)
 
     def dataset(self, split: str, table: MissingTable | None, train: bool) -> Dataset:
         """Samples of ``split`` with the missing table applied."""
         s = self.settings
         source = self.source
-        transforms = image_transforms(source.kinds, source.combine, self.pre, train and s.augment, s.hflip)
-        return Dataset.from_source(source, split, transforms, table, s.missing_image)
-
-    def loader(self, split: str, table: MissingTable | None, train: bool = False) -> DataLoader:
-        """Shuffled (class-balanced if asked) training loader, or in-order evaluation loader."""
-        s = self.settings
-        return build_loader(
-            self.dataset(split, table, train), s.batch_size, train, s.num_workers,
-            s.balanced and train, self.seed, self.collate,
+        transforms = image_transforms(
+            source.kinds, source.combine, self.pre, train and s.augment, s.hflip, s.augmentation
         )
+        dataset = Dataset.from_source(
+            source, split, transforms, table, s.missing_image, train=train,
+            read_options=s.read_options(), on_bad_sample=self.on_bad_sample,
+        )
+        if s.cache:  # decoded images shrunk to the evaluation resize, kept on disk
+            side = eval_resize_side(self.pre.size, self.pre.crop)
+            dataset.read_image = ImageCache(s.cache_dir or default_cache_dir(), side, self.pre.interpolation)
+        return dataset
+
+    def loader(
+        self, split: str, table: MissingTable | None, train: bool = False
+    ) -> DataLoader | SkippingLoader:
+        """Shuffled (class-balanced if asked) training loader, or in-order evaluation loader.
+
+        With ``on_bad_sample="skip"`` it is a `SkippingLoader` recording into ``skipped``.
+        """
+        s = self.settings
+        loader = build_loader(
+            self.dataset(split, table, train), s.batch_size, train, s.num_workers,
+            s.balanced if train else False, self.seed, self.collate,
+        )
+        return SkippingLoader(loader, self.skipped) if self.on_bad_sample == "skip" else loader
 
 
 def run_data(config: RunConfig, source: Source, model: nn.Module) -> RunData:
     """`RunData` of a run: the backbone's preprocessing, a tokenizer if there is text."""
     collate = make_collate(source.kinds, config.model.tokenizer, config.model.max_text_len)
-    return RunData(source, preprocessing(config, model), collate, config.data, config.train.seed)
+    return RunData(
+        source, preprocessing(config, model), collate, config.data, config.train.seed,
+        config.train.on_bad_sample,
+    )

@@ -3,7 +3,8 @@
 ``medpeft eval RUN`` re-evaluates a finished run (any method, any number of
 modalities, run folders of medpeft 0.1 included): the split under its missing
 setting, then, when the data has several modalities, every grid setting
-(``grid.md``, ``grid.json``, heatmap and curves PNGs).
+(``grid.md``, ``grid.json``, heatmap and curves PNGs). The split's per-sample scores go
+to ``predictions_{split}.csv`` (read by ``medpeft report``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from medpeft.data.missing import MissingTable
 from medpeft.errors import ConfigError
 from medpeft.metrics import format_metrics_table
 from medpeft.reports import Results, missing_grid_table, plot_missing_curves, plot_missing_heatmap
+from medpeft.reports.scores import SplitScores
 from medpeft.runs.data import RunData, grid_tables, load_source, run_data, saved_or_new_tables
 from medpeft.runs.layout import RunLayout
-from medpeft.train import evaluate
+from medpeft.train import EvalResult, evaluate
 from medpeft.train.settings import autocast_dtype, resolve_device
 
 DEFAULT_METRIC = "f1_macro"
@@ -54,13 +56,17 @@ def evaluate_split(
     task, labels = data.source.task, data.source.labels
     dtype = autocast_dtype(config.train)
 
-    def run(split_table: MissingTable | None) -> dict[str, float]:
+    def run(split_table: MissingTable | None) -> EvalResult:
         loader = data.loader(split, split_table)
-        return evaluate(model, loader, task, labels, progress, dtype).metrics
+        return evaluate(model, loader, task, labels, progress, dtype)
 
-    metrics = run(table)
+    result = run(table)
+    metrics = result.metrics
     atomic_write_text(layout.split_metrics(split), json.dumps(metrics, indent=2))
-    grid = {key: overall(run(t)) for key, t in grid_tables(data.source, config.missing, split).items()}
+    SplitScores(labels, task, result.scores, result.targets).write_csv(layout.predictions(split))
+    grid = {
+        key: overall(run(t).metrics) for key, t in grid_tables(data.source, config.missing, split).items()
+    }
     metric = config.train.monitor if config.train.monitor in metrics else DEFAULT_METRIC
     if grid:
         write_grid_report(grid, layout.grid_stem(split), metric)

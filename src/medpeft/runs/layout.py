@@ -2,10 +2,13 @@
 
 A run folder holds the resolved ``config.yaml``; the trainer's ``metrics.csv``,
 ``tensorboard/``, ``checkpoint.pt`` (resume state) and ``best.safetensors``; the
-``adapter/`` folder; ``{split}_metrics.json``; for several modalities the seeded
+``adapter/`` folder; ``{split}_metrics.json`` and the per-sample scores
+``predictions_{split}.csv``; ``report/`` (``medpeft report``); for several modalities the seeded
 ``missing_{split}.csv`` tables and the grid reports ``grid.md``, ``grid.json``,
 ``grid_heatmap.png``, ``grid_curves.png``; the ``synthetic_data/`` of a
-synthetic run; ``report.json``, written last, marks a finished run.
+synthetic run; ``report.json``, written last, marks a finished run. A run with
+``train.repeats: N`` holds one such folder per repeat (``rep0`` ...) and
+``summary.json`` / ``summary.md`` (mean and std of the test metrics).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ BEST = "best.safetensors"
 SYNTHETIC_DIR = "synthetic_data"
 REPORT = "report.json"
 GRID = "grid"
+REPEAT_PREFIX = "rep"
+SUMMARY = "summary"
+PAGE_DIR = "report"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,15 @@ class RunLayout:
         """``{split}_metrics.json``."""
         return self.root / f"{split}_metrics.json"
 
+    def predictions(self, split: str) -> Path:
+        """``predictions_{split}.csv``: per-sample targets and scores."""
+        return self.root / f"predictions_{split}.csv"
+
+    @property
+    def page(self) -> Path:
+        """Folder of the HTML report page (``medpeft report``)."""
+        return self.root / PAGE_DIR
+
     def missing_table(self, split: str) -> Path:
         """The seeded missing-modality table of ``split``."""
         return self.root / f"missing_{split}.csv"
@@ -61,3 +76,11 @@ class RunLayout:
     def grid_stem(self, split: str) -> Path:
         """Stem of the grid reports of ``split`` (``grid`` for test, ``grid_val``...)."""
         return self.root / (GRID if split == "test" else f"{GRID}_{split}")
+
+    def repeat(self, index: int) -> Path:
+        """Run folder of repeat ``index`` of a ``train.repeats`` run (``rep<index>``)."""
+        return self.root / f"{REPEAT_PREFIX}{index}"
+
+    def summary(self, suffix: str) -> Path:
+        """``summary.json`` / ``summary.md``: mean and std over the repeats."""
+        return self.root / f"{SUMMARY}.{suffix}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ from torch import nn
 
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.adapters.io import HUB, save_adapter
-from medpeft.backbones.timm_vit import check_vit
+from medpeft.backbones.timm_vit import check_vit, patch_multiple
 from medpeft.config import RunConfig, save_config
+from medpeft.data.imageio import ReadOptions
 from medpeft.data.records import Source
 from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
@@ -29,7 +31,7 @@ from medpeft.runs.data import describe_source, load_source, run_data, save_table
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
-from medpeft.train import fit
+from medpeft.train import distributed, fit
 from medpeft.train.settings import check_monitor
 from medpeft.train.trainer import Objective
 
@@ -47,6 +49,8 @@ class RunReport:
     best_epoch: int | None
     val_metrics: dict[str, float]
     test: Evaluation
+    skipped: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -62,6 +66,8 @@ class RunReport:
             "val_metrics": self.val_metrics,
             "test": {"split": self.test.split, "metrics": self.test.metrics, "grid": grid,
                      "metric": self.test.metric},
+            "skipped_samples": {"count": len(self.skipped), "samples": self.skipped},
+            "timing": {key: round(seconds, 3) for key, seconds in self.timing.items()},
         }
 
     @classmethod
@@ -77,6 +83,8 @@ class RunReport:
             best_epoch=data["best_epoch"],
             val_metrics=data["val_metrics"],
             test=Evaluation(test["split"], test["metrics"], grid, test["metric"]),
+            skipped=data.get("skipped_samples", {}).get("samples", []),
+            timing=data.get("timing", {}),
         )
 
 
@@ -110,26 +118,36 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     first trains one model per modality (``stage1/<modality>``, each a run of its own),
     then the fused model in the run folder (:mod:`medpeft.runs.intervention`).
     """
+    distributed.setup()  # under `accelerate launch`: join the other processes
     config = with_method_defaults(config)
+    if config.train.repeats > 1:
+        raise ConfigError(
+            f"train.repeats: {config.train.repeats} runs go through medpeft.runs.repeats.train_repeats "
+            "(medpeft train does so); train_run trains one"
+        )
     layout = RunLayout.at(config.output_dir)
     if config.model.kind == "timm":
         check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
+        config = with_patch_multiple(config)
     if resume:
         check_resume(config, layout)
         stored = finished_report(config, layout)
         if stored is not None:
             return RunReport.from_dict(stored, layout)
-    layout.report.unlink(missing_ok=True)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, layout.config)
-    source = load_source(config, layout)
+    distributed.barrier()  # every process has read the folder before the main one writes
+    own = RunLayout.at(distributed.writable_folder(layout.root))
+    own.report.unlink(missing_ok=True)
+    own.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, own.config)
+    source = load_source(config, own)
     for line in describe_source(source):
         (log.warning if line.startswith("warning") else log.info)(line)
     check_monitor(config.train.monitor, source.task, source.labels)
-    if config.data.check_images != "none":
+    if config.data.check_images != "none" and config.train.on_bad_sample == "stop":
         every = config.data.check_images == "all"
         records = source.records if every else source.split("test")
-        check_images(records, source.kinds, "data" if every else "test split", progress)
+        what = "data" if every else "test split"
+        check_images(records, source.kinds, what, progress, config.data.read_options())
     if config.model.fusion in ("early_intervention", "late"):
         from medpeft.runs.intervention import two_stage_model  # needs train_source
 
@@ -139,6 +157,21 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
         model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
     return train_source(config, layout, source, spec, model, resume, progress, objective)
+
+
+def with_patch_multiple(config: RunConfig) -> RunConfig:
+    """``config`` with ``model.img_size`` rounded to a multiple of the timm backbone's patch
+    size (DINOv2's 14 px: 512 -> 518, 256 -> 252), for the model and the transforms alike."""
+    m = config.model
+    if m.img_size is None:
+        return config
+    size = patch_multiple(m.backbone or DEFAULT_BACKBONES["timm"], m.img_size, **m.kwargs)
+    if size == m.img_size:
+        return config
+    log.warning(
+        "warning: model.img_size %d is not a multiple of the backbone's patch size; using %d", m.img_size, size
+    )
+    return dataclasses.replace(config, model=dataclasses.replace(m, img_size=size))
 
 
 def with_method_defaults(config: RunConfig) -> RunConfig:
@@ -159,9 +192,14 @@ def train_source(
     progress: bool = True,
     objective: Objective | None = None,
 ) -> RunReport:
-    """Fit ``model`` on ``source``, save its adapter, evaluate the test split (and grid), report."""
+    """Fit ``model`` on ``source``, save its adapter, evaluate the test split (and grid), report.
+
+    Under several processes all train and evaluate; only the main one writes into
+    ``layout`` (the others into a scratch copy, see `medpeft.train.distributed`).
+    """
+    own = RunLayout.at(distributed.writable_folder(layout.root))
     tables = split_tables(source, config.missing)
-    save_tables(tables, layout)
+    save_tables(tables, own)
     if "val" not in tables:
         raise ConfigError("the data needs non-empty train and val splits (check the split column/fractions)")
     set_backbone_dropout(model, config.model.dropout)
@@ -171,14 +209,19 @@ def train_source(
         source.task, config.train, layout.root, class_names=source.labels, resume=resume,
         progress=progress, aux_loss=get_method(config.method).aux_loss, objective=objective,
     )
+    timing = dict(result.timing)
+    start = time.perf_counter()
     adapter_dir = save_adapter(
-        model, layout.adapter, spec, source.labels, source.task, data.pre,
+        model, own.adapter, spec, source.labels, source.task, data.pre,
         backbone_weights=config.model.weights or (HUB if config.model.pretrained else None),
         kinds=source.kinds, inputs=_inputs(config, source), backbone_seed=config.train.seed,
     )
+    timing["checkpoint_s"] = timing.get("checkpoint_s", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
     test = Evaluation("test", {})
     if "test" in tables:
-        test = evaluate_split(model, data, config, "test", tables["test"], layout, progress)
+        test = evaluate_split(model, data, config, "test", tables["test"], own, progress)
+    timing["test_s"] = time.perf_counter() - start
     report = RunReport(
         run_dir=layout.root,
         adapter_dir=adapter_dir,
@@ -187,8 +230,11 @@ def train_source(
         best_epoch=result.best_epoch,
         val_metrics=result.best_metrics,
         test=test,
+        skipped=list(data.skipped),
+        timing=timing,
     )
-    write_report(layout, {"epochs": config.train.epochs, **report.to_dict()})
+    write_report(own, {"epochs": config.train.epochs, **report.to_dict()})
+    distributed.barrier()  # the run folder is complete for every process
     return report
 
 
@@ -197,6 +243,8 @@ def format_report(report: RunReport) -> str:
     text = markdown_table(summary_header(), [summary_row(report.run_dir.name, report)])
     if report.test.grid:
         text += f"\n\n{format_evaluation(report.test)}"
+    if report.skipped:
+        text += f"\nskipped {len(report.skipped)} unreadable sample(s), listed in report.json"
     return (
         f"{text}\nbest epoch: {report.best_epoch}; adapter: {report.adapter_dir}; "
         f"log: {report.run_dir / METRICS_CSV}"
@@ -206,6 +254,9 @@ def format_report(report: RunReport) -> str:
 def _inputs(config: RunConfig, source: Source) -> dict:
     """How samples were read, recorded in the adapter so ``predict`` reads them the same way."""
     inputs: dict = {"missing_image": config.data.missing_image, "combine": dict(source.combine)}
+    read = config.data.read_options()
+    if read != ReadOptions():  # recorded only when not the defaults
+        inputs["read"] = dataclasses.asdict(read)
     if "text" in source.kinds.values():
         inputs["tokenizer"] = config.model.tokenizer
     return inputs

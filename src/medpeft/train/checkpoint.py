@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from medpeft.atomic import atomic_write
-from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
+from medpeft.backbones.weights import (
+    copy_weights,
+    load_torch_file,
+    read_state_dict,
+    write_state_dict,
+)
 from medpeft.errors import WeightsError
 
 CHECKPOINT_FORMAT = 1
@@ -25,7 +30,8 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass
 class Progress:
-    """Where a run stands: epochs done, optimizer steps, best result, early-stop counter."""
+    """Where a run stands: epochs done, optimizer steps, best result, early-stop counter, and
+    seconds spent so far on data waits, compute, evaluation and checkpoints (``timing``)."""
 
     epoch: int = 0
     global_step: int = 0
@@ -33,6 +39,7 @@ class Progress:
     best_epoch: int | None = None
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -139,7 +146,9 @@ def load_checkpoint(
         WeightsError: if the file is unreadable or belongs to another model.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
+    except WeightsError:
+        raise
     except Exception as error:
         raise WeightsError(f"{path}: cannot read checkpoint ({error})") from error
     found = state.get("format") if isinstance(state, dict) else type(state).__name__

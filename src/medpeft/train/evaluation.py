@@ -2,7 +2,9 @@
 
 Batches are ``(inputs, targets)``, ``(inputs,)`` or ``inputs``; inputs are a tensor or a
 nested dict of tensors, moved to the model's device and passed as ``model(inputs)``.
-Autocast is used on CUDA only.
+Autocast is used on CUDA only. Under several processes each evaluates its slice of a
+sharded loader (`medpeft.data.loader.EvalShard`) and every process gets all rows back in
+sample order, each sample counted once.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from medpeft.data.loader import EvalShard
 from medpeft.errors import DataError
 from medpeft.metrics import compute_metrics
 from medpeft.tasks import check_task
+from medpeft.train.distributed import gather_rows
 from medpeft.train.losses import build_loss, to_scores
 
 
@@ -78,7 +82,12 @@ def _collect(model: nn.Module, loader: Any, progress: bool, dtype: torch.dtype |
     model.train(was_training)
     if not logits:
         raise DataError("loader yields no batches")
-    return torch.cat(logits), (torch.cat(targets) if targets else None)
+    logits, targets = torch.cat(logits), (torch.cat(targets) if targets else None)
+    shard = getattr(loader, "sampler", None)
+    if isinstance(shard, EvalShard):  # one process's slice: gather all, drop the padding
+        logits = gather_rows(logits, shard.total)
+        targets = gather_rows(targets, shard.total) if targets is not None else None
+    return logits, targets
 
 
 def evaluate(

@@ -3,9 +3,13 @@
 Schedule over optimizer steps ``s = 0 .. total - 1`` with ``W`` warmup steps:
 warmup ramps linearly ``lr * (s + 1) / W`` up to ``lr`` at ``s = W - 1``; then
 ``cosine`` or ``linear`` decays from ``lr`` at ``s = W`` to ``min_lr`` at the last
-step ``s = total - 1``; ``constant`` stays at ``lr``.
+step ``s = total - 1``; ``constant`` stays at ``lr``; ``cyclic`` is torch's
+``CyclicLR`` triangle with a shrinking amplitude: from ``min_lr`` up to ``lr`` over
+``cycle_steps`` steps and back down over as many, the height of cycle ``c`` (from 1)
+scaled by ``cycle_decay ** (c - 1)``.
 MeLo: Adam, lr 1e-3, cosine to 1e-6. MoRA: AdamW betas (0.9, 0.98), wd 0.02,
-2% warmup, linear decay.
+2% warmup, linear decay. EI: SGD, cyclic between 1e-5 and 1e-3, half a cycle = 4
+epochs, amplitude x0.8 per cycle.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from medpeft.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "cyclic")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -63,11 +67,23 @@ def build_optimizer(
 
 
 def lr_at(
-    step: int, lr: float, min_lr: float, total_steps: int, warmup_steps: int, schedule: str
+    step: int,
+    lr: float,
+    min_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: str,
+    cycle_steps: int = 1,
+    cycle_decay: float = 1.0,
 ) -> float:
     """Learning rate used by optimizer step ``step`` (0-based)."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "cyclic":
+        position = (step - warmup_steps) / cycle_steps  # in half cycles
+        cycle = math.floor(1 + position / 2)
+        height = max(0.0, 1.0 - abs(position - 2 * cycle + 1))
+        return min_lr + (lr - min_lr) * height * cycle_decay ** (cycle - 1)
     decay_steps = total_steps - 1 - warmup_steps
     progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
     if schedule == "constant":
@@ -90,6 +106,8 @@ def build_scheduler(
     total_steps: int,
     warmup_steps: int = 0,
     min_lr: float = 0.0,
+    cycle_steps: int = 1,
+    cycle_decay: float = 1.0,
 ) -> LambdaLR:
     """A per-optimizer-step scheduler following ``lr_at`` for every parameter group."""
     if schedule not in SCHEDULES:
@@ -102,6 +120,8 @@ def build_scheduler(
             total_steps=total_steps,
             warmup_steps=warmup_steps,
             schedule=schedule,
+            cycle_steps=max(1, cycle_steps),
+            cycle_decay=cycle_decay,
         )
         for group in optimizer.param_groups
     ]

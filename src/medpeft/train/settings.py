@@ -3,7 +3,9 @@
 Defaults follow MeLo's public recipe (Adam lr 1e-3, cosine to 1e-6, 20 epochs,
 AMP, label smoothing 0.1, best by validation AUROC). MoRA: ``optimizer="adamw"``,
 ``betas=(0.9, 0.98)``, ``weight_decay=0.02``, ``lr=5e-3``, ``warmup_fraction=0.02``,
-``schedule="linear"``, ``min_lr=0``, ``monitor="f1_macro"``.
+``schedule="linear"``, ``min_lr=0``, ``monitor="f1_macro"``. EI: ``optimizer="sgd"``,
+``momentum=0.95``, ``weight_decay=1e-4``, ``lr=1e-3``, ``min_lr=1e-5``, ``schedule="cyclic"``,
+``monitor="map"``, ``patience=10``, ``epochs=200``, ``repeats=3``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.metrics import METRICS, PER_CLASS
+from medpeft.train.distributed import is_distributed, process_device
 from medpeft.train.schedules import OPTIMIZERS, SCHEDULES
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -28,12 +31,27 @@ class TrainSettings:
     Attributes:
         warmup: warmup length in epochs (may be fractional).
         warmup_fraction: warmup as a fraction of all optimizer steps (use one of the two).
+        schedule: ``cosine``, ``linear``, ``constant`` or ``cyclic`` (between ``min_lr`` and
+            ``lr``; EI: 1e-5..1e-3).
+        cycle_epochs, cycle_decay: ``cyclic`` only: epochs from the lowest to the highest lr
+            (half a cycle; EI: 4) and the amplitude factor per cycle (EI: 0.8).
         amp: mixed precision (CUDA only): ``amp_dtype`` "fp16" (with GradScaler) or "bf16".
         max_grad_norm: clip the gradient norm to this value; None = no clipping.
         monitor: history value that selects the best epoch ("auroc", "f1_macro", "val_loss", ...).
-        patience: stop after this many epochs without improvement; None = never.
+        patience: stop after this many epochs (= validations) without improvement; None = never.
+        repeats: ``medpeft train`` runs the config this many times, seeds ``seed`` ..
+            ``seed + repeats - 1``, into ``rep<i>/`` and summarises mean ± std
+            (`medpeft.runs.repeats`; EI: 3).
         log_every: optimizer steps between progress-bar/TensorBoard updates.
-        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+        device: "auto" (CUDA if available; under ``accelerate launch`` the process's own
+            GPU), "cpu", "cuda", "cuda:1", ...
+        compile: run the model's forward through ``torch.compile`` (parameter names, adapter
+            routing and checkpoints unchanged; the first steps pay the compilation).
+        channels_last: keep image batches and the patch embedding in channels-last memory
+            layout (faster convolutions on recent GPUs).
+        on_bad_sample: a sample that cannot be read (corrupt or truncated file, NaN
+            pixels): ``stop`` ends the run with one line naming it; ``skip`` leaves it
+            out, logs it once and lists it in ``report.json``.
     """
 
     epochs: int = 20
@@ -46,6 +64,8 @@ class TrainSettings:
     warmup: float = 0.0
     warmup_fraction: float = 0.0
     schedule: str = "cosine"
+    cycle_epochs: float = 4.0
+    cycle_decay: float = 0.8
     label_smoothing: float = 0.1
     grad_accum_steps: int = 1
     amp: bool = True
@@ -55,9 +75,13 @@ class TrainSettings:
     monitor_mode: str = "max"
     patience: int | None = None
     seed: int = 0
+    repeats: int = 1
     log_every: int = 10
     tensorboard: bool = False
     device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    on_bad_sample: str = "stop"
 
     def __post_init__(self) -> None:
         """Check every field; raise ConfigError naming the first bad one."""
@@ -139,6 +163,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup": (lambda v: _is_number(v) and v >= 0, "a number of epochs >= 0"),
     "warmup_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "cycle_epochs": (lambda v: _is_number(v) and v > 0, "a number of epochs > 0"),
+    "cycle_decay": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "grad_accum_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
@@ -148,9 +174,13 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "monitor_mode": (lambda v: v in ("max", "min"), "'max' or 'min'"),
     "patience": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
     "seed": (_is_int, "an integer"),
+    "repeats": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "log_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "tensorboard": (lambda v: isinstance(v, bool), "true or false"),
     "device": (_is_device, "'auto' or a torch device such as 'cpu', 'cuda:0'"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "on_bad_sample": (lambda v: v in ("stop", "skip"), "'stop' or 'skip'"),
 }
 
 
@@ -160,13 +190,14 @@ def autocast_dtype(settings: TrainSettings) -> torch.dtype | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; other names as torch devices.
+    """``"auto"`` -> CUDA if available else CPU; other names as torch devices. Under a
+    launcher, ``"auto"`` and ``"cuda"`` mean the process's own device.
 
     Raises:
         ConfigError: if a CUDA device is asked for but none is available.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto" or (name == "cuda" and is_distributed()):
+        return process_device()
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available")

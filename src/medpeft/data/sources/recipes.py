@@ -19,6 +19,9 @@ RECIPES = {  # name -> "module:reader" under medpeft.data.recipes
     "inbreast": "melo:load_inbreast",
     "odir": "odir:load_odir",
     "iu_xray": "iu_xray:load_iu_xray",
+    "mmc_amd": "mmc_amd:load_mmc_amd",
+    "derm7pt": "derm7pt:load_derm7pt",
+    "mrnet": "mrnet:load_mrnet",
 }
 
 

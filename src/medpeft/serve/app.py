@@ -1,0 +1,97 @@
+"""The FastAPI app of ``medpeft serve``: many task adapters on one frozen backbone over HTTP.
+
+:func:`create_app` wires an :class:`~medpeft.bank.AdapterBank` to the endpoints of
+:mod:`medpeft.serve.routes`, a :class:`~medpeft.serve.batcher.MicroBatcher` that
+merges concurrent requests of any tasks into one forward pass, Prometheus metrics,
+a request-body limit and optional bearer-token auth. The app keeps no state of its
+own beyond the bank's adapter cache, so replicas behind a load balancer need only
+the same adapter directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from medpeft import __version__
+from medpeft.bank import AdapterBank, UnknownTask
+from medpeft.errors import DataError, MedpeftError
+from medpeft.serve.batcher import MicroBatcher, Overloaded
+from medpeft.serve.metrics import ServeMetrics
+from medpeft.serve.middleware import BodyLimit, RequestMetrics, UploadTooLarge
+from medpeft.serve.routes import STATIC, ServerState, api, public
+from medpeft.serve.settings import ServeSettings
+
+RETRY_AFTER_S = "1"
+
+
+def create_app(
+    bank: AdapterBank, settings: ServeSettings | None = None, directory: str | Path | None = None
+) -> FastAPI:
+    """The HTTP app serving every task of ``bank``.
+
+    Args:
+        bank: The task adapters and their shared backbone.
+        settings: Batching, queue, upload limit and token.
+        directory: The bank's adapter directory: ``POST /tasks/{name}`` registers a
+            folder of that name added to it after start.
+    """
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics()
+    batcher = MicroBatcher(
+        bank.predict, settings.max_batch, settings.max_wait_ms / 1000,
+        settings.queue_size, on_batch=metrics.observe_batch,
+    )
+    metrics.watch(lambda: batcher.depth, lambda: sum(t.loaded for t in bank.tasks()))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="medpeft", version=__version__, lifespan=lifespan,
+        description="Diagnosis task adapters on one frozen vision backbone. Predict with "
+        "`POST /predict` (multipart: a `task` field and one image file per modality).",
+    )
+    app.state.medpeft = ServerState(bank, settings, batcher, metrics,
+                                    Path(directory) if directory is not None else None)
+    app.include_router(public)
+    app.include_router(api)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts refused uploads too
+    return app
+
+
+# user errors -> status, the first matching class wins: unknown task; unreadable image or
+# wrong modality (the bank's BadInput and WrongModality are DataErrors); bad name or request
+STATUS = ((UnknownTask, 404), (DataError, 422), (MedpeftError, 400))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """User errors answer ``{"detail": message}`` with a 4xx status; a full queue answers 503."""
+
+    async def user_error(_: Request, error: Exception) -> JSONResponse:
+        status = next(code for cls, code in STATUS if isinstance(error, cls))
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    async def overloaded(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+    async def too_large(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=413)
+
+    app.add_exception_handler(MedpeftError, user_error)
+    app.add_exception_handler(Overloaded, overloaded)
+    app.add_exception_handler(UploadTooLarge, too_large)
+

@@ -1,0 +1,62 @@
+"""``medpeft serve``: build the adapter bank of a directory and run the HTTP app with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from medpeft.errors import ConfigError
+from medpeft.serve.settings import ServeSettings
+
+logger = logging.getLogger("medpeft")
+
+
+def serve(
+    directory: str | Path,
+    settings: ServeSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_loaded: int | None = None,
+    weights: str | Path | None = None,
+    allow_random_backbone: bool = False,
+) -> None:
+    """Serve every task folder of ``directory`` until interrupted.
+
+    Args:
+        directory: Folder of task adapter folders sharing one backbone.
+        settings: Batching, queue, upload limit and token.
+        host: Interface to listen on.
+        port: TCP port (0: any free one; the log names it).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        max_loaded: Most adapters on the backbone at once (None: no limit).
+        weights: Backbone checkpoint for every task (default: the one they record).
+        allow_random_backbone: Serve tasks that record neither weights nor a seed.
+    """
+    try:
+        import uvicorn
+    except ImportError as error:
+        raise ConfigError(f"medpeft serve needs the serve extra: pip install 'medpeft[serve]' ({error})") from error
+    from medpeft.bank import AdapterBank
+    from medpeft.serve.app import create_app
+    from medpeft.train.settings import resolve_device
+
+    bank = AdapterBank.from_directory(
+        directory, device=resolve_device(device), max_loaded=max_loaded, weights=weights,
+        allow_random_backbone=allow_random_backbone,
+    )
+    if settings.token is None and not _is_loopback(host):
+        logger.warning(f"serving on {host} without a token: anyone who reaches it can predict "
+                       "and load or unload tasks (set --token or MEDPEFT_TOKEN)")
+    logger.info(f"serving {len(bank.tasks())} tasks from {directory} on {bank.device}")
+    uvicorn.run(create_app(bank, settings, directory), host=host, port=port, log_level="info")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,181 @@
+"""Endpoints: predict, tasks (list, show, load, unload), health, metrics, the web page."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from medpeft.adapters.config import CONFIG_NAME
+from medpeft.bank import AdapterBank, TaskInfo, UnknownTask
+from medpeft.bank.tasks import check_task_name
+from medpeft.serve.batcher import MicroBatcher
+from medpeft.serve.metrics import CONTENT_TYPE, ServeMetrics
+from medpeft.serve.schemas import (
+    PREDICT_BODY,
+    TASK_FIELD,
+    Health,
+    Prediction,
+    Task,
+    TaskList,
+    error_responses,
+)
+from medpeft.serve.settings import ServeSettings
+
+STATIC = Path(__file__).parent / "static"
+MAX_PARTS = 32  # form fields + files of one prediction request
+
+
+@dataclass
+class ServerState:
+    """Everything the endpoints share; the only state is the bank's adapter cache."""
+
+    bank: AdapterBank
+    settings: ServeSettings
+    batcher: MicroBatcher
+    metrics: ServeMetrics
+    directory: Path | None  # the bank's adapter directory (new task folders are looked up there)
+    discovery: threading.Lock = field(default_factory=threading.Lock)
+
+
+def server(request: Request) -> ServerState:
+    return request.app.state.medpeft
+
+
+Server = Annotated[ServerState, Depends(server)]
+_bearer = HTTPBearer(auto_error=False, description="The server's --token (or MEDPEFT_TOKEN)")
+
+
+def check_token(
+    state: Server, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """401 unless the request carries the server's bearer token (when it has one)."""
+    expected = state.settings.token
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        detail = "wrong bearer token" if given else "missing bearer token (Authorization: Bearer TOKEN)"
+        raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+api = APIRouter(dependencies=[Depends(check_token)], responses=error_responses(401))
+public = APIRouter()
+
+
+def as_task(info: TaskInfo) -> Task:
+    return Task(**dataclasses.asdict(info))
+
+
+@api.post("/predict", response_model=Prediction, openapi_extra=PREDICT_BODY,
+          responses=error_responses(400, 404, 413, 415, 422, 503))
+async def predict(request: Request, state: Server) -> Prediction:
+    """Probabilities of one sample: a ``task`` field and one image file per modality."""
+    name, files = await read_upload(request)
+    task = as_task(await run_in_threadpool(find_task, state, name))
+    inputs = await run_in_threadpool(state.bank.preprocess, name, files)
+    scores = await state.batcher.submit(name, inputs)
+    return Prediction.of(task, scores.tolist(), list(files))
+
+
+def find_task(state: ServerState, name: str) -> TaskInfo:
+    """The bank's task ``name``, registering a folder of that name added to the directory since start.
+
+    Replicas sharing the adapter directory thus all serve a task copied into it.
+    """
+    try:
+        return state.bank.task(name)
+    except UnknownTask:
+        if state.directory is None or not (state.directory / check_task_name(name) / CONFIG_NAME).is_file():
+            raise
+    with state.discovery:  # two first requests for a new task register it once
+        try:
+            return state.bank.task(name)
+        except UnknownTask:
+            return state.bank.register(name, state.directory / name)
+
+
+async def read_upload(request: Request) -> tuple[str, dict[str, bytes]]:
+    """The task name and ``{modality: file bytes}`` of a multipart prediction request."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(
+            415 if content_type else 400,
+            f"send multipart/form-data with a {TASK_FIELD!r} field and one file per modality, "
+            f"not {content_type or 'no content type'!r}",
+        )
+    task, files = None, {}
+    async with request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS) as form:
+        for key, value in form.multi_items():
+            if key == TASK_FIELD:
+                if not isinstance(value, str):
+                    raise HTTPException(422, f"form field {TASK_FIELD!r} must be text, not a file")
+                task = value
+            elif not isinstance(value, UploadFile):
+                raise HTTPException(422, f"form field {key!r} must be an image file (or name the task with {TASK_FIELD!r})")
+            elif key in files:
+                raise HTTPException(422, f"modality {key!r} uploaded twice; send one file per modality")
+            else:
+                data = await value.read()
+                if data or value.filename:  # an empty file input of a browser form: modality missing
+                    files[key] = data
+    if task is None:
+        raise HTTPException(422, f"form field {TASK_FIELD!r} (the task name) is missing")
+    return task, files
+
+
+@api.get("/tasks", response_model=TaskList)
+def list_tasks(state: Server) -> TaskList:
+    """Every task in the adapter directory, loaded or not."""
+    return TaskList(tasks=[as_task(info) for info in state.bank.tasks()])
+
+
+@api.get("/tasks/{name}", response_model=Task, responses=error_responses(400, 404))
+def show_task(name: str, state: Server) -> Task:
+    """One task: its labels, modalities and whether it is loaded."""
+    return as_task(find_task(state, name))
+
+
+@api.post("/tasks/{name}", response_model=Task, responses=error_responses(400, 404))
+def load_task(name: str, state: Server) -> Task:
+    """Put a task adapter on the backbone now (a folder added to the directory since start included)."""
+    find_task(state, name)
+    state.bank.load(name)
+    return as_task(state.bank.task(name))
+
+
+@api.delete("/tasks/{name}", response_model=Task, responses=error_responses(400, 404))
+def unload_task(name: str, state: Server) -> Task:
+    """Take a task adapter off the backbone (it loads again on its next prediction)."""
+    find_task(state, name)
+    state.bank.unload(name)
+    return as_task(state.bank.task(name))
+
+
+@public.get("/health", response_model=Health)
+def health(state: Server) -> Health:
+    """Liveness and readiness (no token needed: for load balancers)."""
+    tasks = state.bank.tasks()
+    loaded = sum(info.loaded for info in tasks)
+    return Health(status="ok", tasks=len(tasks), loaded=loaded, queue_depth=state.batcher.depth)
+
+
+@api.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+def metrics(state: Server) -> Response:
+    """Prometheus metrics: queue depth, batch sizes, latencies, requests by status."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@public.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    """The web page: pick a task, upload an image per modality, see the probabilities."""
+    return FileResponse(STATIC / "index.html")

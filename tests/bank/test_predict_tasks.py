@@ -1,0 +1,61 @@
+"""``medpeft predict`` with several ``--adapter``: one CSV with a task column, mixed-task batches."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medpeft.bank import AdapterBank
+from medpeft.cli import main
+from medpeft.errors import DataError
+from medpeft.runs.predict import predict_tasks
+
+
+def _write_images(folder, n=3):
+    folder.mkdir()
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        path = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_manifest_with_task_column_matches_the_bank(bank_dir, tmp_path):
+    paths = _write_images(tmp_path / "images")
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text(
+        "id,task,image\n"
+        f"a,tb,images/{paths[0].name}\nb,chest,images/{paths[1].name}\nc,blood,images/{paths[2].name}\n"
+    )
+    out = tmp_path / "preds.csv"
+    argv = ["predict", "--adapter", f"tb={bank_dir / 'tb'}", "--adapter", str(bank_dir / "chest"),
+            "--adapter", f"blood={bank_dir / 'blood'}", "--manifest", str(manifest),
+            "--output", str(out), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["id"], r["task"]) for r in rows] == [("a", "tb"), ("b", "chest"), ("c", "blood")]
+    bank = AdapterBank.from_directory(bank_dir)
+    for row, path in zip(rows, paths):
+        expected = bank.predict([row["task"]], [bank.preprocess(row["task"], {"image": path})])[0]
+        pairs = dict(pair.split("=") for pair in row["scores"].split(";"))
+        assert list(pairs) == bank.task(row["task"]).labels
+        assert [float(v) for v in pairs.values()] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert rows[0]["prediction"] in bank.task("tb").labels
+
+
+def test_image_files_go_through_every_task_and_unknown_tasks_are_named(bank_dir, tmp_path):
+    paths = _write_images(tmp_path / "images", 2)
+    adapters = {"tb": bank_dir / "tb", "chest": bank_dir / "chest"}
+    predictions = predict_tasks(adapters, [str(p) for p in paths], device="cpu", batch_size=3)
+    assert predictions.tasks == ["tb", "chest", "tb", "chest"]
+    assert [len(s) for s in predictions.scores] == [3, 4, 3, 4]
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text(f"task,image\ntbb,images/{paths[0].name}\n")
+    with pytest.raises(DataError, match=r"bad.csv line 2: task 'tbb'; did you mean 'tb'"):
+        predict_tasks(adapters, manifest=manifest, device="cpu")
