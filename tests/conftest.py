@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+# Tiny test models run fastest on one thread (also in the subprocesses tests start).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import medpeft  # noqa: F401  (torchvision shim before any test imports transformers/peft)
 

@@ -1,10 +1,18 @@
 """The demo's whole pipeline, shortened to one epoch per stage on a small dataset."""
 
+import csv
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from medpeft.data.synthetic import PAIR_CLASSES, make_pairs_dataset
 from medpeft.demo import METHODS, run_demo
 
 
 def test_demo_runs_every_stage_and_writes_summary(tmp_path, capsys):
-    reports = run_demo(tmp_path, epochs=1, progress=False, pretrain_epochs=1, samples_per_class=10)
+    reports = run_demo(tmp_path, epochs=1, progress=False, pretrain_epochs=1, samples_per_class=10,
+                       pretrain_samples=10)
     assert set(reports) == set(METHODS)
     backbone = tmp_path / "pretrain" / "adapter" / "adapter_model.safetensors"
     assert backbone.is_file()
@@ -25,6 +33,21 @@ def test_demo_runs_every_stage_and_writes_summary(tmp_path, capsys):
     # Rerunning into the finished demo reports it again without retraining or rewriting.
     adapter = tmp_path / "lora" / "adapter" / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
-    again = run_demo(tmp_path, epochs=1, progress=False, pretrain_epochs=1, samples_per_class=10)
+    again = run_demo(tmp_path, epochs=1, progress=False, pretrain_epochs=1, samples_per_class=10,
+                     pretrain_samples=10)
     assert adapter.stat().st_mtime_ns == before
     assert again["lora"].test_metrics == lora.test_metrics
+
+
+def test_pairs_dataset_is_balanced_and_reproducible(tmp_path):
+    first = make_pairs_dataset(tmp_path / "a", n_per_class=6, img_size=16, seed=3)
+    again = make_pairs_dataset(tmp_path / "b", n_per_class=6, img_size=16, seed=3)
+    rows = list(csv.DictReader(first.open()))
+    assert Counter(r["label"] for r in rows) == dict.fromkeys(PAIR_CLASSES, 6)
+    assert first.read_text() == again.read_text()
+    assert all((first.parent / r["image"]).read_bytes() == (again.parent / r["image"]).read_bytes()
+               for r in rows)
+    # Normal images show no blob: they are darker than images with two blobs.
+    mean = {c: np.mean([np.asarray(Image.open(first.parent / r["image"])).mean() for r in rows
+                        if r["label"] == c]) for c in PAIR_CLASSES}
+    assert mean["normal"] < mean["one_sided"] < min(mean["symmetric"], mean["asymmetric"])

@@ -52,13 +52,13 @@ def test_maps_of_one_modality(method):
         flow, cam = sample.rollout["image"], sample.grad_cam["image"]
         assert flow.shape == cam.shape == (GRID, GRID)
         assert 0 < flow.sum() < 1 and flow.min() > 0  # the rest stays on the [CLS] token
-        assert cam.min() >= 0 and np.isfinite(cam).all()  # a frozen backbone (linear probe) too
+        assert cam.min() >= 0 and cam.max() > 0  # a frozen backbone (linear probe) gets a map too
 
 
-@pytest.mark.parametrize("fusion", ["auto", "late"])
-def test_maps_of_two_modalities(fusion):
+@pytest.mark.parametrize(("fusion", "method"), [("auto", "mora"), ("late", "lora")])
+def test_maps_of_two_modalities(fusion, method):
     torch.manual_seed(0)
-    spec = _spec("lora", ("a", "b"))
+    spec = _spec(method, ("a", "b"))  # MoRA wraps blocks: their attention is found inside
     spec.fusion = fusion
     model = build_model(spec)
     batch = _batch({"a": torch.randn(2, 3, 16, 16), "b": torch.randn(2, 3, 16, 16)})
@@ -89,7 +89,7 @@ def test_rollout_finds_the_label_carrying_patch_after_a_tiny_training():
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
     for _ in range(30):
-        images, labels, _ = _patch_images(32, generator)
+        images, labels, _ = _patch_images(16, generator)
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad()
         loss.backward()
@@ -99,7 +99,8 @@ def test_rollout_finds_the_label_carrying_patch_after_a_tiny_training():
     _, _, maps = explain_batch(model, _batch({"image": images[positive]}), "multiclass", target=1)
     peaks = [divmod(int(m.rollout["image"].argmax()), GRID) for m in maps]
     hits = np.mean([peak == tuple(cell) for peak, cell in zip(peaks, cells[positive].tolist())])
-    assert hits >= 0.8  # untrained, the same model peaks there for none of the samples
+    assert hits >= 0.8  # untrained, the rollout peaks there for none of the samples
+    # Grad-CAM's peak is there for 0-100% of the samples after this training, by seed: not asserted.
 
 
 def test_explain_command_writes_overlays_and_json(tmp_path, capsys):

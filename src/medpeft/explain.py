@@ -9,12 +9,15 @@ Two maps per image, both over the ViT's patch grid:
   pooling) says how much each input token flows into the prediction. timm computes
   attention with fused SDPA, which hides the weights, so blocks are switched to
   their explicit softmax path (``attn.fused_attn = False``) while explaining.
-- **Grad-CAM** (Selvaraju et al., 2017) on the last block's attention, heads as
-  channels: each head's weight is the mean gradient of the explained class's logit
-  over its attention map, the map is ``ReLU(sum_h w_h A_h)``, read at the pooled
-  token's row like the rollout. (Grad-CAM on the patch tokens themselves does not
-  find the label-carrying patch of a tiny trained ViT; this does.) The last
-  block's input is detached into a leaf that requires gradients, so frozen
+- **Grad-CAM** for ViTs, the gradient-weighted attention of the last block
+  (Chefer et al., 2021, https://arxiv.org/abs/2103.15679): ``mean_h ReLU(dy/dA_h * A_h)``
+  for the explained class's logit ``y``, read at the pooled token's row like the
+  rollout; class-specific, unlike the rollout. Two classic Grad-CAM forms were tried
+  and dropped: on the patch tokens entering the last block it missed the
+  label-carrying patch of a tiny trained ViT, and with heads as channels
+  (``ReLU(sum_h w_h A_h)``, ``w_h`` the mean gradient) it is all zero whenever
+  every head's weight is negative, which happened for most demo images. The last
+  attention's input is detached into a leaf that requires gradients, so frozen
   backbones (a linear probe) get maps too.
 
 Works for one image modality, token-concatenation fusion (every modality's patches
@@ -44,7 +47,7 @@ from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.late import LateFusion
 from medpeft.fusion.single import SingleStream
 from medpeft.reports.figures import new_figure, save_png
-from medpeft.runs.predict import UNKNOWN_TARGET, records_loader
+from medpeft.runs.predict import UNKNOWN_TARGET, Predictions, records_loader
 from medpeft.train.evaluation import logits_of, to_device
 from medpeft.train.losses import to_scores
 
@@ -111,20 +114,20 @@ def recording(streams: Sequence[Stream]) -> Iterator[None]:
     """Record every block's attention weights, the last one with its gradient.
 
     Blocks run their explicit softmax attention (``fused_attn = False``) meanwhile;
-    the last block's ``norm1`` output is made a leaf that requires gradients.
+    the last block's attention input is made a leaf that requires gradients.
     """
     handles, fused = [], []
     try:
         for stream in streams:
             stream.attentions.clear()
-            for block in stream.vit.blocks:
-                fused.append((block.attn, block.attn.fused_attn))
-                block.attn.fused_attn = False
-                handles.append(block.attn.attn_drop.register_forward_hook(
+            attentions = [attention_of(block) for block in stream.vit.blocks]
+            for attn in attentions:
+                fused.append((attn, attn.fused_attn))
+                attn.fused_attn = False
+                handles.append(attn.attn_drop.register_forward_hook(
                     lambda _m, _i, out, s=stream: s.attentions.append(out.detach())))
-            last = stream.vit.blocks[-1]
-            handles.append(last.norm1.register_forward_hook(_gradient_leaf))
-            handles.append(last.attn.attn_drop.register_forward_hook(_keep_last(stream)))
+            handles.append(attentions[-1].register_forward_pre_hook(_gradient_leaf))
+            handles.append(attentions[-1].attn_drop.register_forward_hook(_keep_last(stream)))
         yield
     finally:
         for handle in handles:
@@ -133,8 +136,17 @@ def recording(streams: Sequence[Stream]) -> Iterator[None]:
             attn.fused_attn = value
 
 
-def _gradient_leaf(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.detach().requires_grad_(True)
+def attention_of(block: nn.Module) -> nn.Module:
+    """The timm attention module of a block (also inside a method's wrapper, e.g. MoRA's)."""
+    for module in block.modules():
+        if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
+            return module
+    raise ConfigError(f"explain needs timm attention layers; found none in a {type(block).__name__}")
+
+
+def _gradient_leaf(_module: nn.Module, inputs: tuple) -> tuple:
+    """The attention's input as a leaf that requires gradients."""
+    return (inputs[0].detach().requires_grad_(True), *inputs[1:])
 
 
 def _keep_last(stream: Stream):
@@ -171,9 +183,8 @@ def pooled_row(stream: Stream, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def grad_cam(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM ``[B, T, T]`` of an attention map ``[B, heads, T, T]`` and its gradient."""
-    weights = gradient.mean((2, 3), keepdim=True)
-    return torch.relu((weights * attention).sum(1))
+    """Gradient-weighted attention ``[B, T, T]`` (>= 0) of an attention map ``[B, heads, T, T]``."""
+    return torch.relu(gradient * attention).mean(1)
 
 
 @dataclass
@@ -205,14 +216,14 @@ def explain_batch(
     for stream in streams:
         if stream.last is None or stream.last.grad is None:
             raise ConfigError("Grad-CAM found no gradient at the last block (does the head read the ViT?)")
-        flow = pooled_row(stream, rollout(stream.attentions))
-        cam = pooled_row(stream, grad_cam(stream.last.detach(), stream.last.grad))
+        flow = pooled_row(stream, rollout(stream.attentions)).cpu()
+        cam = pooled_row(stream, grad_cam(stream.last.detach(), stream.last.grad)).cpu()
         for span in stream.spans:
             for i, sample in enumerate(maps):
                 sample.rollout[span.modality] = flow[i, span.start : span.stop].reshape(span.grid).numpy()
                 sample.grad_cam[span.modality] = cam[i, span.start : span.stop].reshape(span.grid).numpy()
-    scores = to_scores(task, logits.detach()).numpy()
-    return scores, chosen.numpy(), maps
+    scores = to_scores(task, logits.detach()).cpu().numpy()
+    return scores, chosen.cpu().numpy(), maps
 
 
 @dataclass
@@ -221,13 +232,15 @@ class Explanation:
 
     sample: str
     labels: list[str]
+    task: str
     scores: list[float]
     target: str
     overlays: dict[str, str]
 
     @property
     def prediction(self) -> str:
-        return self.labels[int(np.argmax(self.scores))]
+        """The predicted class, or the ``|``-joined labels above 0.5 (as ``medpeft predict``)."""
+        return Predictions([self.sample], self.labels, [self.scores], self.task).decision(self.scores)
 
     def describe(self) -> str:
         top = max(self.scores)
@@ -270,13 +283,16 @@ def explain_files(
     for record, (inputs, _) in zip(records, records_loader(config, records, batch_size=1)):
         scores, chosen, maps = explain_batch(model, to_device(inputs, device), config.task, index)
         overlays = {}
+        present = dict(zip(config.modalities, inputs["present"][0].tolist()))
         for modality, image in inputs["images"].items():
+            if not present[modality]:
+                continue  # a missing modality: nothing of the sample to show
             path = folder / f"{_stem(record.id)}_{modality}.png"
             title = f"{modality}: {config.labels[chosen[0]]} ({scores[0, chosen[0]]:.3f})"
             plot_overlay(_display(image[0], config), maps[0], modality, title, path)
             overlays[modality] = str(path)
         explanations.append(Explanation(
-            record.id, list(config.labels), scores[0].tolist(), config.labels[chosen[0]], overlays
+            record.id, list(config.labels), config.task, scores[0].tolist(), config.labels[chosen[0]], overlays
         ))
     atomic_write_text(folder / JSON_NAME, json.dumps([e.to_dict() for e in explanations], indent=2))
     return explanations
@@ -306,7 +322,7 @@ def _records(config: AdapterConfig, files: Sequence[str]) -> list[Record]:
     for path in values.values():
         if not Path(path[0]).is_file():
             raise DataError(f"{path[0]}: no such image file")
-    return [Record("+".join(Path(p[0]).name for p in values.values()), values, UNKNOWN_TARGET)]
+    return [Record("+".join(Path(p[0]).stem for p in values.values()), values, UNKNOWN_TARGET)]
 
 
 def _stem(sample: str) -> str:

@@ -132,6 +132,8 @@ class LoRALinear(WrappedLinear):
         # One matmul with the dense B over the full output, added in place (no scatter,
         # no delta-sized temporary: the output is read and written once).
         hidden = self.scaled_hidden(x, name).to(out.dtype)
+        if torch.compiler.is_compiling():  # dynamo cannot trace the in-place add after a graph break
+            return out + F.linear(hidden, self.dense_B(name).to(out.dtype))
         flat = out.view(-1, self.out_features)
         flat.addmm_(hidden.reshape(-1, hidden.shape[-1]), self.dense_B(name).to(out.dtype).T)
         return out

@@ -17,7 +17,7 @@ from PIL import Image
 
 from medpeft.adapters.config import AdapterConfig
 from medpeft.bank.errors import BadInput, WrongModality
-from medpeft.data.imageio import load_image
+from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.errors import DataError
 from medpeft.runs.data import image_transforms
 
@@ -47,11 +47,11 @@ def image_suffix(data: bytes) -> str | None:
     return None
 
 
-def read_image(modality: str, source: Input) -> Image.Image:
+def read_image(modality: str, source: Input, options: ReadOptions | None = None) -> Image.Image:
     """Decode one input; BadInput naming ``modality`` when it is not a readable image."""
     try:
         if not isinstance(source, bytes):
-            return load_image(source)
+            return load_image(source, options=options)
         suffix = image_suffix(source)
         if suffix is None:
             raise DataError(
@@ -61,7 +61,7 @@ def read_image(modality: str, source: Input) -> Image.Image:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"input{suffix}"
             path.write_bytes(source)
-            return load_image(path)
+            return load_image(path, options=options)
     except DataError as error:
         raise BadInput(f"modality {modality!r}: {error}") from error
 
@@ -72,6 +72,7 @@ class Preprocessor:
     def __init__(self, task: str, config: AdapterConfig) -> None:
         self.task = task
         self.kinds = dict(config.modalities)
+        self.read_options = ReadOptions(**config.inputs.get("read", {}))
         combine = config.inputs.get("combine") or {}
         self.transforms: dict[str, Transform] = image_transforms(
             self.kinds, combine, config.preprocessing, augment=False
@@ -89,4 +90,4 @@ class Preprocessor:
         text = [m for m in inputs if m not in self.transforms]
         if text:
             raise WrongModality(f"task {self.task!r}: modalities {text} are text, not image files")
-        return {m: self.transforms[m](read_image(m, source)) for m, source in inputs.items()}
+        return {m: self.transforms[m](read_image(m, source, self.read_options)) for m, source in inputs.items()}

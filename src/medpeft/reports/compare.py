@@ -46,4 +46,4 @@ def _interval(data: dict | None) -> html.Raw | str:
     if not data:
         return "-"
     low, high = html.number(data["low"], 2), html.number(data["high"], 2)
-    return html.Raw(f'{html.number(data["value"])} <span class="note">[{low}, {high}]</span>')
+    return html.Raw(f'{html.number(data["value"])}<br><span class="note">[{low}, {high}]</span>')

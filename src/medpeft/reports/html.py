@@ -16,7 +16,7 @@ h1 { font-size: 1.6em; margin: 0 0 4px; }
 h2 { font-size: 1.2em; margin: 28px 0 10px; border-bottom: 2px solid #d0d7de; padding-bottom: 4px; }
 p.lead { color: #57606a; margin: 0 0 12px; }
 section { background: white; border-radius: 8px; padding: 14px 18px; margin: 14px 0;
-          box-shadow: 0 1px 3px rgba(0, 0, 0, 0.08); }
+          box-shadow: 0 1px 3px rgba(0, 0, 0, 0.08); overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e1e4e8; text-align: right; white-space: nowrap; }
 .row { display: flex; flex-wrap: wrap; gap: 14px; }
@@ -27,8 +27,8 @@ th:first-child, td:first-child { text-align: left; }
 .figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .figures figure { flex: 1 1 420px; max-width: 560px; }
 figure { margin: 0; }
-figure img { width: 100%; max-width: 1000px; height: auto; border: 1px solid #e1e4e8;
-             border-radius: 4px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e1e4e8; border-radius: 4px; }
+.figures figure img { width: 100%; }
 figcaption { font-size: 0.85em; color: #57606a; margin-top: 4px; max-width: 560px; }
 .note { font-size: 0.88em; color: #57606a; }
 pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.85em; }

@@ -97,11 +97,20 @@ def read_run(run_dir: str | Path, progress: bool = False) -> RunFacts:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as floats (empty if the file is missing)."""
+    """The numeric cells of each ``metrics.csv`` row (empty if the file is missing)."""
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    return [{k: float(v) for k, v in row.items() if _is_number(v)} for row in rows]
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass
@@ -202,7 +211,8 @@ def _figure_sections(plots: dict[str, Path], cal) -> list[str]:
         plots["pr"], "Precision-recall curve per class (average precision in brackets); dotted: "
         "the class's prevalence."), "</div>"))
     out.append(html.section("Errors and calibration", '<div class="figures">', html.figure(
-        plots["confusion"], "Counts at the operating point; colour: share of the true class."),
+        plots["confusion"], "Counts at the operating point; colour: share of the true class "
+        "(multiclass) or of all samples (one table per label, multilabel)."),
         html.figure(plots["calibration"], f"Reliability of the {cal.what} in 10 bins; ECE "
                     f"{cal.ece:.3f} (mean |observed - predicted| weighted by bin size)."), "</div>"))
     return out

@@ -106,7 +106,7 @@ def _confusion_matrix(scores: SplitScores, predicted: np.ndarray, path: str | Pa
     ax.set_yticks(range(size), labels)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
     for (i, j), count in np.ndenumerate(counts):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=10 if size <= 6 else 7,
                 color="white" if shares[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, label="share of the true class", fraction=0.046)
     return save_png(fig, path)
@@ -114,20 +114,22 @@ def _confusion_matrix(scores: SplitScores, predicted: np.ndarray, path: str | Pa
 
 def _label_tables(scores: SplitScores, decisions: np.ndarray, path: str | Path) -> Path:
     labels = scores.labels
-    columns = min(4, len(labels))
+    columns = min(3, len(labels))
     rows = -(-len(labels) // columns)
-    fig = new_figure(2.4 * columns, 2.2 * rows)
+    fig = new_figure(1.6 + 1.9 * columns, 0.4 + 1.9 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax, c in zip(axes, range(len(labels))):
         truth, called = scores.truth[:, c], decisions[:, c]
         table = np.array([[np.sum(truth & called), np.sum(truth & (1 - called))],
                           [np.sum((1 - truth) & called), np.sum((1 - truth) & (1 - called))]])
-        ax.imshow(table / max(table.sum(), 1), cmap="Blues", vmin=0, vmax=1)
+        share = table / max(table.sum(), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for (i, j), count in np.ndenumerate(table):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9)
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=11,
+                    color="white" if share[i, j] > 0.5 else "black")
         ax.set_xticks([0, 1], ["called", "not"])
         ax.set_yticks([0, 1], ["present", "absent"])
-        ax.set_title(labels[c], fontsize=9)
+        ax.set_title(labels[c], fontsize=10)
     for ax in axes[len(labels):]:
         ax.axis("off")
     return save_png(fig, path)

@@ -222,6 +222,8 @@ def bootstrap(
     metrics: Headline, num_samples: int, resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Interval]:
     """Point estimates and ``level`` percentile intervals from seeded bootstrap resamples."""
+    if resamples < 1:
+        raise ConfigError(f"--resamples: expected a number of bootstrap resamples >= 1, got {resamples}")
     point = {name: float(v[0]) for name, v in metrics(np.ones((1, num_samples))).items()}
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_CELLS // max(num_samples, 1))

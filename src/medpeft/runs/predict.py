@@ -30,6 +30,7 @@ from medpeft.data.csvfile import check_columns, read_csv_rows
 from medpeft.data.dataset import Dataset
 from medpeft.data.loader import build_loader
 from medpeft.data.records import Record
+from medpeft.data.imageio import ReadOptions
 from medpeft.data.sources.csv import read_inputs
 from medpeft.errors import ConfigError, DataError, did_you_mean
 from medpeft.runs.data import image_transforms, make_collate
@@ -150,7 +151,8 @@ def records_loader(config: AdapterConfig, records: list[Record], batch_size: int
     combine = inputs.get("combine") or {}
     transforms = image_transforms(kinds, combine, config.preprocessing, augment=False)
     dataset = Dataset(
-        records, tuple(kinds), kinds, transforms, None, inputs.get("missing_image", "ones"), combine
+        records, tuple(kinds), kinds, transforms, None, inputs.get("missing_image", "ones"), combine,
+        read_options=ReadOptions(**inputs.get("read", {})),
     )
     collate = make_collate(kinds, inputs.get("tokenizer", ""), inputs.get("max_text_len") or 40)
     return build_loader(dataset, batch_size, train=False, collate_fn=collate)

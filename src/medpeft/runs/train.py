@@ -140,7 +140,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     own.root.mkdir(parents=True, exist_ok=True)
     save_config(config, own.config)
     source = load_source(config, own)
-    for line in describe_source(source):
+    for line in describe_source(source) if distributed.is_main() else ():
         (log.warning if line.startswith("warning") else log.info)(line)
     check_monitor(config.train.monitor, source.task, source.labels)
     if config.data.check_images != "none" and config.train.on_bad_sample == "stop":
