@@ -132,3 +132,22 @@ def test_preprocess_errors_name_the_modality(shared_bank):
         bank.preprocess("tb", {"text": b"..."})
     with pytest.raises(BadInput, match="needs an input for modality 'image'"):
         bank.predict(["tb"], [{}])
+
+
+def test_preprocess_reads_files_with_the_options_training_recorded(bank_dir, tmp_path):
+    """An adapter trained with ``data.window`` is served with the same window, not the default scaling."""
+    import dataclasses
+
+    from medpeft.adapters.io import read_config
+    from medpeft.bank.inputs import Preprocessor
+
+    ramp = np.linspace(-1000.0, 1000.0, 32 * 32, dtype=np.float32).reshape(32, 32)
+    np.save(tmp_path / "ct.npy", ramp)
+    config = read_config(bank_dir / "tb")
+    windowed = dataclasses.replace(config, inputs={**config.inputs, "read": {"window": [0.0, 200.0]}})
+    default = Preprocessor("tb", config)({"image": tmp_path / "ct.npy"})["image"]
+    narrow = Preprocessor("tb", windowed)({"image": tmp_path / "ct.npy"})["image"]
+    # A 200-wide window saturates most of the +-1000 ramp; min-max scaling does not.
+    saturated = (narrow == narrow.max()).float().mean() + (narrow == narrow.min()).float().mean()
+    assert saturated > 0.8
+    assert not torch.allclose(default, narrow)

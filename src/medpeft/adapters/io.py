@@ -38,7 +38,7 @@ from medpeft.adapters.config import (
     write_adapter_config,
 )
 from medpeft.adapters.heads import HEADS_DICT, TaskHeads, head_of
-from medpeft.adapters.inject import adapter_names, set_active_adapter
+from medpeft.adapters.inject import adapter_names, delete_adapter, set_active_adapter
 from medpeft.adapters.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
 from medpeft.backbones.timm_vit import HEAD_NAME, build_vit
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
@@ -295,7 +295,7 @@ def add_adapter_weights(
         _add_head(model, name, head_weight.shape[0])
         copy_weights(adapter_parameters(model, name, method), state, source)
     except (ConfigError, WeightsError):
-        _discard_adapter(model, name)
+        delete_adapter(model, name)
         raise
     set_active_adapter(model, name)
 
@@ -309,16 +309,6 @@ def _add_head(model: nn.Module, name: str, outputs: int) -> None:
         setattr(model, HEAD_NAME, heads)
     ref = next(iter(heads.heads.values())).weight
     heads.heads[name] = nn.Linear(ref.shape[1], outputs, device=ref.device, dtype=ref.dtype)
-
-
-def _discard_adapter(model: nn.Module, name: str) -> None:
-    """Undo a partly added adapter that was never made the default."""
-    for module in model.modules():
-        if hasattr(module, "delete_adapter") and name in getattr(module, "adapter_names", ()):
-            module.delete_adapter(name)
-    heads = model.get_submodule(HEAD_NAME)
-    if isinstance(heads, TaskHeads) and name in heads.heads:
-        del heads.heads[name]
 
 
 def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) -> None:

@@ -28,9 +28,9 @@ from medpeft.adapters.io import load_adapter
 from medpeft.bank import AdapterBank, TaskInfo
 from medpeft.data.csvfile import check_columns, read_csv_rows
 from medpeft.data.dataset import Dataset
+from medpeft.data.imageio import ReadOptions
 from medpeft.data.loader import build_loader
 from medpeft.data.records import Record
-from medpeft.data.imageio import ReadOptions
 from medpeft.data.sources.csv import read_inputs
 from medpeft.errors import ConfigError, DataError, did_you_mean
 from medpeft.runs.data import image_transforms, make_collate
