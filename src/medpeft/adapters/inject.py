@@ -10,7 +10,7 @@ Target names:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -71,14 +71,21 @@ def find_linears(
             found[name] = [(p * dim, (p + 1) * dim) for p in qkv_parts]
             for t in targets:
                 hits[t] += t in QKV_PARTS
+    check_hits(hits, "LoRA targets", model, blocks, "q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1")
+    return found
+
+
+def check_hits(
+    hits: Mapping[str, int], what: str, model: nn.Module, blocks: Sequence[int] | None, hint: str
+) -> None:
+    """Raise ConfigError naming the targets that matched no Linear (``hits[target] == 0``)."""
     missing = [t for t, n in hits.items() if n == 0]
     if missing:
         raise ConfigError(
-            f"LoRA targets {missing} match no Linear in {type(model).__name__}"
-            + (f" within blocks {blocks}" if blocks is not None else "")
-            + "; use q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1"
+            f"{what} {missing} match no Linear in {type(model).__name__}"
+            + (f" within blocks {list(blocks)}" if blocks is not None else "")
+            + f"; use {hint}"
         )
-    return found
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

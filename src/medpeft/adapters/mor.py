@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.adapters.inject import candidate_linears, has_suffix, replace_module
+from medpeft.adapters.inject import candidate_linears, check_hits, has_suffix, replace_module
 from medpeft.adapters.wrapped import WrappedLinear
 from medpeft.errors import ConfigError
 from medpeft.routing import current
@@ -229,13 +229,7 @@ def add_mor(
             if has_suffix(name, target):
                 found[name] = module
                 hits[target] += 1
-    missing = [t for t, n in hits.items() if n == 0]
-    if missing:
-        raise ConfigError(
-            f"mor.targets {missing} match no Linear in {type(model).__name__}"
-            + (f" within blocks {blocks}" if blocks is not None else "")
-            + "; use Linear name suffixes such as mlp.fc1, mlp.fc2, attn.proj"
-        )
+    check_hits(hits, "mor.targets", model, blocks, "Linear name suffixes such as mlp.fc1, mlp.fc2, attn.proj")
     for name, module in found.items():
         if isinstance(module, MoRLinear) and adapter_name in module.mor_A:
             raise ConfigError(f"{name} already has a MoR adapter named {adapter_name!r}")
