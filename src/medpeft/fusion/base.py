@@ -1,4 +1,4 @@
-"""What every fusion model does around its forward: check the mask, enter the batch's routing."""
+"""What every fusion model does around its forward: read its images, check the mask, enter the routing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ from torch import nn
 from medpeft.adapters.inject import check_routed
 from medpeft.errors import DataError
 from medpeft.routing import route
+
+
+def modality_images(model: nn.Module, batch: Mapping | torch.Tensor) -> torch.Tensor:
+    """The images ``[B, 3, H, W]`` or ``[B, K, 3, H, W]`` of ``model``'s one modality.
+
+    ``batch`` is the batch dict or a plain image tensor. Raises DataError if the
+    modality is absent or the tensor has another shape.
+    """
+    modality = model.modalities[0]
+    images = batch.get("images", {}).get(modality) if isinstance(batch, Mapping) else batch
+    if images is None:
+        raise DataError(f"batch has no images for modality {modality!r}")
+    if images.dim() not in (4, 5):
+        raise DataError(
+            f"modality {modality!r}: expected [B, 3, H, W] or [B, K, 3, H, W] images, got "
+            f"{tuple(images.shape)}"
+        )
+    return images
 
 
 @contextmanager
