@@ -23,12 +23,14 @@ from torch import nn
 
 from medpeft.adapters.inject import freeze_except
 from medpeft.backbones.timm_vit import build_vit
+from medpeft.backbones.base import describe
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.fusion.late import LateFusion
+from medpeft.fusion.pooled import PooledClassifier
 from medpeft.fusion.single import as_single_stream
-from medpeft.methods import get_method
+from medpeft.methods import Method, get_method
 
 KINDS = ("timm", "vilt")
 DEFAULT_BACKBONES = {"timm": "vit_base_patch16_224", "vilt": "dandelin/vilt-b32-mlm"}
@@ -105,11 +107,28 @@ def build_model(
         weights: Local backbone checkpoint (file, or a ViLT folder); wins over ``pretrained``.
         adapter_name: Key of the adapter's weights in the model.
     """
-    method = get_method(spec.method)
     model = _fusion_model(spec, pretrained, weights)
-    method.attach(model, spec.settings, adapter_name)
-    freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
+    attach_method(model, get_method(spec.method), spec.settings, adapter_name)
     return model
+
+
+def attach_method(model: nn.Module, method: Method, settings: Any, adapter_name: str = "default") -> None:
+    """Attach ``method``'s adapter to a fusion model and freeze all it does not train."""
+    method.attach(model, settings, adapter_name)
+    freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
+
+
+def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image") -> nn.Module:
+    """The one-modality fusion model around a native backbone module, with a new head.
+
+    A timm ViT-like model stays itself (:func:`~medpeft.fusion.single.as_single_stream`,
+    its classifier reset to ``num_classes``); any other family goes under
+    :class:`~medpeft.fusion.pooled.PooledClassifier`.
+    """
+    if describe(backbone).family == "timm_vit":
+        backbone.reset_classifier(num_classes)
+        return as_single_stream(backbone, modality)
+    return PooledClassifier(backbone, num_classes, modality)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:
