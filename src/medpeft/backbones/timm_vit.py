@@ -198,7 +198,7 @@ def _kind(model: nn.Module) -> str:
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into a timm model, ignoring its classifier head.
+    """Load a local checkpoint into a timm model, ignoring its classifier.
 
     The checkpoint filter of the model's timm module converts original layouts
     (DINOv2, CLIP, DeiT, EVA, Swin, ConvNeXt) and interpolates position embeddings
@@ -210,19 +210,28 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         state = filter_fn(state, model) if filter_fn is not None else state
     except Exception as error:
         raise WeightsError(f"{path} does not fit {type(model).__name__}: {error}") from error
-    state = {k: v for k, v in state.items() if not k.startswith(HEAD_NAME + ".")}
+    classifier = classifier_prefixes(model)
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
         details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
         raise WeightsError(f"{path}: tensor shapes do not match the model: {details}")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(HEAD_NAME + ".")]
+    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
     if missing or result.unexpected_keys:
         raise WeightsError(
             f"{path} does not match the backbone: missing {missing[:5]}, "
             f"unexpected {result.unexpected_keys[:5]} (is it a checkpoint of this architecture?)"
         )
+
+
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the classifier Linears (``head.``, ``head_dist.``; ``head.fc.`` where
+    the head also holds a norm of the backbone, as in ConvNeXt)."""
+    found = model.get_classifier()
+    linears = found if isinstance(found, tuple) else (found,)
+    return tuple(f"{name}." for name, module in model.named_modules() if any(module is c for c in linears))
 
 
 def data_config(model: nn.Module) -> dict:
