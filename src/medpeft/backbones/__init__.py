@@ -1,9 +1,12 @@
-"""Backbones: timm ViTs (and ViLT for image + text), encoders only, and their weights.
+"""Backbones: timm models (and ViLT for image + text), encoders only, and their weights.
 
-ViLT lives in :mod:`medpeft.backbones.vilt` (``build_vilt``, ``build_tokenizer``),
-not re-exported here so that timm-only installs do not need transformers.
+Importing this package registers the timm backbone families (``timm_vit``,
+``timm_hier``). ViLT lives in :mod:`medpeft.backbones.vilt` (``build_vilt``,
+``build_tokenizer``), not re-exported here so that timm-only installs do not need
+transformers.
 """
 
+from medpeft.backbones import timm_hier  # noqa: F401  (registers the timm_hier family)
 from medpeft.backbones.timm_vit import build_vit, data_config, load_backbone_weights
 from medpeft.backbones.weights import read_state_dict
 

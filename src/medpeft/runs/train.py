@@ -18,7 +18,7 @@ from torch import nn
 
 from medpeft.adapters.inject import ParameterCount, count_parameters
 from medpeft.adapters.io import HUB, save_adapter
-from medpeft.backbones.timm_vit import check_vit, patch_multiple
+from medpeft.backbones.timm_vit import check_backbone, patch_multiple
 from medpeft.config import RunConfig, save_config
 from medpeft.data.imageio import ReadOptions
 from medpeft.data.records import Source
@@ -127,7 +127,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         )
     layout = RunLayout.at(config.output_dir)
     if config.model.kind == "timm":
-        check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
+        check_backbone(config.model.backbone or DEFAULT_BACKBONES["timm"], **config.model.kwargs)
         config = with_patch_multiple(config)
     if resume:
         check_resume(config, layout)
