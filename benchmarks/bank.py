@@ -40,9 +40,9 @@ import timm
 import torch
 
 from medpeft.adapters.formats import export_peft
-from medpeft.adapters.inject import set_active_adapter
 from medpeft.adapters.io import save_adapter
 from medpeft.bank import AdapterBank
+from medpeft.methods.layers import set_active_adapter
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 

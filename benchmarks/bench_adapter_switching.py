@@ -29,8 +29,8 @@ import timm
 import torch
 
 from medpeft.adapters.formats import export_peft
-from medpeft.adapters.inject import set_active_adapter
 from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.methods.layers import set_active_adapter
 from medpeft.model import ModelSpec, build_model
 
 NUM_CLASSES = 4

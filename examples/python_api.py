@@ -44,12 +44,6 @@ from torch import nn
 
 import medpeft  # noqa: F401  (import before timm/torchvision, see docs/CONTRIBUTING-INTERFACES.md)
 from medpeft.adapters.config import Preprocessing
-from medpeft.adapters.inject import (
-    adapter_names,
-    count_adapter_parameters,
-    count_parameters,
-    set_active_adapter,
-)
 from medpeft.adapters.io import default_preprocessing, load_adapter, save_adapter
 from medpeft.backbones import build_vit
 from medpeft.data import (
@@ -67,6 +61,8 @@ from medpeft.data import (
     synthetic_source,
 )
 from medpeft.methods import LoraSettings, MoraSettings
+from medpeft.methods.layers import adapter_names, count_parameters, set_active_adapter
+from medpeft.methods.lora.attach import count_adapter_parameters
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 from medpeft.runs.data import image_transforms

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from medpeft.adapters.heads import TaskHeads
-from medpeft.adapters.inject import adapter_names, lora_layers, set_active_adapter
 from medpeft.adapters.io import load_adapter
 from medpeft.errors import ConfigError
+from medpeft.methods.layers import adapter_names, set_active_adapter
+from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"

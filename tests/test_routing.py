@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from medpeft.adapters.inject import adapter_names, set_active_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods import LoraSettings, MoraSettings
+from medpeft.methods.layers import adapter_names, set_active_adapter
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import current, route
 

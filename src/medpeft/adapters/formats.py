@@ -27,14 +27,14 @@ from torch import nn
 
 from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.adapters.heads import head_of
-from medpeft.adapters.inject import lora_layers
 from medpeft.adapters.io import adapter_parameters, add_adapter_weights, save_adapter
-from medpeft.adapters.lora import LoRALinear
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.timm_vit import HEAD_NAME
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.methods import LoraSettings, get_method
+from medpeft.methods.lora.attach import lora_layers
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.model import ModelSpec, build_model
 
 _NAME_RANK_ALPHA = re.compile(r"_lora_(\d+)_(\d+(?:\.\d+)?)\.safetensors$")

@@ -38,12 +38,12 @@ from medpeft.adapters.config import (
     write_adapter_config,
 )
 from medpeft.adapters.heads import HEADS_DICT, TaskHeads, head_of
-from medpeft.adapters.inject import adapter_names, delete_adapter, set_active_adapter
 from medpeft.adapters.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
 from medpeft.backbones.timm_vit import HEAD_NAME, build_vit
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.methods import Method, get_method
+from medpeft.methods.layers import adapter_names, delete_adapter, set_active_adapter
 from medpeft.model import ModelSpec, build_model
 
 HUB = "hub"  # backbone_weights value: pretrained weights from the hub

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import check_routed
 from medpeft.errors import DataError
+from medpeft.methods.layers import check_routed
 from medpeft.routing import route
 
 

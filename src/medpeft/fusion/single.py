@@ -17,9 +17,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import check_routed
 from medpeft.errors import DataError
 from medpeft.fusion.base import routed
+from medpeft.methods.layers import check_routed
 
 
 class SingleStream:

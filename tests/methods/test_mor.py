@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from medpeft.adapters.io import load_adapter, save_adapter
-from medpeft.adapters.mor import MoRLinear, count_mor_parameters, mor_layers
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import ConfigError
 from medpeft.methods import MorSettings
+from medpeft.methods.mor.attach import count_mor_parameters, mor_layers
+from medpeft.methods.mor.layer import MoRLinear
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 

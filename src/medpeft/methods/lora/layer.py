@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.adapters.wrapped import WrappedLinear
+from medpeft.methods.wrapped import WrappedLinear
 from medpeft.routing import current
 
 Segment = tuple[int, int]

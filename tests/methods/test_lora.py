@@ -8,19 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import (
-    adapter_names,
+from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.errors import ConfigError
+from medpeft.methods.layers import adapter_names, count_parameters, set_active_adapter
+from medpeft.methods.lora.attach import (
     add_lora,
     count_adapter_parameters,
-    count_parameters,
     lora_layers,
     merge_lora,
-    set_active_adapter,
     unmerge_lora,
 )
-from medpeft.adapters.io import load_adapter, save_adapter
-from medpeft.adapters.lora import LoRALinear
-from medpeft.errors import ConfigError
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.model import ModelSpec, build_model
 
 

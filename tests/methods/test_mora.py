@@ -10,11 +10,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ViltConfig, ViltModel
 
-from medpeft.adapters.inject import count_parameters, set_active_adapter
-from medpeft.adapters.lora import LoRALinear
-from medpeft.adapters.mora import MoRABlockBranch, MoRALinear, count_mora_parameters, mora_layers
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.methods import MoraSettings
+from medpeft.methods.layers import count_parameters, set_active_adapter
+from medpeft.methods.lora.layer import LoRALinear
+from medpeft.methods.mora.attach import count_mora_parameters, mora_layers
+from medpeft.methods.mora.layer import MoRABlockBranch, MoRALinear
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import current, route
 
