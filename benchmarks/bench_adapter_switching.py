@@ -28,8 +28,8 @@ import peft
 import timm
 import torch
 
-from medpeft.adapters.formats import export_peft
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
+from medpeft.adapters_io.peft import export_peft
 from medpeft.methods.layers import set_active_adapter
 from medpeft.model import ModelSpec, build_model
 

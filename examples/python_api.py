@@ -43,8 +43,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import medpeft  # noqa: F401  (import before timm/torchvision, see docs/CONTRIBUTING-INTERFACES.md)
-from medpeft.adapters.config import Preprocessing
-from medpeft.adapters.io import default_preprocessing, load_adapter, save_adapter
+from medpeft.adapters_io.config import Preprocessing
+from medpeft.adapters_io.folder import default_preprocessing, load_adapter, save_adapter
 from medpeft.backbones import build_vit
 from medpeft.data import (
     SPLITS,

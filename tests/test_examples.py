@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpeft.adapters.heads import TaskHeads
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.errors import ConfigError
+from medpeft.heads import TaskHeads
 from medpeft.methods.layers import adapter_names, set_active_adapter
 from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route

@@ -27,7 +27,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 @pytest.fixture
 def two_tasks(tmp_path):
     """``(model, {task: single-task model})``: two LoRA tasks (different ranks and targets)."""
-    from medpeft.adapters.io import load_adapter, save_adapter
+    from medpeft.adapters_io.folder import load_adapter, save_adapter
 
     singles = {}
     settings = {"tb": LoraSettings(rank=4), "cells": LoraSettings(("q", "v", "mlp.fc1"), rank=2)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.adapters.io import default_preprocessing
+from medpeft.adapters_io.folder import default_preprocessing
 from medpeft.backbones.timm_vit import build_vit, patch_multiple
 from medpeft.data.transforms import CLIP_MEAN, CLIP_STD
 from medpeft.fusion.intervention import EarlyIntervention

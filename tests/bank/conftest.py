@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.bank import AdapterBank
 from medpeft.methods import LoraSettings
 from medpeft.model import ModelSpec, build_model

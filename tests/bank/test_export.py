@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from medpeft.adapters.export import MERGED_CONFIG, export_merged, export_onnx
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.export import MERGED_CONFIG, export_merged, export_onnx
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.cli import main
 from medpeft.errors import ConfigError
 from medpeft.methods.lora.layer import LoRALinear

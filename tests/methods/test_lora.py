@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods.layers import adapter_names, count_parameters, set_active_adapter
 from medpeft.methods.lora.attach import (

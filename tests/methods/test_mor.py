@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import ConfigError

@@ -24,7 +24,7 @@ from torch import nn
 from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
-HEAD_NAME = "head"
+_HEAD_PREFIX = "head."  # timm's classifier: the task's own, never read from a backbone checkpoint
 
 
 def build_vit(
@@ -110,14 +110,14 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         state = filter_fn(state, model)
     except Exception as error:
         raise WeightsError(f"{path} does not fit {type(model).__name__}: {error}") from error
-    state = {k: v for k, v in state.items() if not k.startswith(HEAD_NAME + ".")}
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
         details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
         raise WeightsError(f"{path}: tensor shapes do not match the model: {details}")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(HEAD_NAME + ".")]
+    missing = [k for k in result.missing_keys if not k.startswith(_HEAD_PREFIX)]
     if missing or result.unexpected_keys:
         raise WeightsError(
             f"{path} does not match the backbone: missing {missing[:5]}, "

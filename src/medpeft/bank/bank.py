@@ -29,8 +29,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
-from medpeft.adapters.io import HUB, add_adapter_weights, build_adapter_model, recorded_backbone
+from medpeft.adapters_io.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
+from medpeft.adapters_io.folder import (
+    HUB,
+    add_adapter_weights,
+    build_adapter_model,
+    recorded_backbone,
+)
 from medpeft.backbones.weights import read_state_dict
 from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor

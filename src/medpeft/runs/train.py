@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.io import HUB, save_adapter
+from medpeft.adapters_io.folder import HUB, save_adapter
 from medpeft.backbones.timm_vit import check_vit, patch_multiple
 from medpeft.config import RunConfig, save_config
 from medpeft.data.imageio import ReadOptions

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from medpeft.backbones.timm_vit import HEAD_NAME
 from medpeft.errors import ConfigError
 from medpeft.routing import current
 
+HEAD_NAME = "head"  # the classifier attribute of every model (timm's name)
 HEADS_DICT = "heads"  # TaskHeads' ModuleDict: parameters are head.heads.<adapter>.*
 
 

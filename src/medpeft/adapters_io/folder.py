@@ -5,7 +5,7 @@ the fusion's new parameters; every weight for ``full``). Keys never contain the
 adapter name (``blocks.0.attn.qkv.lora_A``, ``head.weight``), so a saved adapter
 loads under any name. medpeft 0.1 folders load too: format-1 configs, and the
 multimodal runs' ``trainable.safetensors`` + ``model_spec.json``
-(:mod:`medpeft.adapters.legacy`).
+(:mod:`medpeft.adapters_io.legacy`).
 
 Many adapters on one frozen backbone: :func:`load_adapter` with ``model=...``
 adds a keyed adapter (LoRA, MoRA) under a new name and turns ``model.head`` into a
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import (
+from medpeft.adapters_io.config import (
     WEIGHTS_NAME,
     AdapterConfig,
     Preprocessing,
@@ -37,11 +37,11 @@ from medpeft.adapters.config import (
     read_adapter_config,
     write_adapter_config,
 )
-from medpeft.adapters.heads import HEADS_DICT, TaskHeads, head_of
-from medpeft.adapters.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
-from medpeft.backbones.timm_vit import HEAD_NAME, build_vit
+from medpeft.adapters_io.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
 from medpeft.methods.layers import adapter_names, delete_adapter, set_active_adapter
 from medpeft.model import ModelSpec, build_model

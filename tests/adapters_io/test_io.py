@@ -12,12 +12,13 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
-from medpeft.adapters.formats import export_peft, import_lora_vit
-from medpeft.adapters.heads import TaskHeads
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+from medpeft.adapters_io.folder import load_adapter, save_adapter
+from medpeft.adapters_io.lora_vit import import_lora_vit
+from medpeft.adapters_io.peft import export_peft
 from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.heads import TaskHeads
 from medpeft.methods.layers import adapter_names, set_active_adapter
 from medpeft.model import ModelSpec, build_model
 
