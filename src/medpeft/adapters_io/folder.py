@@ -10,7 +10,7 @@ multimodal runs' ``trainable.safetensors`` + ``model_spec.json``
 Many adapters on one frozen backbone: :func:`load_adapter` with ``model=...``
 adds a keyed adapter (LoRA, MoRA) under a new name and turns ``model.head`` into a
 :class:`TaskHeads`; a call picks its task through :func:`medpeft.routing.route`
-(or the default set by ``set_active_adapter``). Typical use::
+(a call that routes none gets the first adapter loaded). Typical use::
 
     model, cfg = load_adapter("adapters/tb", weights="vit_b16.safetensors")
     load_adapter("adapters/blood", model)   # same backbone, second task
@@ -43,7 +43,7 @@ from medpeft.backbones.weights import copy_weights, read_state_dict, write_state
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
-from medpeft.methods.layers import adapter_names, delete_adapter, set_active_adapter
+from medpeft.methods.layers import adapter_names, delete_adapter
 from medpeft.model import ModelSpec, build_model
 
 HUB = "hub"  # backbone_weights value: pretrained weights from the hub
@@ -185,7 +185,8 @@ def load_adapter(
             meaningless; tests and demos only).
 
     Returns:
-        The model, with this adapter as its default, and the adapter's config.
+        The model and the adapter's config. A call serves the adapter it routes
+        (:func:`medpeft.routing.route`), else the model's first adapter.
     """
     folder = config_path(path).parent
     config, state, source = _read(folder)
@@ -281,7 +282,8 @@ def add_adapter_weights(
     state: Mapping[str, torch.Tensor],
     source: str | Path,
 ) -> None:
-    """Add adapter ``name`` with its own head, fill it from ``state`` and make it the default.
+    """Add adapter ``name`` with its own head, fill it from ``state`` (the model's first adapter stays
+    the default of calls that route none).
 
     On any error the model is left as it was.
     """
@@ -297,7 +299,6 @@ def add_adapter_weights(
     except (ConfigError, WeightsError):
         delete_adapter(model, name)
         raise
-    set_active_adapter(model, name)
 
 
 def _add_head(model: nn.Module, name: str, outputs: int) -> None:
@@ -305,7 +306,7 @@ def _add_head(model: nn.Module, name: str, outputs: int) -> None:
     heads = model.get_submodule(HEAD_NAME)
     if not isinstance(heads, TaskHeads):
         owner = next((a for a in adapter_names(model) if a != name), "base")
-        heads = TaskHeads({owner: heads}, owner)
+        heads = TaskHeads({owner: heads})
         setattr(model, HEAD_NAME, heads)
     ref = next(iter(heads.heads.values())).weight
     heads.heads[name] = nn.Linear(ref.shape[1], outputs, device=ref.device, dtype=ref.dtype)

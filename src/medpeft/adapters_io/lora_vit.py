@@ -57,7 +57,8 @@ def import_lora_vit(
         pretrained: Fetch hub weights when building from a spec.
 
     Returns:
-        The model with this adapter active; the head bias is zero (not stored).
+        The model holding this adapter (given a model: routed by name with
+        :func:`medpeft.routing.route`); the head bias is zero (not stored).
     """
     path = Path(path)
     state = read_state_dict(path)

@@ -20,6 +20,7 @@ from torch import nn
 from medpeft.errors import DataError
 from medpeft.fusion.base import routed
 from medpeft.methods.layers import check_routed
+from medpeft.routing import route
 
 
 class SingleStream:
@@ -30,8 +31,8 @@ class SingleStream:
 
     def forward(self, batch: Mapping | torch.Tensor) -> torch.Tensor:
         if not isinstance(batch, Mapping):
-            check_routed(self)
-            return super().forward(batch)
+            with route(adapters=check_routed(self)):
+                return super().forward(batch)
         modality = self.modalities[0]
         images = batch.get("images", {}).get(modality)
         if images is None:

@@ -1,8 +1,9 @@
 """Bookkeeping shared by every method whose layers hold adapters keyed by name.
 
-A keyed layer (LoRA, MoRA, MoR) has ``adapter_names`` and ``delete_adapter(name)``;
-these helpers walk a model's keyed layers, check a call's routing
-(:mod:`medpeft.routing`) against them, freeze what does not train and count parameters.
+A keyed layer (LoRA, MoRA, MoR) has ``adapter_names`` and ``delete_adapter(name)``; a
+call is served by the adapter it routes (:func:`medpeft.routing.route`), else by the
+model's first adapter (:func:`check_routed`; a layer on its own: the first added to it). These helpers walk a model's keyed layers, check a
+call's routing against them, freeze what does not train and count parameters.
 """
 
 from __future__ import annotations
@@ -13,29 +14,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from medpeft.errors import ConfigError
-from medpeft.routing import current
+from medpeft.routing import Adapters, current
 
 
 def keyed_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers that hold named adapters (LoRA, MoRA: ``adapter_names`` + ``active_adapter``)."""
-    return [m for m in model.modules() if hasattr(m, "adapter_names") and hasattr(m, "active_adapter")]
-
-
-def set_active_adapter(model: nn.Module, name: str | None) -> None:
-    """Make adapter ``name`` every layer's default (``None``: base model only).
-
-    The default serves calls that do not route an adapter (:mod:`medpeft.routing`).
-    A per-task head (:class:`medpeft.adapters.heads.TaskHeads`) switches as well.
-    """
-    layers = keyed_layers(model)  # one walk over the modules
-    holds = [name is not None and name in layer.adapter_names for layer in layers]
-    if name is not None and not any(holds):
-        raise KeyError(f"no adapter named {name!r}; known: {adapter_names(model)}")
-    head = getattr(model, "head", None)
-    if name is not None and hasattr(head, "activate"):
-        head.activate(name)
-    for layer, held in zip(layers, holds):
-        layer.active_adapter = name if held else None
+    """Layers that hold named adapters (LoRA, MoRA, MoR: ``adapter_names`` + ``delete_adapter``)."""
+    return [m for m in model.modules() if hasattr(m, "adapter_names") and hasattr(m, "delete_adapter")]
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -54,23 +38,26 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     heads = getattr(model, "head", None)
     if hasattr(heads, "heads") and name in heads.heads:
         del heads.heads[name]
-        if heads.active == name:
-            heads.active = next(iter(heads.heads))
 
 
-def check_routed(model: nn.Module) -> None:
-    """Raise ConfigError if the call in progress routes to adapters ``model`` does not hold.
+def check_routed(model: nn.Module) -> Adapters:
+    """The adapters ``model`` serves the call in progress with: the routed ones, else its
+    first adapter (None when it holds none). Models enter this routing in their forward,
+    so every layer and the head serve one task even where that task adds no layer.
 
-    Layers without the routed adapter run their base weights (an adapter need not
-    cover every layer), so a misspelt task name must be caught at the model.
+    Raises:
+        ConfigError: the call routes to adapters ``model`` does not hold. Layers without
+            the routed adapter run their base weights (an adapter need not cover every
+            layer), so a misspelt task name must be caught at the model.
     """
     routed = current().adapters
-    if routed is None:
-        return
     known = adapter_names(model)
+    if routed is None:
+        return known[0] if known else None
     unknown = sorted(({routed} if isinstance(routed, str) else set(routed)) - set(known))
     if unknown:
         raise ConfigError(f"no adapter named {unknown}; the model has {known}")
+    return routed
 
 
 def freeze_except(model: nn.Module, trainable: Callable[[str], bool]) -> None:

@@ -89,7 +89,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module, name: str | None = None) -> None:
-    """Fold adapter ``name`` (default: each layer's active one) into the base weights."""
+    """Fold adapter ``name`` (default: each layer's first) into the base weights."""
     for layer in lora_layers(model).values():
         layer.merge(name)
 

@@ -68,7 +68,6 @@ class MoRLinear(WrappedLinear):
         self.ranks: dict[str, tuple[int, ...]] = {}
         self.scaling: dict[str, float] = {}
         self.modalities: dict[str, tuple[str, ...]] = {}  # adapters with per-modality experts
-        self.active_adapter: str | None = None
         self._expert_of_column: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -114,8 +113,6 @@ class MoRLinear(WrappedLinear):
         self.mor_router_bias[name] = nn.Parameter(router_b)
         self.ranks[name] = ranks
         self.scaling[name] = float(scale)
-        if self.active_adapter is None:
-            self.active_adapter = name
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``."""
@@ -124,8 +121,6 @@ class MoRLinear(WrappedLinear):
         del self.ranks[name], self.scaling[name]
         self.modalities.pop(name, None)
         self._expert_of_column = {k: v for k, v in self._expert_of_column.items() if k[0] != name}
-        if self.active_adapter == name:
-            self.active_adapter = next(iter(self.mor_A.keys()), None)
 
     def routing_weights(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Softmax router output per token, ``(..., K+1)``; column 0 is the bypass."""
@@ -180,7 +175,7 @@ class MoRLinear(WrappedLinear):
                 "MoR serves one adapter per batch; got per-sample adapters "
                 f"{sorted(set(routing.adapters))}: split the batch by adapter"
             )
-        name = routing.batch_adapter() or self.active_adapter
+        name = routing.adapter_for(self.mor_A)
         if name not in self.mor_A:
             return out
         return out + self.delta(x, name).to(out.dtype)
@@ -192,4 +187,4 @@ class MoRLinear(WrappedLinear):
 
     def extra_repr(self) -> str:
         adapters = {n: self.ranks[n] for n in self.mor_A}
-        return f"adapters={adapters}, active={self.active_adapter!r}"
+        return f"adapters={adapters}"

@@ -52,7 +52,6 @@ class ModalityDelta(nn.Module):
         self.mora_A = nn.ParameterDict()
         self.mora_B = nn.ParameterDict()
         self.modalities: dict[str, tuple[str, ...]] = {}
-        self.active_adapter: str | None = None
 
     def add_adapter(self, name: str, modalities: Sequence[str], rank: int = 4) -> None:
         """Add a fresh adapter: ``A ~ normal(std=1/r)``, every ``B_m`` zero."""
@@ -66,21 +65,17 @@ class ModalityDelta(nn.Module):
         shape = (len(modalities), self.out_features, rank)
         self.mora_B[name] = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
         self.modalities[name] = tuple(modalities)
-        if self.active_adapter is None:
-            self.active_adapter = name
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``."""
         del self.mora_A[name], self.mora_B[name], self.modalities[name]
-        if self.active_adapter == name:
-            self.active_adapter = next(iter(self.mora_A.keys()), None)
 
     def _routed(self, x: torch.Tensor) -> tuple[str | None, torch.Tensor]:
         """The adapter and presence mask ``Bool[B, M]`` of the call in progress."""
         routing = current()
         if routing.is_mixed():
             raise ValueError("MoRA serves one adapter per batch; got per-sample adapters")
-        name = routing.batch_adapter() or self.active_adapter
+        name = routing.adapter_for(self.mora_A)
         if name not in self.mora_A:
             return None, routing.presence
         present = routing.presence
@@ -124,7 +119,7 @@ class ModalityDelta(nn.Module):
 
     def extra_repr(self) -> str:
         adapters = {n: (self.rank(n), self.modalities[n]) for n in self.mora_A}
-        return f"adapters={adapters}, active={self.active_adapter!r}"
+        return f"adapters={adapters}"
 
 
 class MoRALinear(ModalityDelta):
