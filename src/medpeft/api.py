@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medpeft.adapters.config import HUB
-from medpeft.adapters.io import adapter_parameters, read_adapter_folder, read_config, save_adapter
-from medpeft.adapters.io import load_adapter as load_adapter_folder
+from medpeft.adapters_io.folder import HUB, adapter_parameters, read_adapter_folder, read_config, save_adapter
+from medpeft.adapters_io.folder import load_adapter as load_adapter_folder
 from medpeft.backbones.base import describe
 from medpeft.backbones.weights import copy_weights
 from medpeft.errors import ConfigError

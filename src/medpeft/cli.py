@@ -110,9 +110,9 @@ def _named_adapters(values: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from medpeft.adapters.export import export_merged, export_onnx
-    from medpeft.adapters.formats import export_peft
-    from medpeft.adapters.io import load_adapter, read_config
+    from medpeft.adapters_io.export import export_merged, export_onnx
+    from medpeft.adapters_io.folder import load_adapter, read_config
+    from medpeft.adapters_io.peft import export_peft
 
     if not (args.output or args.merged or args.onnx):
         raise MedpeftError("export: give --output (PEFT), --merged DIR and/or --onnx FILE")
@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from medpeft.adapters.formats import convert_lora_vit
+    from medpeft.adapters_io.lora_vit import convert_lora_vit
 
     folder = convert_lora_vit(
         args.file, args.backbone, args.output, args.img_size, args.labels, args.weights

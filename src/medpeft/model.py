@@ -21,7 +21,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import freeze_except
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.base import describe
 from medpeft.errors import ConfigError
@@ -31,6 +30,7 @@ from medpeft.fusion.late import LateFusion
 from medpeft.fusion.pooled import PooledClassifier
 from medpeft.fusion.single import as_single_stream
 from medpeft.methods import Method, get_method
+from medpeft.methods.layers import freeze_except
 
 KINDS = ("timm", "vilt")
 DEFAULT_BACKBONES = {"timm": "vit_base_patch16_224", "vilt": "dandelin/vilt-b32-mlm"}

@@ -138,7 +138,7 @@ def test_preprocess_reads_files_with_the_options_training_recorded(bank_dir, tmp
     """An adapter trained with ``data.window`` is served with the same window, not the default scaling."""
     import dataclasses
 
-    from medpeft.adapters.io import read_config
+    from medpeft.adapters_io.folder import read_config
     from medpeft.bank.inputs import Preprocessor
 
     ramp = np.linspace(-1000.0, 1000.0, 32 * 32, dtype=np.float32).reshape(32, 32)

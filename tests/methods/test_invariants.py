@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import ViltConfig
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods import LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names
 from medpeft.model import ModelSpec, build_model

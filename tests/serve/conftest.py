@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.adapters.conftest import _tiny_vit
 from tests.bank.conftest import TASKS, write_task
+from tests.methods.conftest import _tiny_vit
 
 TOKEN = "s3cret-token"
 STARTUP_S = 120  # imports alone take seconds on a busy 2-core machine

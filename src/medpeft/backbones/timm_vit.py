@@ -43,7 +43,6 @@ from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, fam
 from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
-HEAD_NAME = "head"
 HUB_PREFIX = "hf-hub:"
 
 LAYER_NAMES: dict[str, dict[str, Callable[..., nn.Module]]] = {

@@ -6,7 +6,7 @@ loaded onto the shared backbone when first used and kept in a bounded LRU cache
 (by count and by bytes); when the backbone is on a GPU, evicted adapters stay in
 CPU memory (the CPU tier) and come back without reading the disk. A batch may
 mix tasks: each sample names its own, all LoRA updates are computed together
-(:meth:`medpeft.adapters.lora.LoRALinear.add_mixed_delta`) and each sample is
+(:meth:`medpeft.methods.lora.layer.LoRALinear.add_mixed_delta`) and each sample is
 classified by its task's head. Nothing is copied to switch tasks: the call's
 routing (:mod:`medpeft.routing`) picks each sample's adapter.
 
@@ -29,15 +29,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
-from medpeft.adapters.inject import delete_adapter, lora_layers
-from medpeft.adapters.io import HUB, add_adapter_weights, build_adapter_model, recorded_backbone
+from medpeft.adapters_io.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
+from medpeft.adapters_io.folder import (
+    HUB,
+    add_adapter_weights,
+    build_adapter_model,
+    recorded_backbone,
+)
 from medpeft.backbones.weights import read_state_dict
 from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
 from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_bytes
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 from medpeft.methods import get_method
+from medpeft.methods.layers import delete_adapter
+from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route
 
 MIXABLE_METHODS = ("lora",)  # methods whose layers take one adapter per sample

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from medpeft.adapters.config import AdapterConfig
+from medpeft.adapters_io.config import AdapterConfig
 from medpeft.bank.errors import BadInput, WrongModality
 from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.errors import DataError

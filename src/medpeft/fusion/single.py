@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import check_routed
 from medpeft.backbones.base import Backbone, describe
 from medpeft.fusion.base import modality_images, routed
+from medpeft.methods.layers import check_routed
+from medpeft.routing import route
 
 
 class SingleStream:
@@ -30,8 +31,8 @@ class SingleStream:
 
     def forward(self, batch: Mapping | torch.Tensor) -> torch.Tensor:
         if not isinstance(batch, Mapping):
-            check_routed(self)
-            return super().forward(batch)
+            with route(adapters=check_routed(self)):
+                return super().forward(batch)
         images = modality_images(self, batch)
         with routed(self, batch):
             if images.dim() == 4:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import read_config
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import read_config
 from medpeft.atomic import atomic_write_text
 from medpeft.errors import ConfigError
 from medpeft.reports import html

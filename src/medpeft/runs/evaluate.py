@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.atomic import atomic_write_text
 from medpeft.config import RunConfig, load_config
 from medpeft.data.missing import MissingTable

@@ -23,8 +23,8 @@ from typing import TextIO
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.bank import AdapterBank, TaskInfo
 from medpeft.data.csvfile import check_columns, read_csv_rows
 from medpeft.data.dataset import Dataset

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import ParameterCount, count_parameters
-from medpeft.adapters.io import HUB, save_adapter
+from medpeft.adapters_io.folder import HUB, save_adapter
 from medpeft.backbones.timm_vit import check_backbone, patch_multiple
 from medpeft.config import RunConfig, save_config
 from medpeft.data.imageio import ReadOptions
@@ -25,6 +24,7 @@ from medpeft.data.records import Source
 from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
+from medpeft.methods.layers import ParameterCount, count_parameters
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runs.data import describe_source, load_source, run_data, save_tables, split_tables

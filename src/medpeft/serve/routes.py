@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from medpeft.adapters.config import CONFIG_NAME
+from medpeft.adapters_io.config import CONFIG_NAME
 from medpeft.bank import AdapterBank, TaskInfo, UnknownTask
 from medpeft.bank.tasks import check_task_name
 from medpeft.serve.batcher import MicroBatcher

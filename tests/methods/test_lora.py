@@ -8,20 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import (
-    adapter_names,
+from medpeft.adapters_io.folder import load_adapter, save_adapter
+from medpeft.errors import ConfigError
+from medpeft.methods.layers import adapter_names, check_routed, count_parameters, delete_adapter
+from medpeft.methods.lora.attach import (
     add_lora,
     count_adapter_parameters,
-    count_parameters,
     lora_layers,
     merge_lora,
-    set_active_adapter,
     unmerge_lora,
 )
-from medpeft.adapters.io import load_adapter, save_adapter
-from medpeft.adapters.lora import LoRALinear
-from medpeft.errors import ConfigError
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.model import ModelSpec, build_model
+from medpeft.routing import route
 
 
 def reference_qv(x, linear, a_q, b_q, a_v, b_v, scale):
@@ -202,14 +201,17 @@ def test_multiple_adapters_switch(tiny_vit, randomize_lora, images) -> None:
     with torch.no_grad():
         outputs = {}
         for name, scale in [("tb", 1.0), ("cells", 2.0), ("tb", 1.0)]:
-            set_active_adapter(model, name)
-            a, b = layer.lora_A[name], layer.lora_B[name]
-            expected = reference_qv(x, layer.base, a[0], b[0], a[1], b[1], scale)
-            torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-            outputs.setdefault(name, model(images))
-            assert torch.equal(model(images), outputs[name])
-        set_active_adapter(model, None)
+            with route(adapters=name):
+                a, b = layer.lora_A[name], layer.lora_B[name]
+                expected = reference_qv(x, layer.base, a[0], b[0], a[1], b[1], scale)
+                torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+                outputs.setdefault(name, model(images))
+                assert torch.equal(model(images), outputs[name])
+        assert torch.equal(model(images), outputs["tb"])  # unrouted: the first adapter added
+        delete_adapter(model, "tb")
+        assert torch.equal(model(images), outputs["cells"])  # now the first
+        delete_adapter(model, "cells")
         assert torch.equal(model(images), plain(images))
     assert not torch.allclose(outputs["tb"], outputs["cells"])
-    with pytest.raises(KeyError, match="derm"):
-        set_active_adapter(model, "derm")
+    with route(adapters="derm"), pytest.raises(ConfigError, match="derm"):
+        check_routed(model)

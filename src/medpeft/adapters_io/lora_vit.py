@@ -1,4 +1,4 @@
-"""Foreign adapter formats: import LoRA-ViT/MeLo files, export Hugging Face PEFT LoRA.
+"""Import LoRA-ViT/MeLo adapter files.
 
 LoRA-ViT (the public MeLo code, arXiv 2311.08236) stores one safetensors file:
 ``w_a_{i:03d}`` ``(r, dim)`` and ``w_b_{i:03d}`` ``(dim, r)`` where even
@@ -7,33 +7,22 @@ LoRA-ViT (the public MeLo code, arXiv 2311.08236) stores one safetensors file:
 alpha from the file name: ``..._lora_{r}_{alpha}.safetensors``, or the public
 multi-adapter names split on ``_`` (field 0 the backbone, ``base`` = timm
 ``vit_base_patch16_224``; fields 3, 4, 5 rank, alpha and class count), else alpha = r.
-
-PEFT sees a q+v adapter as one rank-2r LoRA on the fused ``qkv``: ``lora_A`` is
-``[A_q; A_v]`` and ``lora_B`` holds ``B_q`` in the q rows / first r columns and
-``B_v`` in the v rows / last r columns, zeros elsewhere; ``lora_alpha = 2r * scale``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
-from medpeft.adapters.heads import head_of
-from medpeft.adapters.inject import lora_layers
-from medpeft.adapters.io import adapter_parameters, add_adapter_weights, save_adapter
-from medpeft.adapters.lora import LoRALinear
-from medpeft.atomic import atomic_write_text
-from medpeft.backbones.timm_vit import HEAD_NAME
-from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
+from medpeft.adapters_io.folder import adapter_parameters, add_adapter_weights, save_adapter
+from medpeft.backbones.weights import copy_weights, read_state_dict
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.heads import HEAD_NAME
 from medpeft.methods import LoraSettings, get_method
 from medpeft.model import ModelSpec, build_model
 
@@ -47,7 +36,6 @@ NAME_BACKBONES = {
     "huge": "vit_huge_patch14_224",
 }
 _HEAD_KEY = re.compile(r"fc_(\d+)in_(\d+)out")
-_PEFT_PREFIX = "base_model.model."
 
 
 def import_lora_vit(
@@ -69,7 +57,8 @@ def import_lora_vit(
         pretrained: Fetch hub weights when building from a spec.
 
     Returns:
-        The model with this adapter active; the head bias is zero (not stored).
+        The model holding this adapter (given a model: routed by name with
+        :func:`medpeft.routing.route`); the head bias is zero (not stored).
     """
     path = Path(path)
     state = read_state_dict(path)
@@ -213,77 +202,3 @@ def _checked(
     if tuple(tensor.shape) != shape:
         raise WeightsError(f"{path}: tensor {key} has shape {tuple(tensor.shape)}, not {shape}")
     return tensor
-
-
-def export_peft(model: nn.Module, out_dir: str | Path, adapter_name: str = "default") -> Path:
-    """Write adapter ``adapter_name`` in Hugging Face PEFT's LoRA format.
-
-    The folder loads with ``peft.PeftModel.from_pretrained(timm_model, out_dir)``
-    on a timm model with the same backbone weights and head size.
-    """
-    layers = {n: layer for n, layer in lora_layers(model).items() if adapter_name in layer.lora_A}
-    if not layers:
-        raise ConfigError(f"model has no LoRA adapter named {adapter_name!r}")
-    tensors: dict[str, torch.Tensor] = {}
-    ranks, alphas = {}, {}
-    for name, layer in layers.items():
-        a, b = peft_pair(layer, adapter_name)
-        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = a
-        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = b
-        ranks[name] = a.shape[0]
-        alphas[name] = a.shape[0] * layer.scaling[adapter_name]
-    for key, value in head_of(model, adapter_name).state_dict().items():
-        tensors[f"{_PEFT_PREFIX}{HEAD_NAME}.{key}"] = value
-    dropout = getattr(next(iter(layers.values())).lora_dropout[adapter_name], "p", 0.0)
-    config = _peft_config(model, ranks, alphas, dropout)
-    out_dir = Path(out_dir)
-    write_state_dict(out_dir / WEIGHTS_NAME, tensors)
-    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    return out_dir
-
-
-def peft_pair(layer: LoRALinear, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One adapter of a layer as a plain LoRA pair: ``A (S*r, in)``, ``B (out, S*r)``.
-
-    Segment ``s`` of B lands in its output rows and in columns ``[s*r:(s+1)*r]``.
-    """
-    a = layer.lora_A[adapter_name].detach().cpu()
-    return a.flatten(0, 1).contiguous(), layer.dense_B(adapter_name).detach().cpu().contiguous()
-
-
-def _peft_config(
-    model: nn.Module, ranks: dict[str, int], alphas: dict[str, float], dropout: float
-) -> dict[str, object]:
-    """PEFT ``LoraConfig`` fields; per-layer ranks/alphas that differ go to the patterns."""
-    rank = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas.values()).most_common(1)[0][0]
-    return {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": getattr(model, "pretrained_cfg", {}).get("architecture"),
-        "r": rank,
-        "lora_alpha": alpha,
-        "lora_dropout": dropout,
-        "target_modules": _peft_targets(model, list(ranks)),
-        "modules_to_save": [HEAD_NAME],
-        "rank_pattern": {re.escape(n): r for n, r in ranks.items() if r != rank},
-        "alpha_pattern": {re.escape(n): a for n, a in alphas.items() if a != alpha},
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "use_rslora": False,
-        "use_dora": False,
-    }
-
-
-def _peft_targets(model: nn.Module, names: list[str]) -> list[str]:
-    """Short leaf names (``qkv``) when PEFT would match exactly ``names``, else full names."""
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-    wrapped = [n + "." for n in lora_layers(model)]
-    matched = {
-        n
-        for n, _ in model.named_modules()
-        if n.rsplit(".", 1)[-1] in leaves and not any(n.startswith(w) for w in wrapped)
-    }
-    return leaves if matched == set(names) else sorted(names)

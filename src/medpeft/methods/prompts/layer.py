@@ -95,21 +95,3 @@ def split_key_value(prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention placement: first half of the tokens are keys, second half values."""
     half = prompts.shape[1] // 2
     return prompts[:, :half], prompts[:, half:]
-
-
-def add_missing_aware_prompts(
-    model: nn.Module, placement: str = "input", num_layers: int = 6, length: int = 16
-) -> MissingAwarePrompts:
-    """Attach prompts as ``model.prompts`` to a backbone that inserts them (ViltClassifier)."""
-    if not hasattr(model, "prompts"):
-        raise ConfigError(
-            f"{type(model).__name__} does not support missing-aware prompts; method 'prompts' "
-            "needs model kind 'vilt' (image + text)"
-        )
-    depth = len(model.blocks)
-    if num_layers > depth:
-        raise ConfigError(f"{num_layers} prompt layers exceed the model's {depth} blocks")
-    ref = next(model.parameters())
-    prompts = MissingAwarePrompts(len(model.modalities), model.dim, num_layers, length, placement)
-    model.prompts = prompts.to(device=ref.device, dtype=ref.dtype)
-    return model.prompts

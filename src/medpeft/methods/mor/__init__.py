@@ -6,9 +6,9 @@ Defaults: ``mlp.fc1`` and ``mlp.fc2`` of every block, three LoRA experts of rank
     w = softmax(R x + c)    (K+1 columns; column 0 = bypass, dropped)
     y = W x + b + sum_k w_k * 2 * B_k A_k x
 
-The layer is :class:`medpeft.adapters.mor.MoRLinear`. Not mergeable: the update
-depends on the input through the router. ViT-B: 122,888 parameters per block,
-1,474,656 per backbone.
+The layer is :class:`medpeft.methods.mor.layer.MoRLinear`, attached by
+:mod:`medpeft.methods.mor.attach`. Not mergeable: the update depends on the input
+through the router. ViT-B: 122,888 parameters per block, 1,474,656 per backbone.
 
 ``per_modality: true`` gives several image modalities in one token stream
 (``model.fusion: auto``) MoRA-style routing: shared down-projections and router,
@@ -17,43 +17,12 @@ one set of up-projections per modality, summed over the modalities each sample h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 from torch import nn
 
-from medpeft.adapters.mor import DEFAULT_RANKS, add_mor
 from medpeft.errors import ConfigError
-from medpeft.methods.base import Method, check_blocks, is_int, require
-
-
-@dataclass
-class MorSettings:
-    """MoR hyper-parameters (EI defaults: mlp.fc1 + mlp.fc2 of all blocks, ranks 2/4/8)."""
-
-    targets: Sequence[str] = ("mlp.fc1", "mlp.fc2")
-    ranks: Sequence[int] = DEFAULT_RANKS
-    blocks: Sequence[int] | None = None
-    per_modality: bool = False
-
-    def __post_init__(self) -> None:
-        ok = isinstance(self.targets, Sequence) and not isinstance(self.targets, str)
-        require(ok, "mor.targets", "a list of Linear name suffixes", self.targets)
-        self.targets = tuple(self.targets)
-        ok = bool(self.targets) and all(isinstance(t, str) and t for t in self.targets)
-        require(ok, "mor.targets", "at least one non-empty Linear name suffix", self.targets)
-        ok = isinstance(self.ranks, Sequence) and not isinstance(self.ranks, str)
-        require(ok, "mor.ranks", "a list of expert ranks", self.ranks)
-        self.ranks = tuple(self.ranks)
-        ok = bool(self.ranks) and all(is_int(r) and r >= 1 for r in self.ranks)
-        require(ok, "mor.ranks", "a non-empty list of integers >= 1", self.ranks)
-        ok = self.blocks is None or (
-            isinstance(self.blocks, Sequence) and not isinstance(self.blocks, str)
-        )
-        require(ok, "mor.blocks", "null (all blocks) or a list of block indices >= 0", self.blocks)
-        self.blocks = None if self.blocks is None else tuple(self.blocks)
-        check_blocks("mor.blocks", self.blocks)
-        require(isinstance(self.per_modality, bool), "mor.per_modality", "true or false", self.per_modality)
+from medpeft.methods.base import Method
+from medpeft.methods.mor.attach import add_mor
+from medpeft.methods.mor.settings import MorSettings
 
 
 class MoR(Method):
@@ -81,3 +50,6 @@ def per_modality(model: nn.Module) -> tuple[str, ...]:
             f"{type(model).__name__} has {list(modalities)}"
         )
     return modalities
+
+
+__all__ = ["MoR", "MorSettings"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medpeft.adapters.formats import NameFields, lora_vit_settings, name_fields
+from medpeft.adapters_io.lora_vit import NameFields, lora_vit_settings, name_fields
 from medpeft.errors import WeightsError
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import ViltConfig
 
-from medpeft.adapters.prompts import MissingAwarePrompts, presence_patterns
 from medpeft.errors import ConfigError
 from medpeft.methods import PromptSettings
+from medpeft.methods.prompts.layer import MissingAwarePrompts, presence_patterns
 from medpeft.model import ModelSpec, build_model
 
 MIXED = [[1, 1], [1, 0], [0, 1], [1, 1]]

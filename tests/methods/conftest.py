@@ -1,4 +1,4 @@
-"""Tiny ViT fixtures shared by the adapter tests (dim 32, depth 2, 32 px)."""
+"""Tiny ViT fixtures shared by the method and adapter-file tests (dim 32, depth 2, 32 px)."""
 
 from __future__ import annotations
 

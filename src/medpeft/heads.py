@@ -2,9 +2,8 @@
 
 When a second adapter joins a model, ``model.head`` becomes a :class:`TaskHeads`
 keyed by adapter name. The head of a call is the routed adapter's
-(:mod:`medpeft.routing`), else the default set by
-:func:`medpeft.adapters.inject.set_active_adapter`, so LoRA layers and head
-always switch together.
+(:mod:`medpeft.routing`), else the first head added, the same rule as the adapter
+layers', so layers and head always switch together.
 """
 
 from __future__ import annotations
@@ -14,36 +13,29 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from medpeft.backbones.timm_vit import HEAD_NAME
 from medpeft.errors import ConfigError
 from medpeft.routing import current
 
+HEAD_NAME = "head"  # the classifier attribute of every model (timm's name)
 HEADS_DICT = "heads"  # TaskHeads' ModuleDict: parameters are head.heads.<adapter>.*
 
 
 class TaskHeads(nn.Module):
-    """One classification head per adapter name; the active one classifies.
+    """One classification head per adapter name; the routed one (else the first) classifies.
 
     Replaces ``model.head`` once a second adapter joins a model. Parameter names
     stay under ``head.`` (``head.heads.<name>.weight``), so heads keep training.
     """
 
-    def __init__(self, heads: Mapping[str, nn.Module], active: str) -> None:
+    def __init__(self, heads: Mapping[str, nn.Module]) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(dict(heads))
-        self.active = active
-
-    def activate(self, name: str) -> None:
-        """Classify with the head of adapter ``name``."""
-        if name not in self.heads:
-            raise KeyError(f"no head for adapter {name!r}; known: {list(self.heads)}")
-        self.active = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = current()
         if routing.is_mixed():
             return self.mixed_forward(x, routing.adapters)
-        name = routing.batch_adapter() or self.active
+        name = routing.adapter_for(self.heads)
         if name not in self.heads:
             raise KeyError(f"no head for adapter {name!r}; known: {list(self.heads)}")
         return self.heads[name](x)

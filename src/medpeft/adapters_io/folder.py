@@ -5,12 +5,12 @@ the fusion's new parameters; every weight for ``full``). Keys never contain the
 adapter name (``blocks.0.attn.qkv.lora_A``, ``head.weight``), so a saved adapter
 loads under any name. medpeft 0.1 folders load too: format-1 configs, and the
 multimodal runs' ``trainable.safetensors`` + ``model_spec.json``
-(:mod:`medpeft.adapters.legacy`).
+(:mod:`medpeft.adapters_io.legacy`).
 
 Many adapters on one frozen backbone: :func:`load_adapter` with ``model=...``
 adds a keyed adapter (LoRA, MoRA) under a new name and turns ``model.head`` into a
 :class:`TaskHeads`; a call picks its task through :func:`medpeft.routing.route`
-(or the default set by ``set_active_adapter``). Typical use::
+(a call that routes none gets the first adapter loaded). Typical use::
 
     model, cfg = load_adapter("adapters/tb", weights="vit_b16.safetensors")
     load_adapter("adapters/blood", model)   # same backbone, second task
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import (
+from medpeft.adapters_io.config import (
     WEIGHTS_NAME,
     AdapterConfig,
     Preprocessing,
@@ -37,13 +37,13 @@ from medpeft.adapters.config import (
     read_adapter_config,
     write_adapter_config,
 )
-from medpeft.adapters.heads import HEADS_DICT, TaskHeads, head_of
-from medpeft.adapters.inject import adapter_names, delete_adapter, set_active_adapter
-from medpeft.adapters.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
-from medpeft.backbones.timm_vit import HEAD_NAME, build_vit
+from medpeft.adapters_io.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
+from medpeft.methods.layers import adapter_names, delete_adapter
 from medpeft.model import ModelSpec, build_model
 
 HUB = "hub"  # backbone_weights value: pretrained weights from the hub
@@ -185,7 +185,8 @@ def load_adapter(
             meaningless; tests and demos only).
 
     Returns:
-        The model, with this adapter as its default, and the adapter's config.
+        The model and the adapter's config. A call serves the adapter it routes
+        (:func:`medpeft.routing.route`), else the model's first adapter.
     """
     folder = config_path(path).parent
     config, state, source = _read(folder)
@@ -281,7 +282,8 @@ def add_adapter_weights(
     state: Mapping[str, torch.Tensor],
     source: str | Path,
 ) -> None:
-    """Add adapter ``name`` with its own head, fill it from ``state`` and make it the default.
+    """Add adapter ``name`` with its own head, fill it from ``state`` (the model's first adapter stays
+    the default of calls that route none).
 
     On any error the model is left as it was.
     """
@@ -297,7 +299,6 @@ def add_adapter_weights(
     except (ConfigError, WeightsError):
         delete_adapter(model, name)
         raise
-    set_active_adapter(model, name)
 
 
 def _add_head(model: nn.Module, name: str, outputs: int) -> None:
@@ -305,7 +306,7 @@ def _add_head(model: nn.Module, name: str, outputs: int) -> None:
     heads = model.get_submodule(HEAD_NAME)
     if not isinstance(heads, TaskHeads):
         owner = next((a for a in adapter_names(model) if a != name), "base")
-        heads = TaskHeads({owner: heads}, owner)
+        heads = TaskHeads({owner: heads})
         setattr(model, HEAD_NAME, heads)
     ref = next(iter(heads.heads.values())).weight
     heads.heads[name] = nn.Linear(ref.shape[1], outputs, device=ref.device, dtype=ref.dtype)

@@ -39,15 +39,13 @@ every modality). In one token stream every token of a sample gets the same sum.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.adapters.inject import candidate_linears, check_hits, has_suffix, replace_module
-from medpeft.adapters.wrapped import WrappedLinear
-from medpeft.errors import ConfigError
+from medpeft.methods.wrapped import WrappedLinear
 from medpeft.routing import current
 
 DEFAULT_RANKS = (2, 4, 8)
@@ -70,7 +68,6 @@ class MoRLinear(WrappedLinear):
         self.ranks: dict[str, tuple[int, ...]] = {}
         self.scaling: dict[str, float] = {}
         self.modalities: dict[str, tuple[str, ...]] = {}  # adapters with per-modality experts
-        self.active_adapter: str | None = None
         self._expert_of_column: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -116,8 +113,6 @@ class MoRLinear(WrappedLinear):
         self.mor_router_bias[name] = nn.Parameter(router_b)
         self.ranks[name] = ranks
         self.scaling[name] = float(scale)
-        if self.active_adapter is None:
-            self.active_adapter = name
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``."""
@@ -126,8 +121,6 @@ class MoRLinear(WrappedLinear):
         del self.ranks[name], self.scaling[name]
         self.modalities.pop(name, None)
         self._expert_of_column = {k: v for k, v in self._expert_of_column.items() if k[0] != name}
-        if self.active_adapter == name:
-            self.active_adapter = next(iter(self.mor_A.keys()), None)
 
     def routing_weights(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Softmax router output per token, ``(..., K+1)``; column 0 is the bypass."""
@@ -182,7 +175,7 @@ class MoRLinear(WrappedLinear):
                 "MoR serves one adapter per batch; got per-sample adapters "
                 f"{sorted(set(routing.adapters))}: split the batch by adapter"
             )
-        name = routing.batch_adapter() or self.active_adapter
+        name = routing.adapter_for(self.mor_A)
         if name not in self.mor_A:
             return out
         return out + self.delta(x, name).to(out.dtype)
@@ -194,57 +187,4 @@ class MoRLinear(WrappedLinear):
 
     def extra_repr(self) -> str:
         adapters = {n: self.ranks[n] for n in self.mor_A}
-        return f"adapters={adapters}, active={self.active_adapter!r}"
-
-
-def mor_layers(model: nn.Module) -> dict[str, MoRLinear]:
-    """All MoR-wrapped layers of a model by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, MoRLinear)}
-
-
-def add_mor(
-    model: nn.Module,
-    targets: Sequence[str] = ("mlp.fc1", "mlp.fc2"),
-    ranks: Sequence[int] = DEFAULT_RANKS,
-    blocks: Iterable[int] | None = None,
-    adapter_name: str = "default",
-    scale: float = DEFAULT_SCALE,
-    modalities: Sequence[str] | None = None,
-) -> list[str]:
-    """Add a MoR adapter called ``adapter_name`` to every target Linear; return their names.
-
-    ``modalities``: per-modality up-projections (see the module docstring).
-
-    Linears already wrapped keep their wrapper and get one more named adapter.
-
-    Raises:
-        ConfigError: if a target matches no Linear (within ``blocks``) or a matched
-            layer already holds ``adapter_name``; the model is then left unchanged.
-    """
-    blocks = None if blocks is None else sorted(set(blocks))
-    found: dict[str, nn.Module] = {}
-    hits = dict.fromkeys(targets, 0)
-    for name, module in candidate_linears(model, MoRLinear, blocks):
-        for target in targets:
-            if has_suffix(name, target):
-                found[name] = module
-                hits[target] += 1
-    check_hits(hits, "mor.targets", model, blocks, "Linear name suffixes such as mlp.fc1, mlp.fc2, attn.proj")
-    for name, module in found.items():
-        if isinstance(module, MoRLinear) and adapter_name in module.mor_A:
-            raise ConfigError(f"{name} already has a MoR adapter named {adapter_name!r}")
-    for name, module in found.items():
-        if not isinstance(module, MoRLinear):
-            module = MoRLinear(module)
-            replace_module(model, name, module)
-        module.add_adapter(adapter_name, ranks, scale, modalities)
-    return list(found)
-
-
-def count_mor_parameters(model: nn.Module, adapter_name: str = "default") -> int:
-    """MoR parameters of one adapter (ViT-B, fc1 + fc2 of 12 blocks, ranks 2/4/8: 1,474,656)."""
-    return sum(
-        layer.num_adapter_parameters(adapter_name)
-        for layer in mor_layers(model).values()
-        if adapter_name in layer.mor_A
-    )
+        return f"adapters={adapters}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from medpeft.adapters.config import AdapterConfig, Preprocessing
+from medpeft.adapters_io.config import AdapterConfig, Preprocessing
 from medpeft.backbones.weights import read_state_dict
 from medpeft.config import load_config
 from medpeft.config.legacy import PROMPT_METHODS

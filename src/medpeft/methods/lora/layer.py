@@ -13,7 +13,7 @@ several task adapters can live on one frozen backbone and be switched,
 merged, saved or deleted by name.
 
 Which adapter a call uses comes from :func:`medpeft.routing.current` (the call's
-routing), else from the layer's default ``active_adapter``. A batch routed to
+routing), else it is the first adapter added to the layer. A batch routed to
 different adapters per sample computes all its deltas at once: each sample's
 ``A`` and dense ``B`` are gathered (zero-padded to the largest rank, which leaves
 the product unchanged) from stacks cached per layer, and applied with two
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.adapters.wrapped import WrappedLinear
+from medpeft.methods.wrapped import WrappedLinear
 from medpeft.routing import current
 
 Segment = tuple[int, int]
@@ -62,7 +62,6 @@ class LoRALinear(WrappedLinear):
         self.lora_B = nn.ParameterDict()
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
-        self.active_adapter: str | None = None
         self.merged_adapters: list[str] = []
         self._stack_cache: tuple | None = None  # (key, slots, A^T stack, B^T stack)
 
@@ -84,8 +83,6 @@ class LoRALinear(WrappedLinear):
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / rank  # real division: MeLo's `alpha // r` floors to 0
         self._stack_cache = None
-        if self.active_adapter is None:
-            self.active_adapter = name
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter (unmerging it first if it is merged)."""
@@ -94,8 +91,6 @@ class LoRALinear(WrappedLinear):
         del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         del self.scaling[name]
         self._stack_cache = None
-        if self.active_adapter == name:
-            self.active_adapter = next(iter(self.lora_A.keys()), None)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -126,7 +121,7 @@ class LoRALinear(WrappedLinear):
         routing = current()
         if routing.is_mixed():
             return self.add_mixed_delta(out, x, routing.adapters)
-        name = routing.batch_adapter() or self.active_adapter
+        name = routing.adapter_for(self.lora_A)
         if name not in self.lora_A or name in self.merged_adapters:
             return out
         # One matmul with the dense B over the full output, added in place (no scatter,
@@ -201,8 +196,8 @@ class LoRALinear(WrappedLinear):
 
     @torch.no_grad()
     def merge(self, name: str | None = None) -> None:
-        """Fold an adapter into the base weight (inference: zero extra cost)."""
-        name = name or self.active_adapter
+        """Fold adapter ``name`` (default: the first) into the base weight (inference: zero extra cost)."""
+        name = name or next(iter(self.lora_A), None)
         if name is None or name in self.merged_adapters:
             return
         w = self.base.weight
@@ -211,8 +206,8 @@ class LoRALinear(WrappedLinear):
 
     @torch.no_grad()
     def unmerge(self, name: str | None = None) -> None:
-        """Undo :meth:`merge`."""
-        name = name or self.active_adapter
+        """Undo :meth:`merge` of adapter ``name`` (default: the first)."""
+        name = name or next(iter(self.lora_A), None)
         if name not in self.merged_adapters:
             return
         w = self.base.weight
@@ -221,7 +216,7 @@ class LoRALinear(WrappedLinear):
 
     def extra_repr(self) -> str:
         ranks = {n: self.rank(n) for n in self.lora_A}
-        return f"segments={self.segments}, adapters={ranks}, active={self.active_adapter!r}"
+        return f"segments={self.segments}, adapters={ranks}"
 
 
 def _identity(t: torch.Tensor) -> tuple:

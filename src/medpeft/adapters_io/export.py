@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.weights import write_state_dict

@@ -12,14 +12,16 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
-from medpeft.adapters.formats import export_peft, import_lora_vit
-from medpeft.adapters.heads import TaskHeads
-from medpeft.adapters.inject import adapter_names, set_active_adapter
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+from medpeft.adapters_io.folder import load_adapter, save_adapter
+from medpeft.adapters_io.lora_vit import import_lora_vit
+from medpeft.adapters_io.peft import export_peft
 from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.heads import TaskHeads
+from medpeft.methods.layers import adapter_names
 from medpeft.model import ModelSpec, build_model
+from medpeft.routing import route
 
 LABELS = ["normal", "tb", "other"]
 
@@ -113,9 +115,10 @@ def test_many_adapters_on_one_backbone(tmp_path, saved, tiny_spec, backbone_file
     model.eval()
     assert adapter_names(model) == ["tb", "cells"] and isinstance(model.head, TaskHeads)
     with torch.no_grad():
-        assert torch.equal(model(images), cells_model(images))
-        set_active_adapter(model, "tb")
-        assert torch.equal(model(images), tb_model(images))
+        assert torch.equal(model(images), tb_model(images))  # unrouted: the first adapter loaded
+        with route(adapters="cells"):
+            routed = model(images)
+        assert torch.equal(routed, cells_model(images))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"head.heads.tb.weight", "head.heads.cells.bias"} <= trainable
     with pytest.raises(ConfigError, match="already has an adapter named 'tb'"):
@@ -229,7 +232,9 @@ def test_import_lora_vit_into_existing_model(
     import_lora_vit(path, model)
     assert adapter_names(model) == ["tb", "melo_lora_4_4"]
     with torch.no_grad():
-        assert torch.equal(model.eval()(images), alone(images))
+        with route(adapters="melo_lora_4_4"):
+            routed = model.eval()(images)
+        assert torch.equal(routed, alone(images))
 
 
 def test_cli_import_lora_vit_writes_a_loadable_adapter(tmp_path, images, capsys) -> None:

@@ -10,11 +10,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ViltConfig, ViltModel
 
-from medpeft.adapters.inject import count_parameters, set_active_adapter
-from medpeft.adapters.lora import LoRALinear
-from medpeft.adapters.mora import MoRABlockBranch, MoRALinear, count_mora_parameters, mora_layers
+from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.methods import MoraSettings
+from medpeft.methods.layers import count_parameters, delete_adapter
+from medpeft.methods.lora.layer import LoRALinear
+from medpeft.methods.mora.attach import count_mora_parameters, mora_layers
+from medpeft.methods.mora.layer import MoRABlockBranch, MoRALinear
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import current, route
 
@@ -157,10 +159,10 @@ def test_zero_init_equals_base_model(vilt_config, vilt_batch):
     batch = vilt_batch(MIXED)
     with torch.no_grad():
         adapted = model(batch)
-        set_active_adapter(model, None)
+        with route(adapters="other"), pytest.raises(ConfigError, match=r"\['other'\]; the model has \['default'\]"):
+            model(batch)
+        delete_adapter(model, "default")  # every MoRA branch gone: the base model
         torch.testing.assert_close(model(batch), adapted)
-    with pytest.raises(KeyError, match=r"'other'; known: \['default'\]"):
-        set_active_adapter(model, "other")
 
 
 def test_only_mora_pooler_and_head_get_gradients(vilt_config, vilt_batch):
