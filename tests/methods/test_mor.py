@@ -219,7 +219,7 @@ def test_bad_settings_raise_config_errors(kwargs, key):
 def test_unmatched_targets_raise_and_leave_the_model_alone():
     with pytest.raises(ConfigError, match=r"mlp\.fc3"):
         _model(MorSettings(targets=("mlp.fc1", "mlp.fc3")))
-    with pytest.raises(ConfigError, match="within blocks"):
+    with pytest.raises(ConfigError, match=r"blocks \[5\] do not exist"):
         _model(MorSettings(blocks=(5,)))
 
 

@@ -14,7 +14,15 @@ from torch import nn
 
 from medpeft.errors import ConfigError
 from medpeft.methods.lora.layer import LoRALinear, Segment
-from medpeft.methods.targets import candidate_linears, check_hits, has_suffix, replace_module
+from medpeft.methods.reach import check_on_first_forward
+from medpeft.methods.targets import (
+    backbone_views,
+    candidate_linears,
+    check_hits,
+    has_suffix,
+    replace_module,
+    resolve_targets,
+)
 
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 FUSED_QKV_NAME = "qkv"
@@ -25,9 +33,14 @@ def find_linears(
 ) -> dict[str, list[Segment] | None]:
     """Map each target Linear's qualified name to the output segments to adapt.
 
+    Through the model's backbone views when it has them (any family,
+    :func:`~medpeft.methods.targets.resolve_targets`), else by name (ViLT).
+
     Raises:
         ConfigError: if a target name matches no Linear in the model.
     """
+    if backbone_views(model):
+        return resolve_targets(model, targets, blocks, LoRALinear, "lora.targets")
     blocks = None if blocks is None else sorted(set(blocks))
     qkv_parts = sorted(QKV_PARTS[t] for t in set(targets) & QKV_PARTS.keys())
     suffixes = [t for t in targets if t not in QKV_PARTS]
@@ -80,6 +93,7 @@ def add_lora(
             layer = LoRALinear(layer, segments)
             replace_module(model, name, layer)
         layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
+    check_on_first_forward(model, targets_found)
     return list(targets_found)
 
 

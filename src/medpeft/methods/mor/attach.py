@@ -8,7 +8,15 @@ from torch import nn
 
 from medpeft.errors import ConfigError
 from medpeft.methods.mor.layer import DEFAULT_RANKS, DEFAULT_SCALE, MoRLinear
-from medpeft.methods.targets import candidate_linears, check_hits, has_suffix, replace_module
+from medpeft.methods.reach import check_on_first_forward
+from medpeft.methods.targets import (
+    backbone_views,
+    candidate_linears,
+    check_hits,
+    has_suffix,
+    replace_module,
+    resolve_targets,
+)
 
 
 def mor_layers(model: nn.Module) -> dict[str, MoRLinear]:
@@ -35,15 +43,7 @@ def add_mor(
         ConfigError: if a target matches no Linear (within ``blocks``) or a matched
             layer already holds ``adapter_name``; the model is then left unchanged.
     """
-    blocks = None if blocks is None else sorted(set(blocks))
-    found: dict[str, nn.Module] = {}
-    hits = dict.fromkeys(targets, 0)
-    for name, module in candidate_linears(model, MoRLinear, blocks):
-        for target in targets:
-            if has_suffix(name, target):
-                found[name] = module
-                hits[target] += 1
-    check_hits(hits, "mor.targets", model, blocks, "Linear name suffixes such as mlp.fc1, mlp.fc2, attn.proj")
+    found = {name: model.get_submodule(name) for name in _target_linears(model, targets, blocks)}
     for name, module in found.items():
         if isinstance(module, MoRLinear) and adapter_name in module.mor_A:
             raise ConfigError(f"{name} already has a MoR adapter named {adapter_name!r}")
@@ -52,7 +52,31 @@ def add_mor(
             module = MoRLinear(module)
             replace_module(model, name, module)
         module.add_adapter(adapter_name, ranks, scale, modalities)
+    check_on_first_forward(model, found)
     return list(found)
+
+
+def _target_linears(model: nn.Module, targets: Sequence[str], blocks: Iterable[int] | None) -> list[str]:
+    """Qualified names of the whole Linears MoR wraps (roles through backbone views, or names)."""
+    if backbone_views(model):
+        found = resolve_targets(model, targets, blocks, MoRLinear, "mor.targets")
+        sliced = sorted(name for name, segments in found.items() if segments is not None)
+        if sliced:
+            raise ConfigError(
+                f"mor.targets: MoR adapts whole Linears, but {sliced[0]} would be adapted on a slice "
+                "(q/k/v of a fused qkv); target the Linear itself (e.g. attn.qkv) or fc1/fc2"
+            )
+        return list(found)
+    blocks = None if blocks is None else sorted(set(blocks))
+    names = []
+    hits = dict.fromkeys(targets, 0)
+    for name, _ in candidate_linears(model, MoRLinear, blocks):
+        for target in targets:
+            if has_suffix(name, target):
+                names.append(name)
+                hits[target] += 1
+    check_hits(hits, "mor.targets", model, blocks, "Linear name suffixes such as mlp.fc1, mlp.fc2, attn.proj")
+    return list(dict.fromkeys(names))
 
 
 def count_mor_parameters(model: nn.Module, adapter_name: str = "default") -> int:
