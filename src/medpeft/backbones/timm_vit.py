@@ -340,10 +340,8 @@ class TimmViT(TimmBackbone):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         self._check_stream()
         x = self.module._pos_embed(self.module.patch_embed(images))
-        if isinstance(self.module, Eva):
-            x = x[0]  # timm's Eva returns the rotary embedding too; run_block rebuilds it
-        else:
-            x = self.module.patch_drop(x)
+        # Eva's _pos_embed drops patches itself and returns the rotary embedding too (run_block rebuilds it)
+        x = x[0] if isinstance(self.module, Eva) else self.module.patch_drop(x)
         return self.module.norm_pre(x)
 
     def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
