@@ -91,7 +91,7 @@ READS = "it reads timm VisionTransformer, Eva (family timm_vit); SwinTransformer
 def test_models_no_family_reads_are_refused_in_one_line(name, kind):
     with pytest.raises(ConfigError) as error:
         check_backbone(name, patch_size=8)  # said before that a ResNet takes no patch_size
-    assert str(error.value) == f"model.backbone: {name!r} is a timm {kind}, which medpeft does not adapt; {READS}"
+    assert str(error.value) == f"model.backbone: {name!r} is a {kind}, which medpeft does not adapt; {READS}"
 
 
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "swin_tiny_patch4_window7_224", "convnext_tiny",
@@ -110,7 +110,7 @@ def test_hub_ids_are_checked_after_creation_not_refused_by_name(monkeypatch):
     monkeypatch.undo()
     with torch.device("meta"):
         resnet = timm.create_model("resnet18")
-    with pytest.raises(ConfigError, match="'hf-hub:org/net' is a timm ResNet, which medpeft does not adapt"):
+    with pytest.raises(ConfigError, match="'hf-hub:org/net' is a ResNet, which medpeft does not adapt"):
         check_model(resnet, "hf-hub:org/net")
 
 

@@ -194,7 +194,7 @@ def check_model(model: nn.Module, name: str) -> None:
         for family in reversed(families()) if family.library == "timm"
     )
     raise ConfigError(
-        f"model.backbone: {name!r} is a timm {_kind(model)}, which medpeft does not adapt; "
+        f"model.backbone: {name!r} is a {_kind(model)}, which medpeft does not adapt; "
         f"it reads timm {readable}"
     )
 
