@@ -90,8 +90,8 @@ READS = "it reads timm VisionTransformer, Eva (family timm_vit); SwinTransformer
 ])
 def test_models_no_family_reads_are_refused_in_one_line(name, kind):
     with pytest.raises(ConfigError) as error:
-        check_backbone(name)
-    assert str(error.value) == f"model.backbone: {name!r} is a timm {kind}, which medpeft does not adapt; {READS}"
+        check_backbone(name, patch_size=8)  # said before that a ResNet takes no patch_size
+    assert str(error.value) == f"model.backbone: {name!r} is a {kind}, which medpeft does not adapt; {READS}"
 
 
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "swin_tiny_patch4_window7_224", "convnext_tiny",
@@ -110,7 +110,7 @@ def test_hub_ids_are_checked_after_creation_not_refused_by_name(monkeypatch):
     monkeypatch.undo()
     with torch.device("meta"):
         resnet = timm.create_model("resnet18")
-    with pytest.raises(ConfigError, match="'hf-hub:org/net' is a timm ResNet, which medpeft does not adapt"):
+    with pytest.raises(ConfigError, match="'hf-hub:org/net' is a ResNet, which medpeft does not adapt"):
         check_model(resnet, "hf-hub:org/net")
 
 
@@ -168,3 +168,13 @@ def test_local_weights_of_other_families_load_all_but_the_classifier(tmp_path, n
     for key, value in source.state_dict().items():
         if not key.startswith(classifier):
             torch.testing.assert_close(own[key], value, msg=key)
+
+
+def test_a_vit_without_pooling_is_refused_with_the_setting_to_change():
+    with pytest.raises(ConfigError) as error:
+        build_vit("vit_base_patch16_224", 2, img_size=32, global_pool="", **TINY)
+    assert str(error.value) == (
+        "model.kwargs.global_pool: 'vit_base_patch16_224' is built without pooling (global_pool ''); "
+        "set model.kwargs.global_pool to token (class token) or avg (mean of the patch tokens)"
+    )
+    assert build_vit("vit_base_patch16_224", 2, img_size=32, global_pool="avg", **TINY).global_pool == "avg"

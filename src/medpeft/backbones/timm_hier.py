@@ -7,9 +7,9 @@ numbered over all stages in forward order (``blocks=[1]`` is the second block).
 
 from __future__ import annotations
 
-from torch import nn
 from timm.models.convnext import ConvNeXt
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from torch import nn
 
 from medpeft.backbones.base import Capabilities, Projection, Role, register_family
 from medpeft.backbones.timm_vit import TimmBackbone, fused_qkv, mlp_linears

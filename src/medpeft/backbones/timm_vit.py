@@ -145,9 +145,7 @@ def patch_multiple(name: str, img_size: int, **model_kwargs) -> int:
     """
     if name.startswith(HUB_PREFIX):
         return img_size
-    with torch.device("meta"):
-        model = timm.create_model(_arch(name), pretrained=False, **resolve_layers(model_kwargs))
-    embed = getattr(model, "patch_embed", None)
+    embed = getattr(_meta_model(_arch(name), **resolve_layers(model_kwargs)), "patch_embed", None)
     if embed is None:
         return img_size
     patch = embed.patch_size[0]
@@ -167,15 +165,27 @@ def check_backbone(name: str, **model_kwargs) -> None:
         close = did_you_mean(arch, timm.list_models())
         raise ConfigError(f"model.backbone: unknown timm model {name!r} (see timm.list_models()){close}")
     try:
-        with torch.device("meta"):
-            model = timm.create_model(arch, pretrained=False, **resolve_layers(model_kwargs))
+        model = _meta_model(arch, **resolve_layers(model_kwargs))
     except TypeError as error:
+        check_model(_meta_model(arch), name)  # a model no family reads is the first thing to say
         raise ConfigError(f"model.kwargs: {name!r} does not take these arguments ({error})") from error
     check_model(model, name)
 
 
+def _meta_model(arch: str, **model_kwargs) -> nn.Module:
+    """The timm model ``arch`` on the meta device: its structure, no memory, no weights."""
+    with torch.device("meta"):
+        return timm.create_model(arch, pretrained=False, **model_kwargs)
+
+
 def check_model(model: nn.Module, name: str) -> None:
-    """ConfigError unless a registered timm family reads ``model`` (built from ``name``)."""
+    """ConfigError unless a registered timm family reads ``model`` (built from ``name``) and it
+    pools its tokens (Virchow's hub config sets ``global_pool: ''``, a head would see every token)."""
+    if getattr(model, "global_pool", None) == "" and getattr(model, "attn_pool", None) is None:
+        raise ConfigError(
+            f"model.kwargs.global_pool: {name!r} is built without pooling (global_pool ''); "
+            "set model.kwargs.global_pool to token (class token) or avg (mean of the patch tokens)"
+        )
     if any(family.accepts(model) for family in families()):
         return
     readable = "; ".join(
@@ -183,7 +193,7 @@ def check_model(model: nn.Module, name: str) -> None:
         for family in reversed(families()) if family.library == "timm"
     )
     raise ConfigError(
-        f"model.backbone: {name!r} is a timm {_kind(model)}, which medpeft does not adapt; "
+        f"model.backbone: {name!r} is a {_kind(model)}, which medpeft does not adapt; "
         f"it reads timm {readable}"
     )
 
@@ -329,10 +339,8 @@ class TimmViT(TimmBackbone):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         self._check_stream()
         x = self.module._pos_embed(self.module.patch_embed(images))
-        if isinstance(self.module, Eva):
-            x = x[0]  # timm's Eva returns the rotary embedding too; run_block rebuilds it
-        else:
-            x = self.module.patch_drop(x)
+        # Eva's _pos_embed drops patches itself and returns the rotary embedding too (run_block rebuilds it)
+        x = x[0] if isinstance(self.module, Eva) else self.module.patch_drop(x)
         return self.module.norm_pre(x)
 
     def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
