@@ -201,7 +201,7 @@ def describe(module: nn.Module) -> Backbone:
     for family in _FAMILIES:
         if family.accepts(module):
             return family(module)
-    known = ", ".join(sorted(f.family for f in _FAMILIES)) or "none registered"
+    known = ", ".join(sorted({f.family for f in _FAMILIES})) or "none registered"
     raise ConfigError(
         f"medpeft cannot adapt a {type(module).__module__}.{type(module).__name__}: "
         f"not a backbone family it knows ({known})"
