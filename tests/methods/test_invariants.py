@@ -2,7 +2,8 @@
 
 zero-init adapter == base model; merge then unmerge == original and merged ==
 unmerged (mergeable methods; the others refuse to merge); only adapter + head get
-gradients; save -> load -> identical logits; parameter counts equal SPEC.md.
+gradients; save -> load -> identical logits; parameter counts equal SPEC.md; the
+registry metadata says what the method does (``mixable``: one adapter per sample).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods import LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names
 from medpeft.model import ModelSpec, build_model
+from medpeft.routing import route
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
 TINY_VILT = dict(
@@ -111,6 +113,45 @@ def test_merge_unmerge(name):
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, weights[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mixable_methods_serve_one_adapter_per_sample(name):
+    spec, method = CASES[name], get_method(name)
+    if not method.adapter_dicts:  # no adapters keyed by name: nothing to route per sample
+        assert not method.mixable
+        return
+    model = _build(spec)
+    method.attach(model, spec.settings, "second")
+    _perturb(model)
+    batch, names = _batch(spec), ["second", "default", "second"]
+    with torch.no_grad():
+        alone = {}
+        for adapter in ("default", "second"):
+            with route(adapters=adapter):
+                alone[adapter] = model(batch)
+        assert not torch.allclose(alone["default"], alone["second"])
+        if not method.mixable:
+            with route(adapters=names), pytest.raises(ValueError, match="one adapter per batch"):
+                model(batch)
+            return
+        with route(adapters=names):
+            mixed = model(batch)
+    for i, adapter in enumerate(names):
+        torch.testing.assert_close(mixed[i], alone[adapter][i], atol=1e-5, rtol=1e-5)
+
+
+def test_registry_metadata_of_the_built_in_methods():
+    flags = ("mergeable", "mixable", "needs_tokens", "per_modality")
+    table = {name: [flag for flag in flags if getattr(get_method(name), flag)] for name in CASES}
+    assert table == {
+        "lora": ["mergeable", "mixable"],
+        "mora": ["needs_tokens", "per_modality"],
+        "prompts": ["needs_tokens", "per_modality"],
+        "linear": [],
+        "full": [],
+        "mor": [],
+    }
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -238,7 +238,7 @@ def recorded_backbone(
             backbone would predict nonsense.
     """
     recorded = config.backbone_weights
-    if config.method == "full" or (recorded is None and config.backbone_seed is not None):
+    if get_method(config.method).trains_everything or (recorded is None and config.backbone_seed is not None):
         return None, False
     if recorded is None:
         if not allow_random_backbone:

@@ -41,12 +41,11 @@ from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
 from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_bytes
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
-from medpeft.methods import get_method
+from medpeft.methods import get_method, method_names
 from medpeft.methods.layers import delete_adapter
 from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route
 
-MIXABLE_METHODS = ("lora",)  # methods whose layers take one adapter per sample
 BASE_HEAD = "base"  # the backbone's own head, which no task uses
 
 
@@ -347,10 +346,11 @@ class AdapterBank:
 
 def _check_servable(config: AdapterConfig, folder: Path) -> None:
     """ConfigError unless the adapter is a single-image timm adapter of a mixable method."""
-    if config.method not in MIXABLE_METHODS:
+    if not get_method(config.method).mixable:
+        mixable = [name for name in method_names() if get_method(name).mixable]
         raise ConfigError(
             f"{folder}: method {config.method!r} cannot share a backbone in a mixed batch; "
-            f"the bank serves {list(MIXABLE_METHODS)} adapters"
+            f"the bank serves {mixable} adapters"
         )
     single = config.kind == "timm" and len(config.modalities) == 1 and config.fusion == "auto"
     if not single or config.missing_token:

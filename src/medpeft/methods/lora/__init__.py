@@ -23,6 +23,7 @@ class LoRA(Method):
     markers = (".lora_",)
     adapter_dicts = ("lora_A", "lora_B")
     mergeable = True
+    mixable = True
 
     def attach(self, model: nn.Module, settings: LoraSettings, adapter_name: str = "default") -> None:
         aliases = getattr(model, "target_aliases", {})

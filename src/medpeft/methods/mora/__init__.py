@@ -22,6 +22,8 @@ class MoRA(Method):
     settings_type = MoraSettings
     markers = (".mora_",)
     adapter_dicts = ("mora_A", "mora_B")
+    needs_tokens = True
+    per_modality = True
 
     def attach(self, model: nn.Module, settings: MoraSettings, adapter_name: str = "default") -> None:
         add_mora(

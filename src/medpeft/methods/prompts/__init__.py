@@ -21,6 +21,8 @@ class MissingAwarePromptsMethod(Method):
     settings_type = PromptSettings
     markers = (".prompts.",)
     identity_at_init = False  # random prompts join the token sequence
+    needs_tokens = True
+    per_modality = True  # one prompt set per presence pattern
 
     def attach(self, model: nn.Module, settings: PromptSettings, adapter_name: str = "default") -> None:
         add_missing_aware_prompts(model, settings.placement, settings.num_layers, settings.length)
