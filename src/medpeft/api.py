@@ -43,6 +43,8 @@ class AdaptedModel(nn.Module):
         adapter_name: Name of the adapter inside the model.
         backbone_weights: Where the backbone's weights came from: a file, ``"hub"``,
             or ``None`` (random init or a module passed in; unknown to medpeft).
+        spec_rebuilds: Whether ``spec`` rebuilds the backbone (False for a module passed
+            in: loading its adapter needs ``backbone=`` again).
     """
 
     def __init__(
@@ -51,12 +53,14 @@ class AdaptedModel(nn.Module):
         spec: ModelSpec,
         adapter_name: str = "default",
         backbone_weights: str | None = None,
+        spec_rebuilds: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
         self.adapter_name = adapter_name
         self.backbone_weights = backbone_weights
+        self.spec_rebuilds = spec_rebuilds
 
     def forward(self, x: Any) -> torch.Tensor:
         """Logits of an image tensor ``[B, 3, H, W]`` or a batch dict."""
@@ -94,6 +98,7 @@ class AdaptedModel(nn.Module):
         return save_adapter(
             self.model, folder, self.spec, labels, task,
             adapter_name=self.adapter_name, backbone_weights=self.backbone_weights,
+            spec_rebuilds=self.spec_rebuilds,
         )
 
 
@@ -139,7 +144,7 @@ def adapt(
     spec = module_spec(backbone, num_classes, method.name, settings)
     model = wrap_backbone(backbone, num_classes)
     attach_method(model, method, settings, adapter_name)
-    return AdaptedModel(model, spec, adapter_name)
+    return AdaptedModel(model, spec, adapter_name, spec_rebuilds=False)
 
 
 def load_adapter(
@@ -178,7 +183,7 @@ def load_adapter(
     name = adapter_name or Path(folder).resolve().name
     attach_method(model, method, config.method_settings(), name)
     copy_weights(adapter_parameters(model, name, method), state, source)
-    return AdaptedModel(model, config.to_spec(), name)
+    return AdaptedModel(model, config.to_spec(), name, spec_rebuilds=False)
 
 
 def module_spec(module: nn.Module, num_classes: int, method: str, settings: Any) -> ModelSpec:

@@ -32,8 +32,13 @@ from medpeft.fusion.single import as_single_stream
 from medpeft.methods import Method, get_method
 from medpeft.methods.layers import freeze_except
 
-KINDS = ("timm", "vilt")
-DEFAULT_BACKBONES = {"timm": "vit_base_patch16_224", "vilt": "dandelin/vilt-b32-mlm"}
+KINDS = ("timm", "transformers", "open_clip", "vilt")
+DEFAULT_BACKBONES = {
+    "timm": "vit_base_patch16_224",
+    "transformers": "facebook/dinov2-base",
+    "open_clip": "ViT-B-16",
+    "vilt": "dandelin/vilt-b32-mlm",
+}
 
 
 @dataclass
@@ -66,7 +71,7 @@ class ModelSpec:
     settings: Any = None
     img_size: int | None = None
     modalities: Sequence[str] = ("image",)
-    kind: Literal["timm", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
     text_modality: str = "text"
     missing_token: bool = False
     vilt_config: dict | None = None
@@ -141,6 +146,8 @@ def set_backbone_dropout(model: nn.Module, p: float) -> None:
 def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
     if spec.kind == "vilt":
         return _vilt_model(spec, pretrained, weights)
+    if spec.kind in ("transformers", "open_clip"):
+        return _library_model(spec, pretrained, weights)
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
 
@@ -169,6 +176,18 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
     if len(spec.modalities) == 1 and not spec.missing_token:
         return as_single_stream(vit(), spec.modalities[0])
     return MultiStreamViT(vit(), spec.modalities, spec.missing_token)
+
+
+def _library_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    """A transformers or open_clip backbone for one image modality (other fusions need timm)."""
+    from medpeft.backbones.library import build_open_clip, build_transformers
+
+    if len(spec.modalities) != 1 or spec.fusion != "auto" or spec.missing_token:
+        raise ConfigError(f"model.kind {spec.kind!r} reads one image modality; several modalities, "
+                          "missing tokens and model.fusion need a timm backbone (model.kind: timm)")
+    build = build_transformers if spec.kind == "transformers" else build_open_clip
+    backbone = build(spec.backbone, pretrained, weights, **spec.model_kwargs)
+    return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

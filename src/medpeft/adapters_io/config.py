@@ -78,7 +78,7 @@ class AdapterConfig:
     preprocessing: Preprocessing
     method: str = "lora"
     settings: dict = field(default_factory=dict)
-    kind: Literal["timm", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
     modalities: dict = field(default_factory=lambda: {"image": "image"})
     img_size: int | None = None
     model_kwargs: dict = field(default_factory=dict)

@@ -58,7 +58,7 @@ def merged_model(
     if method.mergeable:
         method.merge(model, "default")
     state = {k.replace(_WRAPPED, "."): v for k, v in model.state_dict().items()}
-    kwargs = {"weight_init": "skip", **config.model_kwargs}  # every weight is loaded below
+    kwargs = dict(config.model_kwargs)
     plain = build_vit(config.backbone, config.num_classes, config.img_size, **kwargs)
     extra = sorted(
         k for k in state.keys() - plain.state_dict().keys()

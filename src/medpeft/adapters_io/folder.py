@@ -86,6 +86,7 @@ def save_adapter(
     kinds: dict[str, str] | None = None,
     inputs: dict | None = None,
     backbone_seed: int | None = None,
+    spec_rebuilds: bool = True,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
@@ -103,6 +104,9 @@ def save_adapter(
         inputs: How samples were read (``missing_image``, ``combine``, ``tokenizer``).
         backbone_seed: The seed a random backbone was built after (``torch.manual_seed``
             right before ``build_model``), so loading rebuilds the same one.
+        spec_rebuilds: ``spec`` rebuilds the model (checked: same adapter tensors); False for
+            a backbone module passed in whose architecture arguments are unknown (loading then
+            needs that module again).
 
     Returns:
         The output folder.
@@ -112,7 +116,8 @@ def save_adapter(
         raise ConfigError(f"{len(labels)} labels, but head {adapter_name!r} has {outputs} outputs")
     method = get_method(spec.method)
     tensors = adapter_parameters(model, adapter_name, method)
-    _check_spec(tensors, spec, method)
+    if spec_rebuilds:
+        _check_spec(tensors, spec, method)
     if preprocessing is None:
         preprocessing = default_preprocessing(model, spec.img_size)
     if backbone_weights not in (None, HUB):
@@ -134,7 +139,7 @@ def _check_spec(tensors: Mapping[str, torch.Tensor], spec: ModelSpec, method: Me
     """Refuse to save a spec that does not describe the adapter (timm: same tensors)."""
     if spec.kind != "timm":
         return
-    kwargs = {"weight_init": "skip", **spec.model_kwargs}  # shapes only: no init, no memory
+    kwargs = dict(spec.model_kwargs)  # built on the meta device: shapes only, no memory
     with torch.device("meta"):
         ref = build_model(ModelSpec(**{**vars(spec), "model_kwargs": kwargs}))
     described = {k: tuple(v.shape) for k, v in adapter_parameters(ref, "default", method).items()}
@@ -189,7 +194,7 @@ def load_adapter(
         (:func:`medpeft.routing.route`), else the model's first adapter.
     """
     folder = config_path(path).parent
-    config, state, source = _read(folder)
+    config, state, source = read_adapter_folder(folder)
     name = adapter_name or folder.resolve().name
     method = get_method(config.method)
     if model is None:
@@ -205,8 +210,9 @@ def load_adapter(
     return model, config
 
 
-def _read(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor], Path]:
+def read_adapter_folder(folder: str | Path) -> tuple[AdapterConfig, dict[str, torch.Tensor], Path]:
     """Config, tensors and tensor file of an adapter folder (current or 0.1 layout)."""
+    folder = config_path(folder).parent
     if _is_legacy(folder):
         return read_legacy_adapter(folder)
     source = folder / WEIGHTS_NAME
@@ -323,7 +329,7 @@ def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) 
     arch = getattr(model, "pretrained_cfg", {}).get("architecture")
     wanted = (config.backbone or "").split(".")[0]
     problems = [f"architecture: expected {wanted}, got {arch}"] if arch and arch != wanted else []
-    kwargs = {"weight_init": "skip", **config.model_kwargs}  # shapes only: no init, no memory
+    kwargs = dict(config.model_kwargs)  # built on the meta device: shapes only, no memory
     with torch.device("meta"):
         ref = build_vit(config.backbone, config.num_classes, config.img_size, **kwargs)
     if len(model.blocks) != len(ref.blocks):

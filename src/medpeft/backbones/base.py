@@ -131,18 +131,19 @@ class Backbone(ABC):
         Families whose forward reads weights directly override this; names of
         parameters and outputs do not change.
         """
+        return None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, N, width]`` entering block 0: prefix tokens, then patch tokens."""
-        raise self.missing("a token stream")
+        raise self.missing("token stream")
 
     def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Block ``index`` applied to ``tokens`` ``[B, N, width]``."""
-        raise self.missing("a token stream")
+        raise self.missing("token stream")
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, width]`` of the tokens after the last block (final norm included)."""
-        raise self.missing("a token stream")
+        raise self.missing("token stream")
 
     def blocks(self) -> list[nn.Module]:
         """The block modules, in forward order."""

@@ -45,7 +45,7 @@ class ModelSettings:
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
 
-    kind: Literal["timm", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
     backbone: str | None = None
     img_size: int | None = 224
     pretrained: bool = True

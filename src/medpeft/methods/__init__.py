@@ -38,6 +38,17 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
+def method_for_settings(settings: object) -> Method:
+    """The registered method whose settings class ``settings`` is (``None``: LoRA, MeLo's default)."""
+    if settings is None:
+        return get_method("lora")
+    for method in _REGISTRY.values():
+        if type(settings) is method.settings_type:
+            return method
+    known = sorted(m.settings_type.__name__ for m in _REGISTRY.values())
+    raise ConfigError(f"settings: {type(settings).__name__} is not a method's settings; use one of {known}")
+
+
 def method_names() -> list[str]:
     """Names of the registered methods."""
     return list(_REGISTRY)
@@ -58,6 +69,7 @@ __all__ = [
     "MoraSettings",
     "PromptSettings",
     "get_method",
+    "method_for_settings",
     "method_names",
     "register",
     "settings_types",
