@@ -86,6 +86,7 @@ def save_adapter(
     kinds: dict[str, str] | None = None,
     inputs: dict | None = None,
     backbone_seed: int | None = None,
+    positive_class: str | None = None,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
@@ -103,6 +104,7 @@ def save_adapter(
         inputs: How samples were read (``missing_image``, ``combine``, ``tokenizer``).
         backbone_seed: The seed a random backbone was built after (``torch.manual_seed``
             right before ``build_model``), so loading rebuilds the same one.
+        positive_class: The class a two-class task's sensitivity and ROC are about.
 
     Returns:
         The output folder.
@@ -119,6 +121,7 @@ def save_adapter(
         backbone_weights = str(Path(backbone_weights).resolve())
     config = make_config(spec, labels, task, preprocessing, kinds, inputs, backbone_weights)
     config.backbone_seed = backbone_seed if backbone_weights is None else None
+    config.positive_class = positive_class
     out_dir = Path(out_dir)
     write_state_dict(out_dir / WEIGHTS_NAME, tensors)
     write_adapter_config(config, out_dir)
