@@ -59,7 +59,8 @@ def shared_images(records: Sequence[Record], kinds: Mapping[str, str]) -> list[s
         if len(firsts) > 1:
             rows = " and ".join(f"{r.where or r.id} ({split})" for split, (r, _) in firsts.items())
             paths = list(dict.fromkeys(path for _, path in firsts.values()))
-            what = f"the same file {paths[0]}" if len(paths) == 1 else "byte-identical files " + ", ".join(paths)
+            more = f" (and {len(paths) - 2} more)" if len(paths) > 2 else ""
+            what = f"the same file {paths[0]}" if len(paths) == 1 else f"byte-identical files {paths[0]} and {paths[1]}{more}"
             lines.append(f"{rows}: {what}")
     return lines
 
