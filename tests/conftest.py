@@ -118,15 +118,17 @@ def write_png(path: Path, rgb, size: tuple[int, int] = (16, 16)) -> None:
 def write_odir(root: Path, patients: int = 3) -> Path:
     """ODIR-5K layout under ``root``: patient ``i`` gets `ODIR_ROWS` ``[i % 3]``.
 
-    Left eyes are red 16x16 JPEGs, right eyes blue 8x8 JPEGs.
+    Left eyes are red 16x16 JPEGs, right eyes blue 8x8 JPEGs, each patient's a shade
+    apart (20 * i in the other channel), so no two patients' files are byte-identical.
     """
     images = root / "ODIR-5K_Training_Dataset"
     book = Workbook()
     book.active.append(ODIR_HEADER)
     for pid in range(patients):
         left, right, labels = ODIR_ROWS[pid % len(ODIR_ROWS)]
-        write_png(images / f"{pid}_left.jpg", (255, 0, 0))
-        write_png(images / f"{pid}_right.jpg", (0, 0, 255), size=(8, 8))
+        shade = 20 * pid % 256
+        write_png(images / f"{pid}_left.jpg", (255, 0, shade))
+        write_png(images / f"{pid}_right.jpg", (shade, 0, 255), size=(8, 8))
         book.active.append(
             [pid, 60, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right, *labels]
         )

@@ -8,8 +8,9 @@ Keys (all floats):
     multiclass: ``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``auroc``,
     ``map``, ``sensitivity``, ``specificity`` and per class ``auroc/<class>``,
     ``ap/<class>``. With two classes ``auroc``, ``sensitivity`` and
-    ``specificity`` are those of the positive class (index 1); otherwise
-    they are macro means over one-vs-rest problems.
+    ``specificity`` are those of the positive class (``positive``, default
+    index 1; runs take ``data.positive_class``); otherwise they are macro
+    means over one-vs-rest problems.
     multilabel (a label is predicted when its score > ``threshold``):
     ``subset_accuracy`` (all labels of a sample right), ``label_accuracy``
     (mean over all sample-label pairs), ``f1_macro``, ``f1_micro``,
@@ -61,6 +62,7 @@ def compute_metrics(
     targets: Any,
     class_names: Sequence[str] | None = None,
     threshold: float = 0.5,
+    positive: int = 1,
 ) -> dict[str, float]:
     """All metrics of ``task`` for probabilities ``scores`` against ``targets``.
 
@@ -70,6 +72,7 @@ def compute_metrics(
         targets: class indices ``[N]`` or 0/1 indicators ``[N, C]``.
         class_names: names used in per-class keys; defaults to ``"0".."C-1"``.
         threshold: multilabel decision threshold on the scores.
+        positive: index of the positive class of a two-class task.
 
     Raises:
         ValueError: on an unknown task or inconsistent shapes.
@@ -77,7 +80,7 @@ def compute_metrics(
     scores, targets = _check_arrays(task, _to_numpy(scores), _to_numpy(targets))
     names = _names(class_names, scores.shape[1])
     if task == "multiclass":
-        return _multiclass(scores, targets, names)
+        return _multiclass(scores, targets, names, positive)
     return _multilabel(scores, targets, names, threshold)
 
 
@@ -124,8 +127,11 @@ def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
     return [str(name) for name in class_names]
 
 
-def _multiclass(scores: np.ndarray, targets: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Multiclass metrics; predictions are the argmax of the scores."""
+def _multiclass(
+    scores: np.ndarray, targets: np.ndarray, names: list[str], positive: int = 1
+) -> dict[str, float]:
+    """Multiclass metrics; predictions are the argmax of the scores (two classes: ``auroc``,
+    ``sensitivity`` and ``specificity`` of class ``positive``)."""
     preds = scores.argmax(axis=1)
     onehot = np.eye(len(names), dtype=np.int64)
     with warnings.catch_warnings():
@@ -139,8 +145,8 @@ def _multiclass(scores: np.ndarray, targets: np.ndarray, names: list[str]) -> di
     out.update(_ranking(scores, onehot[targets], names))
     sens, spec = _rates(onehot[preds], onehot[targets])
     if len(names) == 2:
-        out["auroc"] = out.get(f"auroc/{names[1]}", float("nan"))
-        out["sensitivity"], out["specificity"] = _value(sens[1]), _value(spec[1])
+        out["auroc"] = out.get(f"auroc/{names[positive]}", float("nan"))
+        out["sensitivity"], out["specificity"] = _value(sens[positive]), _value(spec[positive])
     else:
         out["sensitivity"] = _mean_defined(sens, names, "sensitivity")
         out["specificity"] = _mean_defined(spec, names, "specificity")

@@ -167,12 +167,13 @@ def test_multimodal_manifest_records(manifest):
 
 def test_multilabel_columns_and_joined_names(tmp_path):
     write_png(tmp_path / "a.png", 5)
-    rows = [["0", "a.png", "1", "0"], ["1", "a.png", "0", "1"]]
+    write_png(tmp_path / "b.png", 6)
+    rows = [["0", "a.png", "1", "0"], ["1", "b.png", "0", "1"]]
     path = write_manifest(tmp_path, rows, ("id", "fundus", "x", "y"))
     source = csv_source(path, modalities={"fundus": "image"}, label_cols=["x", "y"])
     assert source.labels == ["x", "y"] and source.records[1].target == (0.0, 1.0)
     path = write_manifest(
-        tmp_path, [["0", "a.png", "y|x"], ["1", "a.png", ""]], ("id", "fundus", "labels")
+        tmp_path, [["0", "a.png", "y|x"], ["1", "b.png", ""]], ("id", "fundus", "labels")
     )
     source = csv_source(path, modalities={"fundus": "image"}, label_col="labels", task="multilabel")
     assert [r.target for r in source.records] == [(1.0, 1.0), (0.0, 0.0)]

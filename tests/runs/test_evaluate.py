@@ -25,6 +25,7 @@ def test_evaluate_run_reproduces_the_test_metrics_of_training(image_run):
     evaluation = evaluate_run(image_run, overrides=CPU)
     assert isinstance(evaluation, Evaluation) and evaluation.split == "test"
     assert evaluation.grid == {}
+    assert recorded.pop("positive_class") == "lesion"  # normal / lesion: normal is the negative
     assert evaluation.metrics == pytest.approx(recorded, nan_ok=True)
 
 

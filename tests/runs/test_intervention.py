@@ -80,7 +80,8 @@ def test_rerun_rewrites_nothing_and_an_interrupted_stage_2_resumes_alone(ei_run,
 
 
 def test_early_intervention_needs_several_image_modalities(tmp_path, capsys):
-    argv = ["train", "mora_synthetic", f"output_dir={tmp_path}", *EI, "data.modalities={a: image}"]
+    argv = ["train", "mora_synthetic", f"output_dir={tmp_path}", *EI, "data.modalities={a: image}",
+            "data.positive_class=c1"]  # one modality of one bit: two classes
     assert main(argv) == 2
     assert ">= 2 image modalities" in capsys.readouterr().err
 

@@ -69,7 +69,9 @@ class AdapterConfig:
     ``backbone_seed`` is the seed a random backbone was drawn with, so it is rebuilt
     exactly. ``modalities`` maps each modality, in presence-mask order, to ``image`` or
     ``text``; ``inputs`` holds how samples were read (``missing_image``,
-    ``combine``, ``tokenizer``, ``max_text_len``).
+    ``combine``, ``tokenizer``, ``max_text_len``). ``positive_class`` is the class a
+    two-class task's sensitivity, specificity and ROC are about (None otherwise, and in
+    adapters saved before medpeft recorded it).
     """
 
     backbone: str | None
@@ -88,6 +90,7 @@ class AdapterConfig:
     inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
     backbone_seed: int | None = None
+    positive_class: str | None = None
     medpeft_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -101,6 +104,8 @@ class AdapterConfig:
             )
         if not self.modalities or set(self.modalities.values()) - {"image", "text"}:
             raise ValueError(f"modalities must map names to 'image'/'text', got {self.modalities}")
+        if self.positive_class is not None and self.positive_class not in self.labels:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of the labels {self.labels}")
 
     @property
     def num_classes(self) -> int:

@@ -87,6 +87,7 @@ def save_adapter(
     inputs: dict | None = None,
     backbone_seed: int | None = None,
     spec_rebuilds: bool = True,
+    positive_class: str | None = None,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
 
@@ -107,6 +108,7 @@ def save_adapter(
         spec_rebuilds: ``spec`` rebuilds the model (checked: same adapter tensors); False for
             a backbone module passed in whose architecture arguments are unknown (loading then
             needs that module again).
+        positive_class: The class a two-class task's sensitivity and ROC are about.
 
     Returns:
         The output folder.
@@ -124,6 +126,7 @@ def save_adapter(
         backbone_weights = str(Path(backbone_weights).resolve())
     config = make_config(spec, labels, task, preprocessing, kinds, inputs, backbone_weights)
     config.backbone_seed = backbone_seed if backbone_weights is None else None
+    config.positive_class = positive_class
     out_dir = Path(out_dir)
     write_state_dict(out_dir / WEIGHTS_NAME, tensors)
     write_adapter_config(config, out_dir)

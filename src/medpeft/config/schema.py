@@ -80,12 +80,23 @@ class DataSettings:
             column each (empty cell = missing); ``null``: one image modality read from
             ``image_col``.
         image_col, label_col, split_col, id_col: manifest columns.
+        group_col: manifest column of groups that must stay in one split, e.g. ``patient``
+            (several images per patient: a record-wise split inflates scores); ``null``:
+            every sample on its own. A group spanning two values of the split column is
+            an error.
         label_sep: separator of several class names in ``label_col`` (multi-label).
         label_cols: one 0/1 column per class instead of ``label_col`` (multi-label).
         task: ``multiclass`` or ``multilabel`` (``null``: inferred from the labels).
-        classes: label names in head order (default: sorted names found).
+        classes: label names in head order (default: sorted names found; names that
+            differ only in case or surrounding spaces are then an error). Given, a cell
+            that matches a class but for case or spaces counts as that class.
+        positive_class: the class a two-class task's sensitivity, specificity, PPV, AUROC
+            and thresholds are about (``null``: the class that is not a recognised
+            negative such as ``normal``; required when that does not pick one).
         combine: image modality -> ``stack`` or ``hconcat`` (images side by side).
         val_fraction, test_fraction: stratified split sizes for samples without a split.
+        leakage: an image in two splits (the same file, or a byte-identical copy) is an
+            ``error`` (default) or a ``warn`` ing naming the rows.
         num_samples, bits_per_modality: size and difficulty of the ``synthetic`` task.
         missing_image: what replaces a missing image: ``ones`` (MoRA), ``zeros``, ``token``.
         augment: random resized crop + flip + jitter on training images.
@@ -123,13 +134,16 @@ class DataSettings:
     label_col: str = "label"
     split_col: str = "split"
     id_col: str = "id"
+    group_col: str | None = None
     label_sep: str = "|"
     label_cols: list[str] | None = None
     task: TASKS | None = None
     classes: list[str] | None = None
+    positive_class: str | int | None = None
     combine: dict = field(default_factory=dict)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    leakage: Literal["error", "warn"] = "error"
     num_samples: int = 256
     bits_per_modality: int = 1
     missing_image: Literal["ones", "zeros", "token"] = "ones"
@@ -155,6 +169,8 @@ class DataSettings:
                 f"{self.batch_size}, {self.num_workers}"
             )
         self.read_options()  # ConfigError naming data.slice_axis / data.window
+        if self.positive_class is not None:  # `positive_class: 1` reads as an integer in YAML
+            self.positive_class = str(self.positive_class)
 
     def read_options(self) -> ReadOptions:
         """How volumes and wide-range images are read (`medpeft.data.imageio.ReadOptions`)."""

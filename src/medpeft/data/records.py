@@ -10,6 +10,7 @@ Every reader in `medpeft.data.sources` yields a `Source`.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class Record:
         target: class index (multiclass) or 0/1 tuple in label order (multilabel).
         split: ``train``/``val``/``test``, or None until `medpeft.data.splits.assign_splits`.
         where: origin for error messages, e.g. ``manifest.csv line 4``.
+        group: the group that must stay in one split (e.g. the patient), or None.
     """
 
     id: str
@@ -50,6 +52,7 @@ class Record:
     target: Target
     split: str | None = None
     where: str = ""
+    group: str | None = None
 
     def available(self, modalities: Sequence[str]) -> tuple[bool, ...]:
         """Which modalities the data genuinely holds for this sample."""
@@ -125,27 +128,36 @@ def check_modalities(modalities: Sequence[str], kinds: Mapping[str, str]) -> Non
         raise ConfigError("at most one text modality is supported (one token stream)")
 
 
-def drop_duplicates(records: Sequence[Record]) -> list[Record]:
+def input_key(record: Record) -> tuple:
+    """What a record reads: each image file by its resolved real path (so ``imgs/x.png``,
+    ``imgs/../imgs/x.png`` and the absolute path are one file), each text as is."""
+    return tuple(sorted(
+        (m, v if isinstance(v, str) else tuple(os.path.realpath(p) for p in v))
+        for m, v in record.values.items()
+    ))
+
+
+def drop_duplicates(
+    records: Sequence[Record], labels: Sequence[str] | None = None, drop: bool = True
+) -> list[Record]:
     """The records without repeats of the same inputs (same files and text), with a warning.
 
-    A repeated row would otherwise be trained on twice and could land in train and
-    test at once. Repeats that disagree (another label, or another explicit split)
-    are a DataError naming both rows: the data itself is contradictory.
+    Files are compared by real path (see `input_key`). A repeated row would otherwise
+    be trained on twice and could land in train and test at once. Repeats that disagree
+    (another label, explicit split or group) are a DataError naming both rows, also with
+    ``drop=False`` (rows that are samples of their own, e.g. under an id column: kept).
     """
     first: dict[tuple, Record] = {}
     kept, dropped = [], []
     for record in records:
-        seen = first.setdefault(tuple(sorted(record.values.items())), record)
-        if seen is record:
+        key = input_key(record)
+        seen = first.setdefault(key, record)
+        if seen is not record:
+            _check_agree(seen, record, key, labels)
+        if seen is record or not drop:
             kept.append(record)
-            continue
-        for what, a, b in (("label", seen.target, record.target), ("split", seen.split, record.split)):
-            if a != b:
-                raise DataError(
-                    f"{record.where or record.id}: the same inputs as {seen.where or seen.id} with "
-                    f"another {what} ({b!r} vs {a!r}); keep one row per sample"
-                )
-        dropped.append(f"{record.where or record.id} (= {seen.where or seen.id})")
+        else:
+            dropped.append(f"{record.where or record.id} (= {seen.where or seen.id})")
     if dropped:
         more = " ..." if len(dropped) > MAX_LISTED else ""
         log.warning(
@@ -153,6 +165,32 @@ def drop_duplicates(records: Sequence[Record]) -> list[Record]:
             len(dropped), ", ".join(dropped[:MAX_LISTED]), more,
         )
     return kept
+
+
+def _check_agree(seen: Record, record: Record, key: tuple, labels: Sequence[str] | None) -> None:
+    """DataError naming both rows if two records of the same inputs disagree."""
+    facts = (
+        ("label", _label_text(seen.target, labels), _label_text(record.target, labels)),
+        ("split", seen.split, record.split),
+        ("group", seen.group, record.group),
+    )
+    for what, a, b in facts:
+        if a != b:
+            files = [p for _, v in key if isinstance(v, tuple) for p in v]
+            both = f" (both read {files[0]})" if files else ""
+            raise DataError(
+                f"{record.where or record.id}: the same inputs as {seen.where or seen.id} with "
+                f"another {what} ({b!r} vs {a!r}){both}; keep one row per sample"
+            )
+
+
+def _label_text(target: Target, labels: Sequence[str] | None) -> Target | str:
+    """A target as its class name(s) (``|``-joined for multilabel) when ``labels`` are known."""
+    if labels is None:
+        return target
+    if isinstance(target, int):
+        return labels[target]
+    return "|".join(name for name, on in zip(labels, target) if on)
 
 
 def check_records(records: Sequence[Record], modalities: Sequence[str]) -> None:

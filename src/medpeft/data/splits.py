@@ -4,17 +4,18 @@
 rarest positive label, see `strata`); `seeded_split` gives exact counts (the
 papers' split sizes of ODIR-5K and IU X-ray), stratified too when given the
 targets. `assign_splits` gives every record of a `Source` without a split one,
-stratified.
+stratified, keeping each group (`Record.group`, e.g. a patient) whole in one split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from medpeft.data.records import Source, Target
+from medpeft.data.records import Record, Source, Target
 from medpeft.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -60,27 +61,60 @@ def strata(targets: Sequence[Target]) -> list[int]:
 
 
 def stratified_split(
-    targets: Sequence[Target], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0
+    targets: Sequence[Target],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> list[str]:
     """Seeded stratified train/val/test split: the split name of each target.
 
     Within each stratum (see `strata`) the samples are shuffled with ``seed``;
     ``round(n * val)`` go to val, ``round(n * test)`` to test, the rest to train
-    (fractions are normalised to sum 1).
+    (fractions are normalised to sum 1). With ``groups`` (one key per target, e.g.
+    the patient) every group lands whole in one split: a group belongs to the stratum
+    most of its samples have, the groups of a stratum are shuffled and each joins
+    val, else test, while that brings the split closer to its count, else train (so
+    counts are near, not exact). Without groups each sample is a group of its own,
+    which is the exact split above.
     """
     fractions = check_fractions(fractions)
     total = sum(fractions)
     rng = np.random.default_rng(seed)
-    groups = np.asarray(strata(targets))
+    units = _units(groups, len(targets))
+    sample_strata = strata(targets)
+    unit_strata = np.asarray([_majority([sample_strata[i] for i in unit]) for unit in units])
     assigned = ["train"] * len(targets)
-    for group in sorted(set(groups.tolist())):
-        members = rng.permutation(np.flatnonzero(groups == group))
-        n_val = min(len(members), round(len(members) * fractions[1] / total))
-        n_test = min(len(members) - n_val, round(len(members) * fractions[2] / total))
-        for name, chosen in (("val", members[:n_val]), ("test", members[n_val : n_val + n_test])):
-            for index in chosen:
+    for stratum in sorted(set(unit_strata.tolist())):
+        order = rng.permutation(np.flatnonzero(unit_strata == stratum))
+        size = sum(len(units[u]) for u in order)
+        n_val = min(size, round(size * fractions[1] / total))
+        wanted = {"val": n_val, "test": min(size - n_val, round(size * fractions[2] / total))}
+        filled = dict.fromkeys(wanted, 0)
+        for u in order:
+            members = units[u]
+            # join a split while that brings it closer to its count (singletons: until it is reached)
+            name = next((s for s in wanted if 2 * filled[s] + len(members) < 2 * wanted[s]), "train")
+            if name != "train":
+                filled[name] += len(members)
+            for index in members:
                 assigned[index] = name
     return assigned
+
+
+def _units(groups: Sequence[Hashable] | None, count: int) -> list[list[int]]:
+    """Sample indices of each group, in order of first appearance (no groups: one per sample)."""
+    if groups is None:
+        return [[i] for i in range(count)]
+    members: dict[Hashable, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    return list(members.values())
+
+
+def _majority(values: Sequence[int]) -> int:
+    """The most common value (ties: the smallest)."""
+    counts = Counter(values)
+    return max(sorted(counts), key=counts.__getitem__)
 
 
 def seeded_split(
@@ -119,25 +153,58 @@ def _interleaved(groups: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+def given_group_splits(records: Sequence[Record]) -> dict[str, str]:
+    """The split of each group a member of which has one given.
+
+    DataError naming the group, both splits and a row of each if a group spans two.
+    """
+    first: dict[str, Record] = {}
+    for record in records:
+        if record.group is None or record.split is None:
+            continue
+        seen = first.setdefault(record.group, record)
+        if seen.split != record.split:
+            raise DataError(
+                f"group {record.group!r} (data.group_col) spans two splits: {seen.split} "
+                f"({seen.where or seen.id}) and {record.split} ({record.where or record.id}); "
+                "keep every sample of a group in one split"
+            )
+    return {group: record.split for group, record in first.items()}
+
+
 def assign_splits(
     source: Source, val_fraction: float, test_fraction: float, seed: int = 0
 ) -> Source:
     """``source`` with a stratified seeded split for every record that has none.
 
-    Records that already have a split keep it. Raises ConfigError if train or
-    val ends up empty.
+    Records that already have a split keep it. With groups (`Record.group`), a record
+    without a split joins its group's given split, if any; the other groups are split
+    whole (see `stratified_split`), and a group spanning two given splits is a
+    DataError. Raises ConfigError if train or val ends up empty.
     """
-    unsplit = [i for i, r in enumerate(source.records) if r.split is None]
+    given = given_group_splits(source.records)
+    records = [
+        replace(r, split=given[r.group]) if r.split is None and r.group in given else r
+        for r in source.records
+    ]
+    unsplit = [i for i, r in enumerate(records) if r.split is None]
+    grouped = any(r.group is not None for r in records)
+    groups = [_group_key(records[i]) for i in unsplit] if grouped else None
     fractions = holdout_fractions(val_fraction, test_fraction)
-    names = stratified_split([source.records[i].target for i in unsplit], fractions, seed)
-    records = list(source.records)
+    names = stratified_split([records[i].target for i in unsplit], fractions, seed, groups)
     for index, name in zip(unsplit, names):
         records[index] = replace(records[index], split=name)
     result = replace(source, records=records)
     empty = [s for s in ("train", "val") if not result.split(s)]
     if empty:
+        whole = "; data.group_col keeps each group whole, so small data need larger fractions" if grouped else ""
         raise ConfigError(
             f"data.val_fraction/data.test_fraction: the {empty} split(s) are empty "
-            f"(fractions {fractions} over {len(unsplit)} unsplit samples; check the split column)"
+            f"(fractions {fractions} over {len(unsplit)} unsplit samples; check the split column{whole})"
         )
     return result
+
+
+def _group_key(record: Record) -> tuple[str, str]:
+    """The unit a record is split with: its group, or (without one) the record alone."""
+    return ("group", record.group) if record.group is not None else ("sample", record.id)

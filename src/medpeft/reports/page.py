@@ -5,7 +5,8 @@ facts, headline test metrics with seeded bootstrap 95% intervals, the parameter 
 file size summary, training curves, ROC and precision-recall curves per class, the
 confusion matrix, a calibration curve with its ECE, per-class sensitivity and
 specificity at an operating point and, for several modalities, the missing-modality
-grid. ``summary.json`` holds the numbers. Test scores come from the run's
+grid. A two-class run names its positive class wherever sensitivity, specificity,
+PPV, ROC or thresholds appear. ``summary.json`` holds the numbers. Test scores come from the run's
 ``predictions_test.csv``; a run without it (trained before medpeft saved it) is
 evaluated again with its saved adapter first.
 """
@@ -48,6 +49,7 @@ PAGE = "index.html"
 SUMMARY = "summary.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SPLIT = "test"
+POSITIVE_METRICS = ("auroc", "sensitivity", "specificity")  # a two-class run's: of its positive class
 
 
 @dataclass
@@ -65,6 +67,15 @@ class RunFacts:
     @property
     def monitor(self) -> str:
         return self.report["test"].get("metric", "f1_macro")
+
+    @property
+    def positive_class(self) -> str | None:
+        """A two-class run's positive class: as recorded, else (runs before medpeft recorded
+        it) the second class, which their metrics used."""
+        labels = self.scores.labels
+        if self.scores.task != "multiclass" or len(labels) != 2:
+            return None
+        return self.adapter.positive_class or self.report.get("positive_class") or labels[1]
 
 
 def read_run(run_dir: str | Path, progress: bool = False) -> RunFacts:
@@ -146,7 +157,9 @@ def write_report_page(
     folder.mkdir(parents=True, exist_ok=True)
     scores = facts.scores
     point = operating_point(scores, threshold)
-    headline = bootstrap(headline_metrics(scores, point), len(scores.scores), resamples, seed)
+    positive = facts.positive_class
+    index = scores.labels.index(positive) if positive is not None else 1
+    headline = bootstrap(headline_metrics(scores, point, index), len(scores.scores), resamples, seed)
     rates = class_rates(scores, point)
     cal = calibration(scores)
     plots = _plots(facts, point, cal, folder)
@@ -155,15 +168,20 @@ def write_report_page(
             html.section("Run", _facts_table(facts, point)),
             html.section(
                 "Test metrics",
-                _headline_table(headline),
+                _headline_table(headline, positive),
                 f'<p class="note">95% percentile bootstrap intervals ({resamples} resamples of the '
                 f"{len(scores.scores)} test samples, seed {seed}); sensitivity and specificity at "
-                f"the operating point ({html.escape(point.name)}).</p>",
+                f"the operating point ({html.escape(point.name)}){html.escape(_positive_note(positive))}.</p>",
             ),
             html.section("Size", _size_table(facts)),
         ),
-        *_figure_sections(plots, cal),
-        html.section(f"Per class at the operating point ({point.name})", _class_table(facts, point, rates)),
+        *_figure_sections(plots, cal, positive),
+        html.section(
+            f"Per class at the operating point ({point.name})",
+            *([f'<p class="note">Positive class: {html.escape(positive)}; each row counts its own '
+               "class as positive.</p>"] if positive is not None else []),
+            _class_table(facts, point, rates),
+        ),
     ]
     if "missing" in plots:
         body.append(html.section("Missing-modality grid", html.figure(plots["missing"], _GRID_CAPTION)))
@@ -200,14 +218,20 @@ def _plots(facts: RunFacts, point: OperatingPoint, cal, folder: Path) -> dict[st
     return plots
 
 
-def _figure_sections(plots: dict[str, Path], cal) -> list[str]:
+def _positive_note(positive: str | None) -> str:
+    """``"; positive class: X"`` (plain text) for a two-class run, else ``""``."""
+    return f"; positive class: {positive}" if positive is not None else ""
+
+
+def _figure_sections(plots: dict[str, Path], cal, positive: str | None) -> list[str]:
     out = []
     if "curves" in plots:
         out.append(html.section("Training", html.figure(
             plots["curves"], "Loss per epoch and the monitored validation metric; dashed: the best "
             "epoch, whose weights were kept.")))
     out.append(html.section("Ranking", '<div class="figures">', html.figure(
-        plots["roc"], "One-vs-rest ROC curve per class (AUROC in brackets)."), html.figure(
+        plots["roc"], f"One-vs-rest ROC curve per class (AUROC in brackets){_positive_note(positive)}."),
+        html.figure(
         plots["pr"], "Precision-recall curve per class (average precision in brackets); dotted: "
         "the class's prevalence."), "</div>"))
     out.append(html.section("Errors and calibration", '<div class="figures">', html.figure(
@@ -231,12 +255,17 @@ def _facts_table(facts: RunFacts, point: OperatingPoint) -> str:
         ("monitor", facts.monitor),
         ("operating point", point.name),
     ]
+    if facts.positive_class is not None:
+        rows.append(("positive class", facts.positive_class))
     return html.table(None, rows, css="facts")
 
 
-def _headline_table(headline: dict[str, Interval]) -> str:
+def _headline_table(headline: dict[str, Interval], positive: str | None) -> str:
+    def named(metric: str) -> str:  # a two-class run's AUROC, sensitivity, specificity: of `positive`
+        return f"{metric} ({positive})" if positive is not None and metric in POSITIVE_METRICS else metric
+
     rows = [
-        (name, html.number(i.value), f"{html.number(i.low)} - {html.number(i.high)}")
+        (named(name), html.number(i.value), f"{html.number(i.low)} - {html.number(i.high)}")
         for name, i in headline.items()
     ]
     return html.table(["metric", "value", "95% CI"], rows)
@@ -282,6 +311,7 @@ def _write_summary(path: Path, facts: RunFacts, point: OperatingPoint, headline:
         "task": facts.scores.task,
         "test_samples": len(facts.scores.scores),
         "operating_point": point.name,
+        "positive_class": facts.positive_class,
         "headline": {name: {k: _plain(v) for k, v in asdict(i).items()} for name, i in headline.items()},
         "ece": ece,
         "per_class": per_class,

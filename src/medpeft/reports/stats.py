@@ -166,19 +166,19 @@ def weighted_auroc(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) ->
 Headline = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def headline_metrics(scores: SplitScores, point: OperatingPoint) -> Headline:
+def headline_metrics(scores: SplitScores, point: OperatingPoint, positive: int = 1) -> Headline:
     """Function of sample weights ``[R, N]`` -> headline metric name -> values ``[R]``.
 
     Multiclass: accuracy, balanced accuracy and macro F1 of the argmax, macro AUROC
-    (two classes: that of the positive class); sensitivity and specificity at the
-    operating point (macro, or the positive class's). Multilabel: macro and micro F1,
-    macro sensitivity and specificity at the operating point, macro AUROC.
+    (two classes: that of the positive class, index ``positive``); sensitivity and
+    specificity at the operating point (macro, or the positive class's). Multilabel:
+    macro and micro F1, macro sensitivity and specificity at the operating point, macro AUROC.
     """
     truth, binary = scores.truth, scores.task == "multiclass" and len(scores.labels) == 2
     top = np.eye(len(scores.labels), dtype=np.int64)[scores.scores.argmax(1)]
 
     def mean(values: np.ndarray) -> np.ndarray:
-        return values[:, 1] if binary else _nanmean(values)
+        return values[:, positive] if binary else _nanmean(values)
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
         op = class_counts(truth, point.decisions, weights)

@@ -1,7 +1,9 @@
 """The data side of a run: config -> source, missing tables, preprocessing and loaders.
 
 `load_source` reads what ``data`` describes into a `Source` with every sample in a
-split (stratified where the data has none). `RunData` turns a split (and, for
+split (stratified where the data has none, groups kept whole), with no image in
+two splits (``data.leakage``). `run_positive_class` is the class a two-class
+task's sensitivity and ROC are about. `RunData` turns a split (and, for
 several modalities, a missing table) into a loader of the batch dict. One
 modality: no missing tables, no grid.
 """
@@ -21,6 +23,8 @@ from medpeft.config import DataSettings, MissingSettings, RunConfig
 from medpeft.data.cache import ImageCache, default_cache_dir, eval_resize_side
 from medpeft.data.collate import Collate
 from medpeft.data.dataset import Dataset
+from medpeft.data.labels import positive_class
+from medpeft.data.leakage import check_leakage
 from medpeft.data.loader import SkippedSamples, SkippingLoader, build_loader
 from medpeft.data.missing import (
     MissingTable,
@@ -51,6 +55,11 @@ def load_source(config: RunConfig, layout: RunLayout) -> Source:
         layout: The run folder (the synthetic task is written into it).
     """
     data, seed = config.data, config.train.seed
+    if data.group_col is not None and data.source != "csv":
+        raise ConfigError(
+            f"data.group_col: {data.group_col!r} names a manifest column; source {data.source!r} has "
+            "none (source csv reads one)"
+        )
     if data.source == "csv":
         if data.manifest is None:
             raise ConfigError("data.manifest: source 'csv' needs the path of a CSV manifest")
@@ -58,7 +67,7 @@ def load_source(config: RunConfig, layout: RunLayout) -> Source:
             data.manifest, modalities=data.modalities, image_col=data.image_col,
             label_col=data.label_col, label_cols=data.label_cols, label_sep=data.label_sep,
             split_col=data.split_col, id_col=data.id_col, task=data.task, classes=data.classes,
-            root=data.root, combine=data.combine,
+            root=data.root, combine=data.combine, group_col=data.group_col,
         )
     elif data.source == "folder":
         source = folder_source(dataset_root(data), data.classes)
@@ -73,19 +82,37 @@ def load_source(config: RunConfig, layout: RunLayout) -> Source:
     else:
         hint = did_you_mean(data.source, SOURCES)
         raise ConfigError(f"data.source: {data.source!r} is not one of {list(SOURCES)}{hint}")
-    return assign_splits(source, data.val_fraction, data.test_fraction, seed)
+    source = assign_splits(source, data.val_fraction, data.test_fraction, seed)
+    check_leakage(source.records, source.kinds, data.leakage)
+    return source
 
 
-def describe_source(source: Source) -> list[str]:
+def run_positive_class(config: RunConfig, source: Source) -> str | None:
+    """The positive class of a two-class task (``data.positive_class`` or the default rule)."""
+    return positive_class(source.labels, source.task, config.data.positive_class)
+
+
+def positive_index(source: Source, positive: str | None) -> int:
+    """Column of ``positive`` among the labels (1 when there is none: not a two-class task)."""
+    return source.labels.index(positive) if positive is not None else 1
+
+
+def describe_source(source: Source, positive: str | None = None) -> list[str]:
     """Lines saying what a run reads: samples per split, and every class with its count.
 
     A class with very few samples (at most `RARE`, or 0.1% of the data) is flagged:
     with ``data.classes`` unset, a misspelt label silently becomes a class of its own.
+    A two-class task names its ``positive`` class.
     """
     splits = ", ".join(f"{s} {len(source.split(s))}" for s in SPLITS if source.split(s))
     lines = [f"data: {len(source.records)} samples ({splits}); modalities {dict(source.kinds)}"]
     counts = class_counts(source)
     lines.append(f"{source.task} labels: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    if positive is not None:
+        lines.append(
+            f"positive class: {positive} (sensitivity, specificity, PPV and AUROC are about it; "
+            "data.positive_class changes it)"
+        )
     limit = max(RARE, len(source.records) / 1000)
     for label in (k for k, n in counts.items() if n <= limit):
         lines.append(

@@ -4,7 +4,8 @@
 modalities, run folders of medpeft 0.1 included): the split under its missing
 setting, then, when the data has several modalities, every grid setting
 (``grid.md``, ``grid.json``, heatmap and curves PNGs). The split's per-sample scores go
-to ``predictions_{split}.csv`` (read by ``medpeft report``).
+to ``predictions_{split}.csv`` (read by ``medpeft report``); ``{split}_metrics.json``
+names the positive class of a two-class task (``positive_class``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from medpeft.errors import ConfigError
 from medpeft.metrics import format_metrics_table
 from medpeft.reports import Results, missing_grid_table, plot_missing_curves, plot_missing_heatmap
 from medpeft.reports.scores import SplitScores
-from medpeft.runs.data import RunData, grid_tables, load_source, run_data, saved_or_new_tables
+from medpeft.runs.data import (
+    RunData,
+    grid_tables,
+    load_source,
+    positive_index,
+    run_data,
+    run_positive_class,
+    saved_or_new_tables,
+)
 from medpeft.runs.layout import RunLayout
 from medpeft.train import EvalResult, evaluate
 from medpeft.train.settings import autocast_dtype, resolve_device
@@ -55,14 +64,16 @@ def evaluate_split(
     """Metrics of ``split`` (and of every grid setting), written into the run folder."""
     task, labels = data.source.task, data.source.labels
     dtype = autocast_dtype(config.train)
+    positive = run_positive_class(config, data.source)
 
     def run(split_table: MissingTable | None) -> EvalResult:
         loader = data.loader(split, split_table)
-        return evaluate(model, loader, task, labels, progress, dtype)
+        return evaluate(model, loader, task, labels, progress, dtype, positive_index(data.source, positive))
 
     result = run(table)
     metrics = result.metrics
-    atomic_write_text(layout.split_metrics(split), json.dumps(metrics, indent=2))
+    named = {"positive_class": positive} if positive is not None else {}
+    atomic_write_text(layout.split_metrics(split), json.dumps({**named, **metrics}, indent=2))
     SplitScores(labels, task, result.scores, result.targets).write_csv(layout.predictions(split))
     grid = {
         key: overall(run(t).metrics) for key, t in grid_tables(data.source, config.missing, split).items()

@@ -27,7 +27,15 @@ from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
-from medpeft.runs.data import describe_source, load_source, run_data, save_tables, split_tables
+from medpeft.runs.data import (
+    describe_source,
+    load_source,
+    positive_index,
+    run_data,
+    run_positive_class,
+    save_tables,
+    split_tables,
+)
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
@@ -51,6 +59,7 @@ class RunReport:
     test: Evaluation
     skipped: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    positive_class: str | None = None
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -63,6 +72,7 @@ class RunReport:
             "params": {"trainable": self.params.trainable, "total": self.params.total},
             "adapter_bytes": self.adapter_bytes,
             "best_epoch": self.best_epoch,
+            "positive_class": self.positive_class,
             "val_metrics": self.val_metrics,
             "test": {"split": self.test.split, "metrics": self.test.metrics, "grid": grid,
                      "metric": self.test.metric},
@@ -85,6 +95,7 @@ class RunReport:
             test=Evaluation(test["split"], test["metrics"], grid, test["metric"]),
             skipped=data.get("skipped_samples", {}).get("samples", []),
             timing=data.get("timing", {}),
+            positive_class=data.get("positive_class"),
         )
 
 
@@ -140,7 +151,8 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     own.root.mkdir(parents=True, exist_ok=True)
     save_config(config, own.config)
     source = load_source(config, own)
-    for line in describe_source(source) if distributed.is_main() else ():
+    positive = run_positive_class(config, source)  # before anything is trained
+    for line in describe_source(source, positive) if distributed.is_main() else ():
         (log.warning if line.startswith("warning") else log.info)(line)
     check_monitor(config.train.monitor, source.task, source.labels)
     if config.data.check_images != "none" and config.train.on_bad_sample == "stop":
@@ -204,10 +216,12 @@ def train_source(
         raise ConfigError("the data needs non-empty train and val splits (check the split column/fractions)")
     set_backbone_dropout(model, config.model.dropout)
     data = run_data(config, source, model)
+    positive = run_positive_class(config, source)
     result = fit(
         model, data.loader("train", tables["train"], train=True), data.loader("val", tables["val"]),
         source.task, config.train, layout.root, class_names=source.labels, resume=resume,
         progress=progress, aux_loss=get_method(config.method).aux_loss, objective=objective,
+        positive=positive_index(source, positive),
     )
     timing = dict(result.timing)
     start = time.perf_counter()
@@ -215,6 +229,7 @@ def train_source(
         model, own.adapter, spec, source.labels, source.task, data.pre,
         backbone_weights=config.model.weights or (HUB if config.model.pretrained else None),
         kinds=source.kinds, inputs=_inputs(config, source), backbone_seed=config.train.seed,
+        positive_class=positive,
     )
     timing["checkpoint_s"] = timing.get("checkpoint_s", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
@@ -232,6 +247,7 @@ def train_source(
         test=test,
         skipped=list(data.skipped),
         timing=timing,
+        positive_class=positive,
     )
     write_report(own, {"epochs": config.train.epochs, **report.to_dict()})
     distributed.barrier()  # the run folder is complete for every process

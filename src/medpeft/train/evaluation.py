@@ -97,15 +97,17 @@ def evaluate(
     class_names: list[str] | None = None,
     progress: bool = False,
     amp_dtype: torch.dtype | None = torch.float16,
+    positive: int = 1,
 ) -> EvalResult:
-    """Metrics, probabilities and mean (unsmoothed) loss of the model over a labelled loader."""
+    """Metrics, probabilities and mean (unsmoothed) loss of the model over a labelled loader
+    (``positive``: index of a two-class task's positive class, see `compute_metrics`)."""
     check_task(task)  # before the pass over the loader, not after
     logits, targets = _collect(model, loader, progress, amp_dtype)
     if targets is None:
         raise DataError("evaluate needs (inputs, targets) batches")
     loss = float(build_loss(task)(logits, targets))
     scores = to_scores(task, logits)
-    metrics = compute_metrics(task, scores, targets, class_names)
+    metrics = compute_metrics(task, scores, targets, class_names, positive=positive)
     return EvalResult(metrics=metrics, scores=scores.numpy(), targets=targets.numpy(), loss=loss)
 
 

@@ -108,6 +108,7 @@ def fit(
     progress: bool = True,
     aux_loss: AuxLoss | None = None,
     objective: Objective | None = None,
+    positive: int = 1,
 ) -> FitResult:
     """Train the model's trainable parameters, validating each epoch; end with the best weights.
 
@@ -115,6 +116,7 @@ def fit(
     added to the task loss after every training forward when it returns a tensor.
     ``objective(outputs, targets)`` replaces the task loss for models whose outputs
     carry more than logits (early intervention); evaluation reads ``outputs.logits``.
+    ``positive`` is the index of a two-class task's positive class in the validation metrics.
 
     With ``resume`` and ``out_dir/checkpoint.pt`` present, training continues
     after the last completed epoch with the saved optimizer, scheduler, scaler
@@ -127,7 +129,7 @@ def fit(
     if len(train_loader) == 0:
         raise DataError("train_loader yields no batches")
     run = _Run(model, task, settings, Path(out_dir), class_names, progress, len(train_loader))
-    run.aux_loss, run.objective = aux_loss, objective
+    run.aux_loss, run.objective, run.positive = aux_loss, objective, positive
     if resume and run.checkpoint_path.exists():
         run.state = load_checkpoint(run.checkpoint_path, model, *run.parts.resumable())
     log = (
@@ -179,6 +181,7 @@ class _Run:
         self.class_names, self.progress = class_names, progress
         self.aux_loss: AuxLoss | None = None
         self.objective: Objective | None = None
+        self.positive = 1
         self.checkpoint_path = out_dir / CHECKPOINT
         self.device = (
             distributed.process_device() if distributed.is_distributed()
@@ -209,7 +212,8 @@ class _Run:
         train_loss = self.train_epoch(train_loader, log)
         start = time.perf_counter()
         val = evaluate(
-            self.eval_net, val_loader, self.task, self.class_names, self.progress, self.dtype
+            self.eval_net, val_loader, self.task, self.class_names, self.progress, self.dtype,
+            positive=self.positive,
         )
         self.add_time("eval_s", time.perf_counter() - start)
         start = time.perf_counter()

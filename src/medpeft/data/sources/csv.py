@@ -12,8 +12,9 @@ an error). Labels:
   multilabel (inferred unless ``task`` is given) with an empty cell = all negative;
 * ``label_cols``: one 0/1 column per label (multilabel); these name the labels.
 
-Optional ``id_col`` (default: row number) and ``split_col`` (train/val/test;
-empty = unsplit) columns; other columns are ignored. Every problem raises
+Optional ``id_col`` (default: row number), ``split_col`` (train/val/test;
+empty = unsplit) and ``group_col`` (e.g. the patient: every group stays in one
+split) columns; other columns are ignored. Every problem raises
 `DataError` naming the file, line and column; missing files are listed together.
 `read_inputs` reads the modality columns alone, unlabelled (for prediction).
 """
@@ -34,8 +35,8 @@ from medpeft.data.records import (
     check_records,
     drop_duplicates,
 )
-from medpeft.data.splits import parse_split
-from medpeft.errors import ConfigError
+from medpeft.data.splits import given_group_splits, parse_split
+from medpeft.errors import ConfigError, DataError
 from medpeft.tasks import check_task
 
 IMAGE_SEP = "|"
@@ -56,6 +57,7 @@ def csv_source(
     classes: Sequence[str] | None = None,
     root: str | Path | None = None,
     combine: Mapping[str, str] | None = None,
+    group_col: str | None = None,
 ) -> Source:
     """Read a CSV manifest (see the module docstring).
 
@@ -68,17 +70,22 @@ def csv_source(
         label_sep: separator of several class names in one cell.
         split_col: optional split column (None: ignore any).
         id_col: optional sample id column (None: row numbers). Without one, a row
-            repeating another's inputs is dropped with a warning (see `drop_duplicates`).
+            repeating another's inputs is dropped with a warning (see `drop_duplicates`);
+            with or without, rows of the same files (by real path) that disagree on the
+            label, split or group are a DataError naming both.
         task: ``multiclass``/``multilabel`` (default: inferred).
         classes: label names in head order (default: sorted names found).
         root: folder of relative image paths (default: the manifest's folder).
         combine: image modality -> ``"stack"`` or ``"hconcat"``.
+        group_col: optional column of groups (e.g. patient ids; every row needs one)
+            that must each stay in one split; a group spanning two values of the split
+            column is a DataError naming it.
     """
     path = Path(manifest)
     kinds = dict(modalities) if modalities is not None else {IMAGE_MODALITY: "image"}
     columns = {m: m for m in kinds} if modalities is not None else {IMAGE_MODALITY: image_col}
-    rows = _read(path, columns, kinds, label_cols or [label_col])
-    task, labels = _task_and_labels(rows, label_col, label_cols, label_sep, task, classes)
+    rows = _read(path, columns, kinds, [*(label_cols or [label_col]), *([group_col] if group_col else [])])
+    task, labels = _task_and_labels(rows, label_col, label_cols, label_sep, task, classes, path)
     records = _unlabelled(path, rows, columns, kinds, root, id_col)
     for index, (record, (_, row)) in enumerate(zip(records, rows)):
         record.id = record.id or str(index)
@@ -90,8 +97,11 @@ def csv_source(
         split = (row.get(split_col) or "").strip() if split_col else ""
         if split:
             record.split = parse_split(split, f"{record.where} column {split_col!r}")
-    if not (id_col and any(id_col in row for _, row in rows)):
-        records = drop_duplicates(records)  # with an id column, each row is its own sample
+        if group_col:
+            record.group = _group(row, group_col, record.where)
+    given_group_splits(records)
+    with_ids = bool(id_col and any(id_col in row for _, row in rows))
+    records = drop_duplicates(records, labels, drop=not with_ids)  # with ids, each row is a sample
     return Source(records, tuple(kinds), kinds, labels, task, dict(combine or {}))
 
 
@@ -163,6 +173,17 @@ def _unlabelled(
     return records
 
 
+def _group(row: Mapping[str, str], group_col: str, where: str) -> str:
+    """The group cell of a row; DataError naming the cell if it is blank."""
+    group = (row.get(group_col) or "").strip()
+    if not group:
+        raise DataError(
+            f"{where} column {group_col!r}: empty group; with data.group_col every row needs one "
+            "(e.g. its patient id)"
+        )
+    return group
+
+
 def _value(cell: str, kind: str, base: Path) -> Value:
     """A text cell as is; an image cell as its paths under ``base``."""
     if kind == "text":
@@ -177,6 +198,7 @@ def _task_and_labels(
     sep: str,
     task: str | None,
     classes: Sequence[str] | None,
+    path: Path,
 ) -> tuple[str, list[str]]:
     if label_cols:
         if check_task(task or "multilabel") != "multilabel":
@@ -186,4 +208,5 @@ def _task_and_labels(
         return "multilabel", list(label_cols)
     cells = [split_cell(row.get(label_col), sep) for _, row in rows]
     task = task or ("multilabel" if any(len(c) > 1 for c in cells) else "multiclass")
-    return check_task(task), ordered_labels((n for c in cells for n in c), classes or None)
+    names = (n for c in cells for n in c)
+    return check_task(task), ordered_labels(names, classes or None, f"{path} column {label_col!r}")

@@ -8,13 +8,14 @@ to ``root``. Without split folders the records are unsplit (see
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from medpeft.data.csvfile import MAX_LISTED
 from medpeft.data.imageio import has_image_suffix
-from medpeft.data.labels import ordered_labels
-from medpeft.data.records import IMAGE_MODALITY, Record, Source, image_source
+from medpeft.data.labels import match_class, ordered_labels
+from medpeft.data.records import IMAGE_MODALITY, Record, Source, drop_duplicates, image_source
 from medpeft.data.splits import SPLIT_ALIASES, parse_split
 from medpeft.errors import DataError
 
@@ -35,21 +36,25 @@ def folder_source(root: str | Path, classes: Sequence[str] | None = None) -> Sou
         names = [f.name for f in folders]
         raise DataError(f"{root}: mixes split folders and class folders: {names}")
     groups = [(parse_split(f.name, str(f)), f) for f in split_dirs] or [(None, root)]
-    found = [(split, sub) for split, folder in groups for sub in _subfolders(folder, False)]
+    found = [
+        (split, sub, _image_files(sub)) for split, folder in groups for sub in _subfolders(folder, False)
+    ]
     if not found:
         raise DataError(f"{root}: no class folders with images")
-    seen = {sub.name for _, sub in found}
-    labels = ordered_labels(seen, classes)
-    unknown = sorted(seen - set(labels))
+    seen = Counter()
+    for _, sub, files in found:
+        seen[sub.name] += len(files)
+    labels = ordered_labels(seen.elements(), classes, str(root))
+    unknown = sorted(name for name in seen if match_class(name, labels) is None)
     if unknown:
         raise DataError(f"{root}: class folder(s) {unknown} not in classes {labels}")
     records = [
         Record(p.relative_to(root).as_posix(), {IMAGE_MODALITY: (str(p),)},
-               labels.index(sub.name), split, str(sub))
-        for split, sub in found
-        for p in _image_files(sub)
+               labels.index(match_class(sub.name, labels)), split, str(sub))
+        for split, sub, files in found
+        for p in files
     ]
-    return image_source(records, labels, "multiclass")
+    return image_source(drop_duplicates(records, labels, drop=False), labels, "multiclass")
 
 
 def _subfolders(folder: Path, images_allowed: bool = True) -> list[Path]:
