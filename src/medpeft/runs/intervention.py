@@ -44,9 +44,9 @@ def two_stage_model(
     for m in source.modalities:
         sub_config, sub_source = stage1_config(config, layout, m), single_modality(source, m)
         sub_layout = RunLayout.at(sub_config.output_dir)
-        if resume:
-            check_resume(sub_config, sub_layout)  # also before reusing a finished stage 1
         if not (resume and finished_report(sub_config, sub_layout)):
+            if resume:
+                check_resume(sub_config, sub_layout)
             sub_layout.root.mkdir(parents=True, exist_ok=True)
             save_config(sub_config, sub_layout.config)
             sub_spec = model_spec(sub_config, sub_source)
