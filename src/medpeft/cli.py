@@ -62,9 +62,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from medpeft.runs.evaluate import evaluate_run, format_evaluation
 
     evaluation = evaluate_run(
-        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True
+        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True, data=args.data
     )
     print(format_evaluation(evaluation))
+    print(f"results in {evaluation.folder}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -228,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--adapter", help="adapter folder (default: RUN/adapter)")
     p.add_argument("--weights", help="backbone checkpoint file (default: the run's model.weights)")
+    p.add_argument(
+        "--data", help="other data: a CSV manifest (data.manifest) or a folder (data.root); "
+        "results go to RUN/evals/<name>/, as for --adapter, --weights and other settings",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files or a manifest with a saved adapter")
