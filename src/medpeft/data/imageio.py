@@ -256,7 +256,7 @@ def _open_pil(path: Path, max_pixels: int) -> Image.Image:
     refuses above twice it; `check_pixels` judges the size instead, so the warning is
     silenced and PIL's refusal is reworded as ours.
     """
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
