@@ -174,9 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from medpeft.serve.main import serve
     from medpeft.serve.settings import ServeSettings, token_from
 
+    limits = {name: getattr(args, name) for name in ("max_pixels", "max_decodes") if getattr(args, name) is not None}
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-        max_upload_mb=args.max_upload_mb, token=token_from(args.token),
+        max_upload_mb=args.max_upload_mb, token=token_from(args.token, args.no_auth), **limits,
     )
     serve(args.directory, settings, args.host, args.port, args.device, args.max_loaded,
           args.weights, args.random_backbone)
@@ -321,8 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="samples per forward pass, any mix of tasks")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=int, default=256, help="waiting samples before 503")
-    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body before 413")
+    p.add_argument("--max-upload-mb", "--max-body-mb", type=float, default=32.0,
+                   help="largest request body before 413")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels of an uploaded image or volume slice, checked before decoding "
+                   "(default: 60 M, as data.max_pixels)")
+    p.add_argument("--max-decodes", type=int, help="uploads decoded at once (default: the CPU cores)")
     p.add_argument("--token", help="bearer token every API call needs (default: $MEDPEFT_TOKEN; none: open)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve without a token even if MEDPEFT_TOKEN is set (empty)")
     p.add_argument("--max-loaded", type=int, help="most adapters on the backbone at once (default: all)")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--weights", help="backbone checkpoint file (default: the one the adapters record)")

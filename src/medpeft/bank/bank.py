@@ -195,8 +195,13 @@ class AdapterBank:
 
     # ------------------------------------------------------------- inference
 
-    def preprocess(self, name: str, inputs: Mapping[str, Input]) -> dict[str, torch.Tensor]:
+    def preprocess(
+        self, name: str, inputs: Mapping[str, Input], max_pixels: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """One file (path or raw bytes) per modality -> the task's preprocessed tensors.
+
+        ``max_pixels``: most pixels of an image, checked before decoding (default: what
+        the task's adapter records, else `medpeft.data.imageio.MAX_PIXELS`).
 
         Raises:
             UnknownTask: for an unknown task.
@@ -208,7 +213,7 @@ class AdapterBank:
             if name not in self._preprocessors:
                 self._preprocessors[name] = Preprocessor(name, self._configs[name])
             preprocessor = self._preprocessors[name]
-        return preprocessor(inputs)
+        return preprocessor(inputs, max_pixels)
 
     def predict(
         self, names: Sequence[str], inputs: Sequence[Mapping[str, torch.Tensor]]

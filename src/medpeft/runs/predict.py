@@ -14,7 +14,6 @@ one forward.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader
 from medpeft.adapters_io.config import AdapterConfig
 from medpeft.adapters_io.folder import load_adapter
 from medpeft.bank import AdapterBank, TaskInfo
-from medpeft.data.csvfile import check_columns, read_csv_rows
+from medpeft.data.csvfile import SpreadsheetWriter, check_columns, read_csv_rows
 from medpeft.data.dataset import Dataset
 from medpeft.data.imageio import ReadOptions
 from medpeft.data.loader import build_loader
@@ -52,7 +51,7 @@ class Predictions:
 
     def write_csv(self, out: TextIO) -> None:
         """``id``, one column per label, and the prediction (argmax, or labels > 0.5)."""
-        writer = csv.writer(out)
+        writer = SpreadsheetWriter(out)
         writer.writerow(["id", *self.labels, "prediction"])
         for sample_id, row in zip(self.ids, self.scores):
             writer.writerow([sample_id, *(f"{p:.4f}" for p in row), self.decision(row)])
@@ -81,7 +80,7 @@ class TaskPredictions:
 
     def write_csv(self, out: TextIO) -> None:
         """``id``, ``task``, ``prediction`` and ``scores`` (``label=p`` pairs joined by ``;``)."""
-        writer = csv.writer(out)
+        writer = SpreadsheetWriter(out)
         writer.writerow(["id", TASK_COLUMN, "prediction", "scores"])
         for sample_id, task, row in zip(self.ids, self.tasks, self.scores):
             labels = self.labels[task]
