@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
+from medpeft.adapters_io.export import merged_model
 from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods import DoraSettings, get_method
@@ -192,6 +193,18 @@ def test_save_load_identical_logits(tmp_path, backbone_file, images):
     assert config.method == "dora" and config.to_spec() == spec
     with torch.no_grad():
         assert torch.equal(loaded.eval()(images), model(images))
+
+
+def test_merged_export_is_a_plain_timm_model_with_the_same_logits(tmp_path, backbone_file, images):
+    spec = _spec()
+    model = build_model(spec, weights=backbone_file).eval()
+    _randomize(model)
+    folder = save_adapter(model, tmp_path / "task", spec, ["a", "b", "c"], "multiclass",
+                          backbone_weights=backbone_file)
+    plain, _ = merged_model(folder)
+    assert not any(isinstance(m, DoraLinear) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), model(images), atol=1e-5, rtol=1e-5)
 
 
 def test_parameter_count_formula():
