@@ -17,7 +17,13 @@ from transformers import ViltConfig
 from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
 from medpeft.methods import (
-    DoraSettings, LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names,
+    DoraSettings,
+    LoraSettings,
+    MoraSettings,
+    MorSettings,
+    PromptSettings,
+    get_method,
+    method_names,
 )
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
