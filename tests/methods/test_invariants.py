@@ -16,7 +16,15 @@ from transformers import ViltConfig
 
 from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
-from medpeft.methods import LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names
+from medpeft.methods import (
+    DoraSettings,
+    LoraSettings,
+    MoraSettings,
+    MorSettings,
+    PromptSettings,
+    get_method,
+    method_names,
+)
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 
@@ -46,6 +54,7 @@ CASES = {
     "linear": _timm("linear"),
     "full": _timm("full"),
     "mor": _timm("mor", MorSettings(("mlp.fc1", "mlp.fc2", "attn.proj"), ranks=(2, 3), blocks=(1,))),
+    "dora": _timm("dora", DoraSettings(("q", "v", "mlp.fc1"), rank=4, alpha=8)),
 }
 MASK = torch.tensor([[True, True], [True, False], [False, True]])
 
@@ -151,6 +160,7 @@ def test_registry_metadata_of_the_built_in_methods():
         "linear": [],
         "full": [],
         "mor": [],
+        "dora": ["mergeable"],
     }
 
 
@@ -194,6 +204,7 @@ PAPER_COUNTS = {
     "linear": (ModelSpec("vit_base_patch16_224", 2, "linear", img_size=224), 0),
     "full": (ModelSpec("vit_base_patch16_224", 2, "full", img_size=224), 85_798_656),
     "mor": (ModelSpec("vit_base_patch16_224", 2, "mor", img_size=224), 1_474_656),
+    "dora": (ModelSpec("vit_base_patch16_224", 2, "dora", img_size=224), 147_456 + 12 * 2 * 768),
 }
 
 

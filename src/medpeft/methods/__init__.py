@@ -11,6 +11,7 @@ from __future__ import annotations
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.methods.base import Method
 from medpeft.methods.baselines import FullFineTuning, LinearProbe
+from medpeft.methods.dora import DoRA, DoraSettings
 from medpeft.methods.lora import LoRA, LoraSettings
 from medpeft.methods.mor import MoR, MorSettings
 from medpeft.methods.mora import MoRA, MoraSettings
@@ -59,10 +60,11 @@ def settings_types() -> dict[str, type]:
     return {name: method.settings_type for name, method in _REGISTRY.items()}
 
 
-for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning(), MoR()):
+for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning(), MoR(), DoRA()):
     register(_method)
 
 __all__ = [
+    "DoraSettings",
     "LoraSettings",
     "Method",
     "MorSettings",

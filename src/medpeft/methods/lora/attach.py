@@ -29,7 +29,7 @@ FUSED_QKV_NAME = "qkv"
 
 
 def find_linears(
-    model: nn.Module, targets: Sequence[str], blocks: Iterable[int] | None = None
+    model: nn.Module, targets: Sequence[str], blocks: Iterable[int] | None = None, section: str = "lora"
 ) -> dict[str, list[Segment] | None]:
     """Map each target Linear's qualified name to the output segments to adapt.
 
@@ -37,10 +37,11 @@ def find_linears(
     :func:`~medpeft.methods.targets.resolve_targets`), else by name (ViLT).
 
     Raises:
-        ConfigError: if a target name matches no Linear in the model.
+        ConfigError: if a target name matches no Linear in the model (naming
+            ``<section>.targets``).
     """
     if backbone_views(model):
-        return resolve_targets(model, targets, blocks, LoRALinear, "lora.targets")
+        return resolve_targets(model, targets, blocks, LoRALinear, f"{section}.targets")
     blocks = None if blocks is None else sorted(set(blocks))
     qkv_parts = sorted(QKV_PARTS[t] for t in set(targets) & QKV_PARTS.keys())
     suffixes = [t for t in targets if t not in QKV_PARTS]
@@ -56,7 +57,7 @@ def find_linears(
             found[name] = [(p * dim, (p + 1) * dim) for p in qkv_parts]
             for t in targets:
                 hits[t] += t in QKV_PARTS
-    check_hits(hits, "LoRA targets", model, blocks, "q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1")
+    check_hits(hits, f"{section}.targets", model, blocks, "q/k/v (fused qkv) or a Linear name suffix such as attn.proj, mlp.fc1")
     return found
 
 
@@ -68,21 +69,31 @@ def add_lora(
     dropout: float = 0.0,
     blocks: Iterable[int] | None = None,
     adapter_name: str = "default",
+    layer_type: type[LoRALinear] = LoRALinear,
+    section: str = "lora",
 ) -> list[str]:
     """Add a LoRA adapter called ``adapter_name`` to the target Linears of ``model``.
 
     Linears already wrapped keep their wrapper and get one more named adapter,
     so many task adapters can share one backbone. Returns the wrapped names.
+    ``layer_type`` is the wrapper (a LoRALinear subclass such as DoRA's), ``section``
+    the config section that error messages name.
 
     Raises:
         ConfigError: if a target matches nothing, already holds ``adapter_name``,
-            or is already adapted on other segments; the model is left unchanged.
+            is already adapted on other segments or by another wrapper type; the
+            model is left unchanged.
     """
-    targets_found = find_linears(model, targets, blocks)
+    targets_found = find_linears(model, targets, blocks, section)
     for name, segments in targets_found.items():
         layer = model.get_submodule(name)
         if not isinstance(layer, LoRALinear):
             continue
+        if type(layer) is not layer_type:
+            raise ConfigError(
+                f"{name} already holds {type(layer).__name__} adapters; {section} adapters "
+                f"need a {layer_type.__name__} (one method per layer)"
+            )
         if adapter_name in layer.lora_A:
             raise ConfigError(f"{name} already has a LoRA adapter named {adapter_name!r}")
         if (segments or [(0, layer.out_features)]) != layer.segments:
@@ -90,7 +101,7 @@ def add_lora(
     for name, segments in targets_found.items():
         layer = model.get_submodule(name)
         if not isinstance(layer, LoRALinear):
-            layer = LoRALinear(layer, segments)
+            layer = layer_type(layer, segments)
             replace_module(model, name, layer)
         layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
     check_on_first_forward(model, targets_found)
