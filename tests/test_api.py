@@ -190,3 +190,25 @@ def test_adapt_by_name_and_load_without_a_backbone(tmp_path):
 def test_settings_of_no_method_are_refused():
     with pytest.raises(ConfigError, match="is not a method's settings"):
         medpeft.adapt(build("timm_vit"), object(), num_classes=2)
+
+
+def test_token_methods_refuse_backbones_without_a_token_stream():
+    with pytest.raises(ConfigError, match="method 'mora' needs a backbone with a token stream"):
+        medpeft.adapt(build("timm_swin"), medpeft.MoraSettings(), num_classes=2)
+    with pytest.raises(ConfigError, match="fusions, which read timm ViTs"):
+        medpeft.adapt(build("hf_dinov2"), medpeft.MoraSettings(), num_classes=2)
+
+
+def test_mor_runs_on_every_family_by_role():
+    model = medpeft.adapt(build("open_clip"), medpeft.MorSettings(ranks=(2,)), num_classes=2)
+    wrapped = {n for n, m in model.named_modules() if type(m).__name__ == "MoRLinear"}
+    assert wrapped == {f"model.backbone.transformer.resblocks.{i}.mlp.{fc}" for i in (0, 1) for fc in ("c_fc", "c_proj")}
+
+
+def test_capability_table_in_the_docs_is_generated_from_the_registry():
+    from pathlib import Path
+
+    from medpeft.methods.capabilities import capability_table
+
+    docs = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    assert capability_table() in docs

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medpeft.backbones.timm_vit import build_vit
-from medpeft.backbones.base import describe
+from medpeft.backbones.base import CapabilityError, describe
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
@@ -118,9 +118,26 @@ def build_model(
 
 
 def attach_method(model: nn.Module, method: Method, settings: Any, adapter_name: str = "default") -> None:
-    """Attach ``method``'s adapter to a fusion model and freeze all it does not train."""
+    """Attach ``method``'s adapter to a fusion model and freeze all it does not train.
+
+    Raises:
+        CapabilityError: the method needs a token stream the model does not offer.
+    """
+    if method.needs_tokens:
+        check_token_stream(model, method.name)
     method.attach(model, settings, adapter_name)
     freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
+
+
+def check_token_stream(model: nn.Module, method: str) -> None:
+    """CapabilityError unless every backbone of ``model`` has a token stream medpeft's fusions read."""
+    for view in model.backbone_views().values() if hasattr(model, "backbone_views") else ():
+        view.require("token_stream", f"method {method!r}")
+    if isinstance(model, PooledClassifier):
+        raise CapabilityError(
+            f"method {method!r} acts on a token stream through medpeft's fusions, which read timm "
+            f"ViTs; {model.view.describe()} is not one (see the capability table in docs/methods.md)"
+        )
 
 
 def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image") -> nn.Module:

@@ -194,7 +194,7 @@ def test_tiny_per_block_counts():
 def test_settings_are_normalised_to_tuples():
     s = MorSettings(targets=["mlp.fc1"], ranks=[2, 4], blocks=[0])
     assert (s.targets, s.ranks, s.blocks) == (("mlp.fc1",), (2, 4), (0,))
-    assert MorSettings() == MorSettings(("mlp.fc1", "mlp.fc2"), (2, 4, 8), None)
+    assert MorSettings() == MorSettings(("fc1", "fc2"), (2, 4, 8), None)
 
 
 @pytest.mark.parametrize(
@@ -308,7 +308,7 @@ def test_cli_trains_a_mor_adapter(tmp_path):
     adapter = run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["method"] == "mor"
-    assert config["settings"] == {"targets": ["mlp.fc1", "mlp.fc2"], "ranks": [2, 4], "blocks": [1], "per_modality": False}
+    assert config["settings"] == {"targets": ["fc1", "fc2"], "ranks": [2, 4], "blocks": [1], "per_modality": False}
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     mor_keys = {k for k in weights if "mor_" in k}
     assert mor_keys == {

@@ -26,7 +26,7 @@ def mor_layers(model: nn.Module) -> dict[str, MoRLinear]:
 
 def add_mor(
     model: nn.Module,
-    targets: Sequence[str] = ("mlp.fc1", "mlp.fc2"),
+    targets: Sequence[str] = ("fc1", "fc2"),
     ranks: Sequence[int] = DEFAULT_RANKS,
     blocks: Iterable[int] | None = None,
     adapter_name: str = "default",

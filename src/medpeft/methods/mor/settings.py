@@ -11,9 +11,13 @@ from medpeft.methods.mor.layer import DEFAULT_RANKS
 
 @dataclass
 class MorSettings:
-    """MoR hyper-parameters (EI defaults: mlp.fc1 + mlp.fc2 of all blocks, ranks 2/4/8)."""
+    """MoR hyper-parameters (EI defaults: both MLP Linears of all blocks, ranks 2/4/8).
 
-    targets: Sequence[str] = ("mlp.fc1", "mlp.fc2")
+    ``fc1``/``fc2`` are roles: the MLP Linears of every backbone family (timm's
+    ``mlp.fc1``/``mlp.fc2``, open_clip's ``mlp.c_fc``/``mlp.c_proj``).
+    """
+
+    targets: Sequence[str] = ("fc1", "fc2")
     ranks: Sequence[int] = DEFAULT_RANKS
     blocks: Sequence[int] | None = None
     per_modality: bool = False
