@@ -73,7 +73,8 @@ def pretrain_backbone(out: Path, epochs: int, progress: bool, samples_per_label:
     data = out / "pretrain-data"
     if not (data / MANIFEST).is_file():  # a rerun keeps the data its finished runs recorded
         make_synthetic_dataset(
-            data, SOURCE_FINDINGS, n_per_class=samples_per_label, img_size=IMG_SIZE, seed=1, task="multilabel"
+            data, SOURCE_FINDINGS, n_per_class=samples_per_label, img_size=IMG_SIZE, seed=1,
+            task="multilabel",
         )
     config = demo_config("pretrain", out, "full", data, epochs, LEARNING_RATES["pretrain"])
     report = train_run(config, progress=progress)

@@ -16,7 +16,8 @@ def config_file(tmp_path):
     folder = tmp_path / "project"
     folder.mkdir()
     path = folder / "run.yaml"
-    data = {"data": {"manifest": "lists/data.csv", "root": "../images"}, "model": {"weights": "w.safetensors"}}
+    data = {"data": {"manifest": "lists/data.csv", "root": "../images"},
+            "model": {"weights": "w.safetensors"}}
     path.write_text(yaml.safe_dump(data))
     return path
 

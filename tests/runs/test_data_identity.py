@@ -15,8 +15,9 @@ import yaml
 
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
-from medpeft.runs.fingerprint import describe_changes
-from medpeft.runs.layout import CONFIG, DATA_FINGERPRINT
+from medpeft.errors import DataError
+from medpeft.runs.fingerprint import check_fingerprint, describe_changes
+from medpeft.runs.layout import CONFIG, DATA_FINGERPRINT, RunLayout
 
 from .conftest import one_line, snapshot
 
@@ -127,3 +128,10 @@ RECORDED = {"manifest": {"path": "/d/m.csv", "sha256": "1"}, "samples": "s", "fi
 )
 def test_describe_changes_names_each_kind_of_change(current, changes):
     assert describe_changes(RECORDED, current) == changes
+
+
+def test_an_unreadable_fingerprint_is_named(tmp_path):
+    layout = RunLayout.at(tmp_path)
+    layout.data_fingerprint.write_text('{"files": ')
+    with pytest.raises(DataError, match=r"data_fingerprint.json: not a data fingerprint medpeft wrote \(JSONDecodeError"):
+        check_fingerprint(layout, RECORDED, "advice")

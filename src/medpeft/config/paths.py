@@ -15,12 +15,12 @@ import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from medpeft.config.schema import RunConfig
 from medpeft.errors import ConfigError
 
 PATH_KEYS = ("data.root", "data.manifest", "model.weights")
-C = TypeVar("C")
 
 
 def absolute(value: str, folder: str | Path) -> str:
@@ -61,7 +61,7 @@ def refuse_relative_paths(data: dict, where: str | Path, given: Iterable[str] = 
             )
 
 
-def with_absolute_paths(config: C) -> C:
+def with_absolute_paths(config: RunConfig) -> RunConfig:
     """A run config whose relative `PATH_KEYS` are joined to the working directory."""
     for key in PATH_KEYS:
         section_name, name = key.split(".")

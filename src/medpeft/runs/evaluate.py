@@ -24,7 +24,7 @@ from torch import nn
 from medpeft.adapters_io.config import AdapterConfig
 from medpeft.adapters_io.folder import load_adapter
 from medpeft.atomic import atomic_write_text
-from medpeft.config import RunConfig, load_config, save_config
+from medpeft.config import DataSettings, RunConfig, load_config, save_config
 from medpeft.config.paths import PATH_KEYS
 from medpeft.data.missing import MissingTable
 from medpeft.data.records import Source
@@ -123,8 +123,9 @@ def evaluate_run(
     """
     layout = RunLayout.at(run_dir)
     overrides = [*overrides, *named_inputs(data, weights)]
+    keys = override_keys(overrides)
     config = load_config(layout.config, overrides, saved_run=True)
-    other_data = any(k.startswith("data.") and k not in EVAL_FREE_KEYS for k in override_keys(overrides))
+    other_data = any(key.startswith("data.") and key not in EVAL_FREE_KEYS for key in keys)
     source = load_source(config, layout)
     if not other_data:
         check_own_data(layout, data_fingerprint(config.data, source))
@@ -132,21 +133,20 @@ def evaluate_run(
     if split not in tables:
         raise ConfigError(f"split {split!r} is empty; have {sorted(tables)}")
     adapter = Path(adapter or layout.adapter)
-    weights = config.model.weights
-    random = not weights and not config.model.pretrained
+    backbone = config.model.weights
     torch.manual_seed(config.train.seed)  # a 0.1 adapter's random backbone, rebuilt as in training
     model, adapter_config = load_adapter(
-        adapter, weights=weights, pretrained=config.model.pretrained and not weights,
-        allow_random_backbone=random,
+        adapter, weights=backbone, pretrained=config.model.pretrained and not backbone,
+        allow_random_backbone=not backbone and not config.model.pretrained,
     )
     model.to(resolve_device(config.train.device))
     run = run_data(config, source, model)
     check_adapter_fits(adapter, adapter_config, source, run.pre.size)
-    out = layout
     other_adapter = adapter.resolve() != layout.adapter.resolve()
-    if other_data or other_adapter or settings_changed(layout, config, override_keys(overrides)):
+    out = layout
+    if other_data or other_adapter or settings_changed(layout, config, keys):
         record = {"adapter": str(adapter.resolve()), "split": split, "overrides": overrides}
-        name = eval_name(adapter if other_adapter else None, config if other_data else None)
+        name = eval_name(adapter if other_adapter else None, config.data if other_data else None)
         out = new_eval_folder(layout, name, config, record)
     return evaluate_split(model, run, config, split, tables[split], out, progress)
 
@@ -186,7 +186,9 @@ def check_adapter_fits(folder: Path, adapter: AdapterConfig, source: Source, siz
     if adapter.labels != source.labels:
         raise ConfigError(f"the data's labels {source.labels} differ from the adapter's {adapter.labels}")
     if adapter.modalities != source.kinds:
-        raise ConfigError(f"{folder}: the adapter reads modalities {adapter.modalities}, the data hold {source.kinds}")
+        raise ConfigError(
+            f"{folder}: the adapter reads modalities {adapter.modalities}, the data hold {source.kinds}"
+        )
     if adapter.preprocessing.size != size:
         wanted = adapter.preprocessing.size
         raise ConfigError(
@@ -203,7 +205,7 @@ def settings_changed(layout: RunLayout, config: RunConfig, keys: Sequence[str]) 
     return bool(changed_keys(load_config(layout.config, saved_run=True), config, EVAL_FREE_KEYS))
 
 
-def eval_name(adapter: Path | None, data: RunConfig | None) -> str:
+def eval_name(adapter: Path | None, data: DataSettings | None) -> str:
     """``evals/`` sub-folder name from another adapter (its run folder's name) and other data
     (the manifest's or folder's name); ``eval`` for other settings only."""
     parts = []
@@ -211,7 +213,7 @@ def eval_name(adapter: Path | None, data: RunConfig | None) -> str:
         folder = adapter.resolve()
         parts.append((folder.parent if folder.name == ADAPTER_DIR else folder).name)
     if data is not None:
-        parts.append(Path(data.data.manifest or data.data.root or data.data.source).stem)
+        parts.append(Path(data.manifest or data.root or data.source).stem)
     return "-".join(parts) or "eval"
 
 

@@ -76,10 +76,14 @@ def check_fingerprint(layout: RunLayout, fingerprint: Fingerprint | None, advice
     """
     if fingerprint is None or not layout.data_fingerprint.is_file():
         return
-    recorded = json.loads(layout.data_fingerprint.read_text(encoding="utf-8"))
-    changes = describe_changes(recorded, fingerprint)
+    path = layout.data_fingerprint
+    try:
+        changes = describe_changes(json.loads(path.read_text(encoding="utf-8")), fingerprint)
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: not a data fingerprint medpeft wrote ({error!r})") from error
     if changes:
-        raise DataError(f"{layout.root}: the data changed since the run was trained: {'; '.join(changes)}; {advice}")
+        changed = "; ".join(changes)
+        raise DataError(f"{layout.root}: the data changed since the run was trained: {changed}; {advice}")
 
 
 def describe_changes(recorded: Fingerprint, current: Fingerprint) -> list[str]:
