@@ -68,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"results in {evaluation.folder}")
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from medpeft.runs.predict import predict_files, predict_manifest, predict_tasks
     from medpeft.train import distributed
 
@@ -93,10 +93,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         predictions = predict_files(args.adapter, args.images, **common)
     if not distributed.is_main():  # every process holds all rows; the main one writes them
-        return
+        return 0
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         predictions.write_csv(out)
+    failed = predictions.failures()
+    if failed:
+        print(
+            f"medpeft predict: {len(failed)} of {len(predictions.ids)} sample(s) could not be read "
+            f"(status 'error' in the output, with the reason; first: {failed[0][1]})",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _named_adapters(values: Sequence[str]) -> dict[str, str]:
@@ -240,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "adapter", nargs="?", help="adapter folder (adapter_config.json + adapter_model.safetensors)"
     )
-    p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy), one modality")
+    p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy) or folders of them "
+                   "(searched recursively by extension), one modality")
     p.add_argument(
         "--adapter", dest="adapters", action="append", metavar="NAME=FOLDER",
         help="one task of several on one backbone (repeat): mixed-task batches; a manifest "
@@ -346,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit with status 2."""
+    """Entry point; user errors print one line and exit with status 2 (``predict`` with some
+    unreadable samples: 1)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
@@ -357,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _show_messages()
     try:
-        args.func(args)
+        status = args.func(args)
     except KeyboardInterrupt:
         if os.environ.get("MEDPEFT_DEBUG"):
             raise
@@ -372,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"medpeft {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def user_message(error: BaseException) -> str:
