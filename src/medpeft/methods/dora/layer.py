@@ -54,8 +54,9 @@ class DoraLinear(LoRALinear):
         del self.lora_magnitude[name]
 
     def adapted_rows(self) -> torch.Tensor:
-        """The base weight's adapted rows, ``(S*seg, in)`` (a copy)."""
-        return self.base.weight[self.segment_index]
+        """The base weight's adapted rows, ``(S*seg, in)`` (the weight itself when all are adapted)."""
+        weight = self.base.weight
+        return weight if self.covers_all else weight[self.segment_index]
 
     def row_scale(self, name: str) -> torch.Tensor:
         """``m / ||W0 + s B A||_c`` on the adapted rows ``(S*seg,)``; the norm is detached."""
@@ -103,7 +104,7 @@ class DoraLinear(LoRALinear):
                 f"DoRA merges one adapter at a time; unmerge {self.merged_adapters[0]!r} first"
             )
         weight = self.base.weight
-        rows = self.adapted_rows()
+        rows = self.adapted_rows().clone()
         merged = self.row_scale(name)[:, None] * (rows + self.delta_weight(name))
         weight.index_copy_(0, self.segment_index, merged.to(weight.dtype))
         self.original_rows[name] = rows
