@@ -2,6 +2,7 @@
 synthetic source: parsing, task inference, splits and errors that name the culprit."""
 
 import csv
+import re
 from collections import Counter
 
 import numpy as np
@@ -323,3 +324,104 @@ def test_contradictory_repeats_are_an_error(tmp_path, repeat, what):
     (tmp_path / "m.csv").write_text(f"image,label,split\n0.png,b,train\n1.png,a,\n{repeat}\n")
     with pytest.raises(DataError, match=f"line 4: the same inputs as .* line 3 with another {what}"):
         csv_source(tmp_path / "m.csv")
+
+
+# one image, one identity
+
+
+@pytest.mark.parametrize(
+    ("header", "second"),
+    [
+        ("image,label", "imgs/../imgs/x.png,tb"),
+        ("image,label", "{root}/imgs/x.png,tb"),
+        ("id,image,label", "p2,imgs/x.png,tb"),  # under another id
+    ],
+)
+def test_the_same_file_by_another_path_or_id_with_another_label_is_an_error(tmp_path, header, second):
+    write_png(tmp_path / "imgs" / "x.png")
+    write_png(tmp_path / "imgs" / "y.png", 9)
+    first = "p1,imgs/x.png,normal" if header.startswith("id") else "imgs/x.png,normal"
+    other = "p3,imgs/y.png,tb" if header.startswith("id") else "imgs/y.png,tb"
+    rows = [first, other, second.format(root=tmp_path)]
+    (tmp_path / "m.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    real = tmp_path.resolve() / "imgs" / "x.png"
+    message = (
+        f"m.csv line 4: the same inputs as {tmp_path / 'm.csv'} line 2 with another label "
+        f"('tb' vs 'normal') (both read {real}); keep one row per sample"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        csv_source(tmp_path / "m.csv")
+
+
+def test_the_same_file_under_two_ids_with_one_label_is_kept_for_the_leak_check(tmp_path):
+    write_png(tmp_path / "x.png")
+    (tmp_path / "m.csv").write_text("id,image,label\np1,x.png,a\np2,./x.png,a\n")
+    assert [r.id for r in csv_source(tmp_path / "m.csv").records] == ["p1", "p2"]
+
+
+def test_a_symlinked_image_in_two_class_folders_is_an_error(tmp_path):
+    write_png(tmp_path / "data" / "normal" / "x.png")
+    write_png(tmp_path / "data" / "tb" / "y.png", 9)
+    (tmp_path / "data" / "tb" / "x.png").symlink_to(tmp_path / "data" / "normal" / "x.png")
+    with pytest.raises(DataError, match=r"tb: the same inputs as .*normal with another label \('tb' vs 'normal'\)"):
+        folder_source(tmp_path / "data")
+
+
+# patient groups
+
+
+def test_a_group_column_gives_each_record_its_group(tmp_path):
+    rows = [[f"{i}.png", "ab"[i % 2], f"p{i // 2}", ""] for i in range(6)]
+    path = write_csv(tmp_path, ["image", "label", "patient", "split"], rows)
+    source = csv_source(path, group_col="patient")
+    assert [r.group for r in source.records] == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert {r.group for r in csv_source(path).records} == {None}  # unset: no groups
+
+
+def test_a_group_spanning_two_splits_of_the_manifest_is_refused_naming_it(tmp_path):
+    rows = [["0.png", "a", "p1", "train"], ["1.png", "b", "p7", "train"], ["2.png", "a", "p7", "test"]]
+    path = write_csv(tmp_path, ["image", "label", "patient", "split"], rows)
+    message = (
+        f"group 'p7' (data.group_col) spans two splits: train ({path} line 3) and test ({path} line 4); "
+        "keep every sample of a group in one split"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        csv_source(path, group_col="patient")
+    assert len(csv_source(path).records) == 3  # without a group column nothing is checked
+
+
+def test_a_blank_or_absent_group_is_named(tmp_path):
+    path = write_csv(tmp_path, ["image", "label", "patient"], [["0.png", "a", "p1"], ["1.png", "b", " "]])
+    with pytest.raises(DataError, match=r"line 3 column 'patient': empty group; with data.group_col every row"):
+        csv_source(path, group_col="patient")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['subject'\]"):
+        csv_source(path, group_col="subject")
+
+
+# label spellings
+
+
+def test_labels_differing_only_in_case_or_spaces_are_refused_with_their_counts(tmp_path):
+    rows = [["0.png", "Normal"], ["1.png", "Normal"], ["2.png", " normal "], ["3.png", "tb"]]
+    path = write_csv(tmp_path, ["image", "label"], rows)
+    message = (
+        f"{path} column 'label': labels 'Normal' (2 samples) and 'normal' (1 sample) differ only in "
+        "case or surrounding spaces; write one spelling, or list the classes in data.classes"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        csv_source(path)
+
+
+def test_listed_classes_take_cells_spelt_in_another_case(tmp_path):
+    rows = [["0.png", "Normal"], ["1.png", "normal "], ["2.png", "TB"]]
+    source = csv_source(write_csv(tmp_path, ["image", "label"], rows), classes=["normal", "tb"])
+    assert source.labels == ["normal", "tb"] and [r.target for r in source.records] == [0, 0, 1]
+
+
+def test_class_folders_differing_only_in_case_are_refused(tmp_path):
+    for name in ("Normal/1.png", "Normal/2.png", "normal/3.png", "tb/4.png"):
+        write_png(tmp_path / "data" / name)
+    with pytest.raises(DataError, match=r"labels 'Normal' \(2 samples\) and 'normal' \(1 sample\)"):
+        folder_source(tmp_path / "data")
+    source = folder_source(tmp_path / "data", classes=["normal", "tb"])
+    assert [source.labels[r.target] for r in source.records] == ["normal"] * 3 + ["tb"]

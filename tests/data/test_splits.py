@@ -95,3 +95,52 @@ def test_seeded_split_with_targets_keeps_exact_counts_and_each_class_share():
         per_class = Counter(t for t, s in zip(targets, splits) if s == split)
         assert abs(per_class[0] - 0.6 * share) <= 2 and abs(per_class[2] - 0.1 * share) <= 2
     assert splits == seeded_split(targets, (8, 1, 1), seed=4) != seeded_split(targets, (8, 1, 1), seed=5)
+
+
+def test_a_grouped_split_keeps_every_group_whole_and_is_stratified():
+    patients = [f"p{i // 4}" for i in range(200)]  # 50 patients, 4 images each
+    targets = [int(i // 4 < 10) for i in range(200)]  # 10 sick patients, 40 healthy
+    names = stratified_split(targets, (0.7, 0.1, 0.2), seed=2, groups=patients)
+    by_patient = {}
+    for patient, name in zip(patients, names):
+        by_patient.setdefault(patient, set()).add(name)
+    assert all(len(splits) == 1 for splits in by_patient.values())
+    assert Counter(names) == {"train": 140, "val": 20, "test": 40}  # whole groups of 4 fit exactly
+    assert Counter(t for t, n in zip(targets, names) if n == "test") == {0: 32, 1: 8}
+    assert names == stratified_split(targets, (0.7, 0.1, 0.2), seed=2, groups=patients)
+    assert names != stratified_split(targets, (0.7, 0.1, 0.2), seed=3, groups=patients)
+
+
+def test_a_group_joins_val_or_test_only_when_that_brings_it_closer_to_its_count():
+    groups = ["big"] * 6 + ["s0", "s1", "s2", "s3"]  # val and test want 2 of the 10 samples each
+    for seed in range(8):
+        names = stratified_split([0] * 10, (0.6, 0.2, 0.2), seed=seed, groups=groups)
+        assert names[:6] == ["train"] * 6 and Counter(names[6:]) == {"val": 2, "test": 2}
+
+
+def grouped_source(groups, splits, targets=None):
+    targets = targets or [i % 2 for i in range(len(groups))]
+    records = [
+        Record(str(i), {"image": (f"{i}.png",)}, t, s, f"m.csv line {i + 2}", g)
+        for i, (g, s, t) in enumerate(zip(groups, splits, targets))
+    ]
+    return image_source(records, ["a", "b"], "multiclass")
+
+
+def test_assign_splits_puts_a_groups_unsplit_samples_with_its_given_split():
+    groups = ["p0", "p0", "p1", "p1"] + [f"q{i}" for i in range(16)]
+    source = grouped_source(groups, ["test", None, None, "val"] + [None] * 16)
+    split = assign_splits(source, 0.25, 0.25, seed=0)
+    assert [r.split for r in split.records[:4]] == ["test", "test", "val", "val"]
+    with pytest.raises(DataError, match=r"group 'p0' \(data.group_col\) spans two splits: test \(m.csv line 2\) "
+                                        r"and train \(m.csv line 3\)"):
+        assign_splits(grouped_source(groups, ["test", "train"] + [None] * 18), 0.25, 0.25)
+
+
+def test_assign_splits_without_groups_is_unchanged_and_with_groups_says_why_val_is_empty():
+    targets = [int(i < 20) for i in range(100)]
+    plain = source_of(targets)
+    grouped = grouped_source([str(i) for i in range(100)], [None] * 100, targets)  # one sample per group
+    assert assign_splits(grouped, 0.1, 0.2, 0).ids("test") == assign_splits(plain, 0.1, 0.2, 0).ids("test")
+    with pytest.raises(ConfigError, match=r"\['val'\].*data.group_col keeps each group whole"):
+        assign_splits(grouped_source(["one"] * 10, [None] * 10), 0.1, 0.2)

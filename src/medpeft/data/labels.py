@@ -48,10 +48,14 @@ def check_spellings(counts: Mapping[str, int], where: str) -> None:
         other = first.setdefault(label_key(name), name)
         if other != name:
             raise DataError(
-                f"{where}: labels {other!r} ({counts[other]} samples) and {name!r} ({counts[name]} "
-                "samples) differ only in case or surrounding spaces; write one spelling, or list "
-                "the classes in data.classes (cells are then matched to them ignoring case)"
+                f"{where}: labels {other!r} ({_samples(counts[other])}) and {name!r} "
+                f"({_samples(counts[name])}) differ only in case or surrounding spaces; write one "
+                "spelling, or list the classes in data.classes (cells are then matched to them ignoring case)"
             )
+
+
+def _samples(count: int) -> str:
+    return f"{count} sample" if count == 1 else f"{count} samples"
 
 
 def ordered_labels(
