@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.base import CapabilityError, describe
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention

@@ -8,10 +8,13 @@ The layer is :class:`medpeft.methods.lora.layer.LoRALinear`, attached by
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from medpeft.methods.base import Method
 from medpeft.methods.lora.attach import add_lora, merge_lora, unmerge_lora
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.methods.lora.settings import LoraSettings
 
 
@@ -24,13 +27,15 @@ class LoRA(Method):
     adapter_dicts = ("lora_A", "lora_B")
     mergeable = True
     mixable = True
+    layer_type: ClassVar[type[LoRALinear]] = LoRALinear
+    """The layer wrapped around each target (subclasses such as DoRA change it)."""
 
     def attach(self, model: nn.Module, settings: LoraSettings, adapter_name: str = "default") -> None:
         aliases = getattr(model, "target_aliases", {})
         targets = [aliases.get(t, t) for t in settings.targets]
         add_lora(
             model, targets, settings.rank, settings.alpha, settings.dropout, settings.blocks,
-            adapter_name,
+            adapter_name, layer_type=self.layer_type, section=self.name,
         )
 
     def merge(self, model: nn.Module, adapter_name: str = "default") -> None:
