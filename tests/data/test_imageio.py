@@ -214,10 +214,19 @@ def test_the_pixel_limit_is_an_option_and_applies_to_the_slice_read(tmp_path):
         ReadOptions(max_pixels=0)
 
 
-def test_a_deflated_dicom_inflates_no_further_than_the_limit(tmp_path):
-    # declares 100 x 100 pixels, but its pixel data element inflates to 50 MB
+def test_a_deflated_dicom_inflates_no_further_than_its_image_size_and_the_limit(tmp_path):
+    # declares 100 x 100 pixels (20 kB), but its pixel data element inflates to 50 MB
     path = bombs.write(tmp_path / "padded.dcm", bombs.deflated_dicom(100, 100, pixel_bytes=50_000_000))
-    with pytest.raises(DataError, match=r"padded\.dcm: the deflated DICOM data set inflates to more than 1.5 MiB"):
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"padded\.dcm: the deflated DICOM data set inflates to more than "
+                                            r"4\.0 MiB, more than its image size declares or the limit allows"):
+            load_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20
+    with pytest.raises(DataError, match=r"padded\.dcm: the deflated DICOM data set inflates to more than 1\.5 MiB"):
         load_image(path, options=ReadOptions(max_pixels=100_000))
     small = bombs.write(tmp_path / "small.dcm", bombs.deflated_dicom(64, 64))
     assert load_image(small, options=ReadOptions(max_pixels=64 * 64)).size == (64, 64)

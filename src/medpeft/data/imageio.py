@@ -318,10 +318,8 @@ def _read_dicom(path: Path, options: ReadOptions) -> np.ndarray:
 def _dicom_dataset(pydicom: ModuleType, path: Path, max_pixels: int):
     """The data set of a DICOM file, pixels not decoded yet.
 
-    A deflated file (the whole data set zlib-compressed) is inflated by hand:
-    pydicom would inflate all of it at once, even to read the header. Its image
-    size is checked from the first `DICOM_HEADER_PROBE` inflated bytes, and the rest
-    is inflated no further than `max_volume_bytes`.
+    A deflated file (the whole data set zlib-compressed) is inflated by `_inflate_dicom`:
+    pydicom would inflate all of it at once, even to read the header.
     """
     reader = pydicom.filereader
     with path.open("rb") as f:
@@ -330,35 +328,48 @@ def _dicom_dataset(pydicom: ModuleType, path: Path, max_pixels: int):
         if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
             return pydicom.dcmread(path, force=True)
         compressed = f.read()
-    limit = max_volume_bytes(max_pixels)
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    head = inflater.decompress(compressed, min(DICOM_HEADER_PROBE, limit))
-    header = reader.read_dataset(
-        pydicom.filebase.DicomBytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > DICOM_IMAGE_GROUP
-    )
-    _check_dicom_size(header, path, max_pixels)
-    data = head + inflater.decompress(inflater.unconsumed_tail, max(1, limit - len(head)))
-    if not inflater.eof:
-        if len(data) < limit:
-            raise DataError(f"cannot read image {path}: the deflated data set is truncated")
-        raise DataError(
-            f"{path}: the deflated DICOM data set inflates to more than {limit / 2**20:,.1f} MiB "
-            f"({VOLUME_BYTES_PER_PIXEL} bytes per pixel of the {max_pixels:,}-pixel limit, {LIMIT_HINT})"
-        )
+    data = _inflate_dicom(pydicom, path, compressed, max_pixels)
     dataset = reader.read_dataset(pydicom.filebase.DicomBytesIO(data), False, True)
     return pydicom.dataset.FileDataset(str(path), dataset, preamble, meta, False, True)
 
 
-def _check_dicom_size(ds, path: Path, max_pixels: int) -> None:
-    """Refuse a DICOM data set declaring frames of more than ``max_pixels`` or too many bytes."""
+def _inflate_dicom(pydicom: ModuleType, path: Path, compressed: bytes, max_pixels: int) -> bytes:
+    """The inflated data set of a deflated DICOM.
+
+    Its image size is read from the first `DICOM_HEADER_PROBE` inflated bytes and
+    checked; the rest is inflated no further than that size plus `DICOM_HEADER_PROBE`
+    (other elements), and never beyond `max_volume_bytes`.
+    """
+    limit = max_volume_bytes(max_pixels)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = inflater.decompress(compressed, min(DICOM_HEADER_PROBE, limit))
+    header = pydicom.filereader.read_dataset(
+        pydicom.filebase.DicomBytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > DICOM_IMAGE_GROUP
+    )
+    declared = _check_dicom_size(header, path, max_pixels)
+    cap = limit if declared is None else min(limit, declared + DICOM_HEADER_PROBE)
+    data = head + inflater.decompress(inflater.unconsumed_tail, max(1, cap - len(head)))
+    if inflater.eof:
+        return data
+    if len(data) < cap:
+        raise DataError(f"cannot read image {path}: the deflated data set is truncated")
+    raise DataError(
+        f"{path}: the deflated DICOM data set inflates to more than {cap / 2**20:,.1f} MiB, more than "
+        f"its image size declares or the limit allows ({LIMIT_HINT}); refused before decoding"
+    )
+
+
+def _check_dicom_size(ds, path: Path, max_pixels: int) -> int | None:
+    """The bytes of the frames a DICOM data set declares (None: no image size); DataError if a
+    frame holds more than ``max_pixels`` or the frames more than `max_volume_bytes`."""
     if "Rows" not in ds or "Columns" not in ds:
-        return  # no image size (yet): pydicom's decoder names what is missing
+        return None  # pydicom's decoder names what is missing
     rows, columns = int(ds.Rows or 0), int(ds.Columns or 0)
     check_pixels(path, rows, columns, max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    check_volume(path, (frames, rows, columns, samples), math.ceil(bits / 8), max_pixels)
+    shape = (int(ds.get("NumberOfFrames", 1) or 1), rows, columns, int(ds.get("SamplesPerPixel", 1) or 1))
+    itemsize = math.ceil(int(ds.get("BitsAllocated", 8) or 8) / 8)
+    check_volume(path, shape, itemsize, max_pixels)
+    return math.prod(shape) * itemsize
 
 
 def _read_nifti(path: Path, options: ReadOptions) -> np.ndarray:

@@ -47,6 +47,7 @@ TASK_COLUMN = "task"  # manifest column naming each row's task (several adapters
 STATUS_COLUMNS = ("status", "error")  # "ok" and "", or "error" and why the sample has no scores
 
 Scores = list[float] | None  # one sample's probabilities; None: it could not be read
+Sample = tuple[str, str, dict[str, str]]  # id, task, {modality: file}
 
 
 @dataclass
@@ -69,25 +70,25 @@ class Predictions:
         writer.writerow(["id", *self.labels, "prediction", *STATUS_COLUMNS])
         for sample_id, row, error in zip(self.ids, self.scores, self.errors):
             if row is None:
-                writer.writerow([sample_id, *[""] * len(self.labels), "", *status(error)])
+                writer.writerow([sample_id, *[""] * len(self.labels), "", *status_cells(error)])
             else:
-                writer.writerow([sample_id, *(f"{p:.4f}" for p in row), self.decision(row), *status(error)])
+                writer.writerow([sample_id, *(f"{p:.4f}" for p in row), self.decision(row), *status_cells(error)])
 
     def failures(self) -> list[tuple[str, str]]:
         """``(id, error)`` of each sample without scores."""
-        return failures(self.ids, self.errors)
+        return _failed(self.ids, self.errors)
 
     def decision(self, row: Sequence[float]) -> str:
         """The predicted class, or the ``|``-joined labels above 0.5 (multilabel)."""
         return decision(self.labels, self.task, row)
 
 
-def status(error: str) -> tuple[str, str]:
+def status_cells(error: str) -> tuple[str, str]:
     """The ``status`` and ``error`` cells of a sample."""
     return ("error", error) if error else ("ok", "")
 
 
-def failures(ids: Sequence[str], errors: Sequence[str]) -> list[tuple[str, str]]:
+def _failed(ids: Sequence[str], errors: Sequence[str]) -> list[tuple[str, str]]:
     """``(id, error)`` of the samples with an error."""
     return [(sample_id, error) for sample_id, error in zip(ids, errors) if error]
 
@@ -121,15 +122,15 @@ class TaskPredictions:
         writer.writerow(["id", TASK_COLUMN, "prediction", "scores", *STATUS_COLUMNS])
         for sample_id, task, row, error in zip(self.ids, self.tasks, self.scores, self.errors):
             if row is None:
-                writer.writerow([sample_id, task, "", "", *status(error)])
+                writer.writerow([sample_id, task, "", "", *status_cells(error)])
                 continue
             labels = self.labels[task]
             pairs = ";".join(f"{label}={p:.4f}" for label, p in zip(labels, row))
-            writer.writerow([sample_id, task, decision(labels, self.kinds[task], row), pairs, *status(error)])
+            writer.writerow([sample_id, task, decision(labels, self.kinds[task], row), pairs, *status_cells(error)])
 
     def failures(self) -> list[tuple[str, str]]:
         """``(id, error)`` of each sample without scores."""
-        return failures(self.ids, self.errors)
+        return _failed(self.ids, self.errors)
 
 
 def predict_files(
@@ -267,15 +268,10 @@ def predict_tasks(
     scores: list[list[float]] = []
     errors: dict[int, str] = {}
     for start in range(0, len(samples), batch_size):
-        batch, tasks, tensors = range(start, min(start + batch_size, len(samples))), [], []
-        for index in batch:
-            _, task, files = samples[index]
-            try:
-                tensors.append(bank.preprocess(task, files))
-                tasks.append(task)
-            except DataError as error:  # an unreadable image: this sample only
-                errors[index] = str(error)
-        scores += [p.tolist() for p in bank.predict(tasks, tensors)] if tensors else []
+        readable = _preprocessed(bank, samples, range(start, min(start + batch_size, len(samples))), errors)
+        if readable:
+            tasks, tensors = zip(*readable)
+            scores += [p.tolist() for p in bank.predict(list(tasks), list(tensors))]
     rows, messages = merged(len(samples), errors, scores)
     return TaskPredictions(
         [s[0] for s in samples], [s[1] for s in samples],
@@ -283,9 +279,23 @@ def predict_tasks(
     )
 
 
+def _preprocessed(
+    bank: AdapterBank, samples: Sequence[Sample], indices: Iterable[int], errors: dict[int, str]
+) -> list[tuple[str, dict]]:
+    """``(task, tensors)`` of the samples at ``indices`` that decode; the others' errors go to ``errors``."""
+    readable = []
+    for index in indices:
+        _, task, files = samples[index]
+        try:
+            readable.append((task, bank.preprocess(task, files)))
+        except DataError as error:  # an unreadable image: this sample only
+            errors[index] = str(error)
+    return readable
+
+
 def _manifest_samples(
     manifest: str | Path, root: str | Path | None, infos: Mapping[str, TaskInfo]
-) -> list[tuple[str, str, dict[str, str]]]:
+) -> list[Sample]:
     """``(id, task, {modality: file})`` of each manifest row; DataError for an unknown task."""
     modalities = {m: "image" for info in infos.values() for m in info.modalities}
     header, rows = read_csv_rows(manifest)
