@@ -8,6 +8,7 @@ import pytest
 
 from medpeft.cli import main
 from medpeft.errors import ConfigError
+from medpeft.reports.scores import SplitScores
 from medpeft.runs.evaluate import Evaluation, evaluate_run
 
 from .conftest import CPU
@@ -53,3 +54,17 @@ def test_eval_with_a_bad_override_names_the_key(mora_run, capsys):
     assert "missing.grid.kinds" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"data: unknown key\(s\) \['shuffle'\]"):
         evaluate_run(mora_run, overrides=["data.shuffle=true"])
+
+
+def test_a_binary_run_records_its_positive_class_and_its_metrics_are_about_it(image_run):
+    metrics = json.loads((image_run / "test_metrics.json").read_text())
+    report = json.loads((image_run / "report.json").read_text())
+    adapter = json.loads((image_run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["labels"] == ["lesion", "normal"]  # the positive class sorts first
+    assert metrics["positive_class"] == report["positive_class"] == adapter["positive_class"] == "lesion"
+    scores = SplitScores.read_csv(image_run / "predictions_test.csv", "multiclass")
+    called, lesion = scores.scores.argmax(1) == 0, scores.targets == 0
+    assert metrics["sensitivity"] == pytest.approx(called[lesion].mean())
+    assert metrics["specificity"] == pytest.approx((~called[~lesion]).mean())
+    assert metrics["auroc"] == metrics["auroc/lesion"]
+    assert report["test"]["metrics"]["sensitivity"] == metrics["sensitivity"]
