@@ -3,8 +3,8 @@
 For N task adapters (q+v LoRA r=4 + a 4-class head each) on one ViT, measures:
 
 * switch latency: what selecting another task costs. The bank routes each call by
-  name (:func:`medpeft.routing.route`, no weights touched); ``set_active_adapter``
-  changes the model's default task; PEFT's ``set_adapter``.
+  name (:func:`medpeft.routing.route`, no weights touched, no model state) vs
+  PEFT's ``set_adapter``.
 * throughput of one batch spread over 1, 8 and 64 adapters (sample ``i`` goes to
   task ``i mod k``): the bank's mixed batch (one forward, per-sample LoRA), the same
   batch run sequentially (one forward per task), and PEFT's mixed batch
@@ -39,9 +39,8 @@ import peft
 import timm
 import torch
 
-from medpeft.adapters.formats import export_peft
-from medpeft.adapters.inject import set_active_adapter
-from medpeft.adapters.io import save_adapter
+from medpeft.adapters_io.folder import save_adapter
+from medpeft.adapters_io.peft import export_peft
 from medpeft.bank import AdapterBank
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
@@ -154,7 +153,6 @@ def run(args: argparse.Namespace) -> dict:
     inputs = [{"image": x} for x in images]
     switch = {
         "bank: route by name": switch_ms(route_only, names, args.switches),
-        "medpeft set_active_adapter": switch_ms(lambda n: set_active_adapter(bank.model, n), names, args.switches),
         "PEFT set_adapter": switch_ms(reference.set_adapter, names, args.switches),
     }
     layer = layer_costs(args, bank, reference, names)

@@ -30,9 +30,9 @@ import timm
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import merge_lora
-from medpeft.adapters.io import save_adapter
+from medpeft.adapters_io.folder import save_adapter
 from medpeft.methods import LoraSettings
+from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
 
 NUM_CLASSES = 4

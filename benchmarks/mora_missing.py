@@ -55,7 +55,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import medpeft  # noqa: F401  (torchvision shim before timm)
-from medpeft.adapters.inject import count_parameters
 from medpeft.atomic import atomic_write_text
 from medpeft.data.collate import Collate
 from medpeft.data.missing import (
@@ -74,6 +73,7 @@ from medpeft.data.synthetic_multimodal import (
 )
 from medpeft.errors import ConfigError
 from medpeft.methods import LoraSettings, MoraSettings
+from medpeft.methods.layers import count_parameters
 from medpeft.model import ModelSpec, build_model
 from medpeft.reports import (
     markdown_table,

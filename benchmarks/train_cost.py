@@ -40,11 +40,11 @@ import timm
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import merge_lora
 from medpeft.cli import resolve_config
 from medpeft.config import load_config
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.methods import LoraSettings
+from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
 from medpeft.runs.train import train_run
 

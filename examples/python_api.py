@@ -20,9 +20,9 @@ What it does:
    ``save_adapter`` writes ``adapter_model.safetensors`` + ``adapter_config.json``.
 4. Loads both adapters onto ONE frozen backbone (``load_adapter(..., model=...)``).
    A call picks its task with ``route(adapters="zone")``, or one task per sample
-   with ``route(adapters=[...])`` (one batched pass); ``set_active_adapter`` sets the
-   default task of calls that route none. Each adapter reproduces the predictions
-   of the model it was trained in.
+   with ``route(adapters=[...])`` (one batched pass); a call that routes none gets
+   the first adapter loaded. Each adapter reproduces the predictions of the model
+   it was trained in.
 5. Any method, same builder and adapter format: a MoRA model over two image
    modalities (``method="mora", modalities=("a", "b")``) trained while 70% of the
    samples miss one modality (seeded missing tables; the model routes each batch's
@@ -43,14 +43,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import medpeft  # noqa: F401  (import before timm/torchvision, see docs/CONTRIBUTING-INTERFACES.md)
-from medpeft.adapters.config import Preprocessing
-from medpeft.adapters.inject import (
-    adapter_names,
-    count_adapter_parameters,
-    count_parameters,
-    set_active_adapter,
-)
-from medpeft.adapters.io import default_preprocessing, load_adapter, save_adapter
+from medpeft.adapters_io.config import Preprocessing
+from medpeft.adapters_io.folder import default_preprocessing, load_adapter, save_adapter
 from medpeft.backbones import build_vit
 from medpeft.data import (
     SPLITS,
@@ -67,6 +61,8 @@ from medpeft.data import (
     synthetic_source,
 )
 from medpeft.methods import LoraSettings, MoraSettings
+from medpeft.methods.layers import adapter_names, count_parameters
+from medpeft.methods.lora.attach import count_adapter_parameters
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 from medpeft.runs.data import image_transforms
@@ -254,9 +250,9 @@ def run(out: Path, epochs: int) -> dict:
         with torch.no_grad():
             own = task["model"].eval()(images)  # the model the adapter was trained in
         matches[name] = torch.allclose(outputs[name], own, atol=1e-5)
-        set_active_adapter(shared, name)  # the default for calls that route no adapter
         source = task["source"]
-        scores = predict(shared, [images], source.task)
+        with route(adapters=name):  # also around a whole prediction pass
+            scores = predict(shared, [images], source.task)
         top = [source.labels[i] for i in scores.argmax(1)[::4]]  # one test image per zone class
         print(f"  task {name!r}: logits {tuple(outputs[name].shape)}, predicted {top}, "
               f"same as in its training model: {matches[name]}")

@@ -27,7 +27,7 @@ import uvicorn
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from medpeft.adapters.io import save_adapter
+from medpeft.adapters_io.folder import save_adapter
 from medpeft.bank import AdapterBank, TaskInfo
 from medpeft.methods import LoraSettings
 from medpeft.model import ModelSpec, build_model

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medpeft.adapters.io import save_adapter
+from medpeft.adapters_io.folder import save_adapter
 from medpeft.cli import builtin_configs, main
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.methods import MoraSettings

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpeft.adapters.heads import TaskHeads
-from medpeft.adapters.inject import adapter_names, lora_layers, set_active_adapter
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.errors import ConfigError
+from medpeft.heads import TaskHeads
+from medpeft.methods.layers import adapter_names
 from medpeft.routing import route
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python_api.py"
@@ -67,18 +67,13 @@ def test_switching_changes_head_and_predictions(example):
     assert result["matches"] == {"lesion": True, "zone": True}
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        set_active_adapter(shared, "lesion")
-        lesion = shared(images)
-        set_active_adapter(shared, "zone")
-        zone = shared(images)
-        set_active_adapter(shared, "lesion")
-        again = shared(images)
-        with route(adapters="zone"):  # a routed call wins over the default, for that call only
-            routed = shared(images)
-        after = shared(images)
+        with route(adapters="lesion"):
+            lesion = shared(images)
+        with route(adapters="zone"):  # a routed call picks the task for that call only
+            zone = shared(images)
+        unrouted = shared(images)  # the first adapter loaded: lesion
     assert lesion.shape == (3, 2) and zone.shape == (3, 4)
-    assert torch.equal(lesion, again) and torch.equal(routed, zone) and torch.equal(after, lesion)
-    assert all(layer.active_adapter == "lesion" for layer in lora_layers(shared).values())
+    assert torch.equal(unrouted, lesion) and not torch.equal(zone[:, :2], lesion)
 
 
 def test_per_sample_routing_and_unknown_names(example):
@@ -94,8 +89,7 @@ def test_saved_adapter_reloads_alone(example):
         out / "adapters" / "zone", weights=out / "backbone.safetensors", adapter_name="zone"
     )
     images = torch.randn(2, 3, 32, 32)
-    set_active_adapter(result["shared"], "zone")
-    with torch.no_grad():
+    with torch.no_grad(), route(adapters="zone"):
         expected = result["shared"].eval()(images)
         got = model.eval()(images)
     assert config.num_classes == 4

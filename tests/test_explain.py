@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medpeft.adapters.io import save_adapter
+from medpeft.adapters_io.folder import save_adapter
 from medpeft.cli import main
 from medpeft.explain import explain_batch, rollout
 from medpeft.model import ModelSpec, build_model

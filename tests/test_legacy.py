@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medpeft.adapters.config import read_adapter_config
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.config import read_adapter_config
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.cli import main
 from medpeft.config import load_config
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from medpeft.adapters.inject import count_adapter_parameters
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.vilt import ViltClassifier
 from medpeft.methods import LoraSettings, MoraSettings, get_method
+from medpeft.methods.lora.attach import count_adapter_parameters
 from medpeft.model import ModelSpec, build_model
 
 TIMM = dict(

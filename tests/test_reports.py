@@ -237,3 +237,27 @@ def test_report_of_a_multimodal_run_without_saved_scores(tmp_path, capsys):
 def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "report.json" in capsys.readouterr().err
+
+
+@QUIET
+def test_a_report_reads_back_label_names_a_spreadsheet_would_evaluate(tmp_path):
+    labels = ["-1", "=1+1"]
+    manifest = make_synthetic_dataset(tmp_path / "data", labels, n_per_class=8, img_size=32)
+    run = _train(tmp_path, manifest, "train.epochs=1")
+    scores_csv = (run / "predictions_test.csv").read_text().splitlines()
+    assert scores_csv[0] == "target,-1,'=1+1"  # escaped for spreadsheets; -1 is a number
+    assert {row.split(",")[0] for row in scores_csv[1:]} == {"-1", "'=1+1"}
+    write_report_page(run, tmp_path / "page", resamples=50)
+    summary = json.loads((tmp_path / "page" / "summary.json").read_text())
+    assert list(summary["per_class"]) == labels
+
+
+def test_scores_csv_escapes_formulas_and_reads_them_back(tmp_path):
+    labels = ["=HYPERLINK(\"http://x\",\"y\")", "-1", "+x", "@sum", "'quoted", "plain"]
+    scores = SplitScores(labels, "multilabel", np.full((2, 6), 0.5), np.array([[1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 0, 1]]))
+    path = scores.write_csv(tmp_path / "scores.csv")
+    header = path.read_text().splitlines()[0]
+    assert header == "target,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",-1,'+x,'@sum,''quoted,plain"
+    back = SplitScores.read_csv(path, "multilabel")
+    assert back.labels == labels
+    np.testing.assert_array_equal(back.targets, scores.targets)

@@ -16,7 +16,7 @@ from PIL import Image
 import medpeft
 from medpeft.backbones.weights import read_state_dict
 from medpeft.cli import main
-from medpeft.data.imageio import load_image
+from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.data.sources import csv_source
 from medpeft.errors import DataError, WeightsError
 from medpeft.train.checkpoint import load_checkpoint
@@ -103,12 +103,15 @@ def test_no_unsafe_deserialisation_in_the_source():
     assert unsafe == []
 
 
-def test_a_decompression_bomb_image_is_refused(tmp_path, monkeypatch):
+def test_a_decompression_bomb_image_is_refused_by_medpefts_limit_not_pils(tmp_path, monkeypatch):
+    """PIL's own check (``Image.MAX_IMAGE_PIXELS``) never refuses what ``max_pixels`` allows;
+    beyond ``max_pixels`` the refusal names the size and the limit (more in tests/data/test_imageio.py)."""
     path = tmp_path / "bomb.png"
     Image.new("L", (64, 64)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # PIL refuses above twice this
-    with pytest.raises(DataError, match=r"cannot read image .*bomb\.png: DecompressionBombError"):
-        load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # PIL alone refuses above twice this
+    assert load_image(path, options=ReadOptions(max_pixels=64 * 64)).size == (64, 64)
+    with pytest.raises(DataError, match=r"bomb\.png: image of 64 x 64 = 4,096 pixels is over the limit of 1,000 pixels"):
+        load_image(path, options=ReadOptions(max_pixels=1000))
 
 
 def test_manifest_paths_are_relative_to_the_root_and_may_leave_it_explicitly(tmp_path):

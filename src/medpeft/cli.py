@@ -62,12 +62,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from medpeft.runs.evaluate import evaluate_run, format_evaluation
 
     evaluation = evaluate_run(
-        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True
+        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True, data=args.data
     )
     print(format_evaluation(evaluation))
+    print(f"results in {evaluation.folder}")
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from medpeft.runs.predict import predict_files, predict_manifest, predict_tasks
     from medpeft.train import distributed
 
@@ -92,10 +93,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         predictions = predict_files(args.adapter, args.images, **common)
     if not distributed.is_main():  # every process holds all rows; the main one writes them
-        return
+        return 0
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         predictions.write_csv(out)
+    failed = predictions.failures()
+    if failed:
+        print(
+            f"medpeft predict: {len(failed)} of {len(predictions.ids)} sample(s) could not be read "
+            f"(status 'error' in the output, with the reason; first: {failed[0][1]})",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _named_adapters(values: Sequence[str]) -> dict[str, str]:
@@ -110,9 +119,9 @@ def _named_adapters(values: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from medpeft.adapters.export import export_merged, export_onnx
-    from medpeft.adapters.formats import export_peft
-    from medpeft.adapters.io import load_adapter, read_config
+    from medpeft.adapters_io.export import export_merged, export_onnx
+    from medpeft.adapters_io.folder import load_adapter, read_config
+    from medpeft.adapters_io.peft import export_peft
 
     if not (args.output or args.merged or args.onnx):
         raise MedpeftError("export: give --output (PEFT), --merged DIR and/or --onnx FILE")
@@ -135,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from medpeft.adapters.formats import convert_lora_vit
+    from medpeft.adapters_io.lora_vit import convert_lora_vit
 
     folder = convert_lora_vit(
         args.file, args.backbone, args.output, args.img_size, args.labels, args.weights
@@ -173,9 +182,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from medpeft.serve.main import serve
     from medpeft.serve.settings import ServeSettings, token_from
 
+    limits = {name: getattr(args, name) for name in ("max_pixels", "max_decodes") if getattr(args, name) is not None}
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-        max_upload_mb=args.max_upload_mb, token=token_from(args.token),
+        max_upload_mb=args.max_upload_mb, token=token_from(args.token, args.no_auth), **limits,
     )
     serve(args.directory, settings, args.host, args.port, args.device, args.max_loaded,
           args.weights, args.random_backbone)
@@ -228,13 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--adapter", help="adapter folder (default: RUN/adapter)")
     p.add_argument("--weights", help="backbone checkpoint file (default: the run's model.weights)")
+    p.add_argument(
+        "--data", help="other data: a CSV manifest (data.manifest) or a folder (data.root); "
+        "results go to RUN/evals/<name>/, as for --adapter, --weights and other settings",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files or a manifest with a saved adapter")
     p.add_argument(
         "adapter", nargs="?", help="adapter folder (adapter_config.json + adapter_model.safetensors)"
     )
-    p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy), one modality")
+    p.add_argument("images", nargs="*", help="image files (PNG/JPEG/DICOM/NIfTI/.npy) or folders of them "
+                   "(searched recursively by extension), one modality")
     p.add_argument(
         "--adapter", dest="adapters", action="append", metavar="NAME=FOLDER",
         help="one task of several on one backbone (repeat): mixed-task batches; a manifest "
@@ -316,8 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="samples per forward pass, any mix of tasks")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=int, default=256, help="waiting samples before 503")
-    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body before 413")
+    p.add_argument("--max-upload-mb", "--max-body-mb", type=float, default=32.0,
+                   help="largest request body before 413")
+    p.add_argument("--max-pixels", type=int,
+                   help="most pixels of an uploaded image or volume slice, checked before decoding "
+                   "(default: 60 M, as data.max_pixels)")
+    p.add_argument("--max-decodes", type=int, help="uploads decoded at once (default: the CPU cores)")
     p.add_argument("--token", help="bearer token every API call needs (default: $MEDPEFT_TOKEN; none: open)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve without a token even if MEDPEFT_TOKEN is set (empty)")
     p.add_argument("--max-loaded", type=int, help="most adapters on the backbone at once (default: all)")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--weights", help="backbone checkpoint file (default: the one the adapters record)")
@@ -333,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one line and exit with status 2."""
+    """Entry point; user errors print one line and exit with status 2 (``predict`` with some
+    unreadable samples: 1)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
@@ -344,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _show_messages()
     try:
-        args.func(args)
+        status = args.func(args)
     except KeyboardInterrupt:
         if os.environ.get("MEDPEFT_DEBUG"):
             raise
@@ -359,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"medpeft {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def user_message(error: BaseException) -> str:

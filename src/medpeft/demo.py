@@ -5,7 +5,8 @@
 
 1. Writes a synthetic chest-X-ray-like dataset (PNG files + CSV manifest) whose
    label is a spatial relation: no blob, one blob, a pair of blobs at the same
-   height or at different heights (`medpeft.data.synthetic.make_pairs_dataset`).
+   height or at different heights (`medpeft.data.synthetic.make_pairs_dataset`);
+   a rerun reuses it, as its finished runs recorded it.
 2. "Pretrains" a tiny ViT on a different synthetic task (which of six mirrored
    blob pairs are present) and saves it as a local checkpoint: the stand-in for a
    foundation model, loaded like a real one through ``model.weights``.
@@ -48,6 +49,7 @@ PRETRAIN_SAMPLES = 100  # per label: 600 images
 EPOCHS = 25
 SAMPLES_PER_CLASS = 150
 COMPARISON_PAGE = "index.html"
+MANIFEST = "manifest.csv"
 
 
 def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, lr: float, **model) -> RunConfig:
@@ -58,7 +60,7 @@ def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, 
         method=method,
         model=dataclasses.replace(TINY_VIT, **model),
         settings={"lora": LoraSettings(targets=("q", "v"), rank=4, alpha=4)},
-        data=DataSettings(source="csv", manifest=str(data_dir / "manifest.csv"), batch_size=32, num_workers=0),
+        data=DataSettings(source="csv", manifest=str(data_dir / MANIFEST), batch_size=32, num_workers=0),
         train=TrainSettings(
             epochs=epochs, lr=lr, amp=False, device="cpu", warmup=1,
             monitor="f1_macro", label_smoothing=0.1, seed=0,
@@ -69,9 +71,11 @@ def demo_config(name: str, out: Path, method: str, data_dir: Path, epochs: int, 
 def pretrain_backbone(out: Path, epochs: int, progress: bool, samples_per_label: int = PRETRAIN_SAMPLES) -> Path:
     """Train the stand-in foundation model (full training, multi-label task); return its checkpoint."""
     data = out / "pretrain-data"
-    make_synthetic_dataset(
-        data, SOURCE_FINDINGS, n_per_class=samples_per_label, img_size=IMG_SIZE, seed=1, task="multilabel"
-    )
+    if not (data / MANIFEST).is_file():  # a rerun keeps the data its finished runs recorded
+        make_synthetic_dataset(
+            data, SOURCE_FINDINGS, n_per_class=samples_per_label, img_size=IMG_SIZE, seed=1,
+            task="multilabel",
+        )
     config = demo_config("pretrain", out, "full", data, epochs, LEARNING_RATES["pretrain"])
     report = train_run(config, progress=progress)
     return report.adapter_dir / "adapter_model.safetensors"
@@ -89,7 +93,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/4] writing synthetic data under {out}")
     data = out / "data"
-    make_pairs_dataset(data, n_per_class=samples_per_class, img_size=IMG_SIZE, seed=0)
+    if not (data / MANIFEST).is_file():
+        make_pairs_dataset(data, n_per_class=samples_per_class, img_size=IMG_SIZE, seed=0)
     print("[2/4] pretraining a tiny ViT (stand-in for a foundation model)")
     backbone = pretrain_backbone(out, pretrain_epochs, progress, pretrain_samples)
     print(f"[3/4] adapting {backbone} with {', '.join(METHODS)}")

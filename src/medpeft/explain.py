@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.atomic import atomic_write_text
 from medpeft.data.records import Record
 from medpeft.errors import ConfigError, DataError, did_you_mean

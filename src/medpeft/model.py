@@ -21,17 +21,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import freeze_except
 from medpeft.backbones.timm_vit import build_vit
+from medpeft.backbones.base import CapabilityError, describe
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.fusion.late import LateFusion
+from medpeft.fusion.pooled import PooledClassifier
 from medpeft.fusion.single import as_single_stream
-from medpeft.methods import get_method
+from medpeft.methods import Method, get_method
+from medpeft.methods.layers import freeze_except
 
-KINDS = ("timm", "vilt")
-DEFAULT_BACKBONES = {"timm": "vit_base_patch16_224", "vilt": "dandelin/vilt-b32-mlm"}
+KINDS = ("timm", "transformers", "open_clip", "vilt")
+DEFAULT_BACKBONES = {
+    "timm": "vit_base_patch16_224",
+    "transformers": "facebook/dinov2-base",
+    "open_clip": "ViT-B-16",
+    "vilt": "dandelin/vilt-b32-mlm",
+}
 
 
 @dataclass
@@ -64,7 +71,7 @@ class ModelSpec:
     settings: Any = None
     img_size: int | None = None
     modalities: Sequence[str] = ("image",)
-    kind: Literal["timm", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
     text_modality: str = "text"
     missing_token: bool = False
     vilt_config: dict | None = None
@@ -105,11 +112,45 @@ def build_model(
         weights: Local backbone checkpoint (file, or a ViLT folder); wins over ``pretrained``.
         adapter_name: Key of the adapter's weights in the model.
     """
-    method = get_method(spec.method)
     model = _fusion_model(spec, pretrained, weights)
-    method.attach(model, spec.settings, adapter_name)
-    freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
+    attach_method(model, get_method(spec.method), spec.settings, adapter_name)
     return model
+
+
+def attach_method(model: nn.Module, method: Method, settings: Any, adapter_name: str = "default") -> None:
+    """Attach ``method``'s adapter to a fusion model and freeze all it does not train.
+
+    Raises:
+        CapabilityError: the method needs a token stream the model does not offer.
+    """
+    if method.needs_tokens:
+        check_token_stream(model, method.name)
+    method.attach(model, settings, adapter_name)
+    freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))
+
+
+def check_token_stream(model: nn.Module, method: str) -> None:
+    """CapabilityError unless every backbone of ``model`` has a token stream medpeft's fusions read."""
+    for view in model.backbone_views().values() if hasattr(model, "backbone_views") else ():
+        view.require("token_stream", f"method {method!r}")
+    if isinstance(model, PooledClassifier):
+        raise CapabilityError(
+            f"method {method!r} acts on a token stream through medpeft's fusions, which read timm "
+            f"ViTs; {model.view.describe()} is not one (see the capability table in docs/methods.md)"
+        )
+
+
+def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image") -> nn.Module:
+    """The one-modality fusion model around a native backbone module, with a new head.
+
+    A timm ViT-like model stays itself (:func:`~medpeft.fusion.single.as_single_stream`,
+    its classifier reset to ``num_classes``); any other family goes under
+    :class:`~medpeft.fusion.pooled.PooledClassifier`.
+    """
+    if describe(backbone).family == "timm_vit":
+        backbone.reset_classifier(num_classes)
+        return as_single_stream(backbone, modality)
+    return PooledClassifier(backbone, num_classes, modality)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:
@@ -122,6 +163,8 @@ def set_backbone_dropout(model: nn.Module, p: float) -> None:
 def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
     if spec.kind == "vilt":
         return _vilt_model(spec, pretrained, weights)
+    if spec.kind in ("transformers", "open_clip"):
+        return _library_model(spec, pretrained, weights)
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
 
@@ -150,6 +193,18 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
     if len(spec.modalities) == 1 and not spec.missing_token:
         return as_single_stream(vit(), spec.modalities[0])
     return MultiStreamViT(vit(), spec.modalities, spec.missing_token)
+
+
+def _library_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    """A transformers or open_clip backbone for one image modality (other fusions need timm)."""
+    from medpeft.backbones.library import build_open_clip, build_transformers
+
+    if len(spec.modalities) != 1 or spec.fusion != "auto" or spec.missing_token:
+        raise ConfigError(f"model.kind {spec.kind!r} reads one image modality; several modalities, "
+                          "missing tokens and model.fusion need a timm backbone (model.kind: timm)")
+    build = build_transformers if spec.kind == "transformers" else build_open_clip
+    backbone = build(spec.backbone, pretrained, weights, **spec.model_kwargs)
+    return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

@@ -1,6 +1,8 @@
 """Per-call routing: which modalities each sample has and which adapter serves it.
 
-Adapters never store per-batch state. A model enters :func:`route` around its
+Adapters never store per-batch state, and a model has no mutable "active adapter":
+a call that routes none is served by the model's first adapter (the fusion models
+route it in their ``forward``; a layer or head on its own uses the first added to it). A model enters :func:`route` around its
 forward (the fusion models do so with the batch's ``present`` mask and, when the
 batch names them, per-sample ``adapters``) and adapter layers read
 :func:`current`. The routing lives in a :class:`contextvars.ContextVar`, which is
@@ -18,7 +20,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ class Routing:
         presence: ``Bool[B, M]``, which of the model's ``M`` modalities each sample has
             (None: every modality present).
         adapters: one adapter name for the whole batch, one name per sample, or None
-            (each layer's default adapter, see ``set_active_adapter``).
+            (the model's first adapter; a layer or head on its own: the first added to it).
     """
 
     presence: torch.Tensor | None = None
@@ -49,6 +51,11 @@ class Routing:
         if self.adapters and len(set(self.adapters)) == 1:
             return self.adapters[0]
         return None
+
+    def adapter_for(self, held: Iterable[str]) -> str | None:
+        """The adapter a layer or head holding ``held`` serves the whole batch with: the
+        routed one, else the first it holds (insertion order); None when it holds none."""
+        return self.batch_adapter() or next(iter(held), None)
 
     def is_mixed(self) -> bool:
         """Whether the samples of the batch are routed to different adapters."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.adapters.io import default_preprocessing
-from medpeft.adapters.mor import mor_layers
+from medpeft.adapters_io.folder import default_preprocessing
 from medpeft.backbones.timm_vit import build_vit, patch_multiple
 from medpeft.data.transforms import CLIP_MEAN, CLIP_STD
 from medpeft.fusion.intervention import EarlyIntervention
+from medpeft.methods.mor.attach import mor_layers
 from medpeft.model import ModelSpec, build_model
 
 DINO = "vit_base_patch14_reg4_dinov2.lvd142m"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.bank import AdapterBank
 from medpeft.methods import LoraSettings
 from medpeft.model import ModelSpec, build_model
-from tests.adapters.conftest import BACKBONE, TINY, _randomize_lora, _tiny_vit
+from tests.methods.conftest import BACKBONE, TINY, _randomize_lora, _tiny_vit
 
 # name: (LoRA settings, labels, task type)
 TASKS = {

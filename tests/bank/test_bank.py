@@ -11,9 +11,13 @@ import torch
 from PIL import Image
 
 import medpeft.bank.bank as bank_module
+from medpeft.adapters_io.folder import save_adapter
 from medpeft.bank import AdapterBank, BadInput, UnknownTask, WrongModality
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.methods import MorSettings
+from medpeft.model import ModelSpec, build_model
 from tests.bank.conftest import TASKS, write_task
+from tests.methods.conftest import BACKBONE, TINY
 
 MIXED = ["tb", "blood", "chest", "tb", "chest", "blood"]
 
@@ -94,6 +98,17 @@ def test_register_adds_a_lazy_task_and_refuses_unsafe_or_taken_names(bank_dir, t
         bank.register("tb", bank_dir / "blood")
 
 
+def test_a_method_that_cannot_mix_adapters_in_a_batch_is_refused(bank_dir, tmp_path):
+    weights = bank_dir.parent / "backbone.safetensors"
+    spec = ModelSpec(BACKBONE, 3, "mor", MorSettings(), img_size=32, model_kwargs=dict(TINY))
+    folder = save_adapter(build_model(spec, weights=weights), tmp_path / "mor", spec, ["a", "b", "c"],
+                          "multiclass", backbone_weights=weights)
+    bank = AdapterBank.from_directory(bank_dir)
+    with pytest.raises(ConfigError, match=r"mor: method 'mor' cannot share a backbone in a mixed batch; "
+                                          r"the bank serves \['lora'\] adapters"):
+        bank.register("mor", folder)
+
+
 def test_a_task_on_another_backbone_is_refused_naming_its_folder(bank_dir, tmp_path):
     other = tmp_path / "other.safetensors"
     shutil.copy(bank_dir.parent / "backbone.safetensors", other)  # same values, another file
@@ -138,7 +153,7 @@ def test_preprocess_reads_files_with_the_options_training_recorded(bank_dir, tmp
     """An adapter trained with ``data.window`` is served with the same window, not the default scaling."""
     import dataclasses
 
-    from medpeft.adapters.io import read_config
+    from medpeft.adapters_io.folder import read_config
     from medpeft.bank.inputs import Preprocessor
 
     ramp = np.linspace(-1000.0, 1000.0, 32 * 32, dtype=np.float32).reshape(32, 32)

@@ -8,13 +8,13 @@ import pytest
 import timm
 import torch
 
-from medpeft.adapters.export import MERGED_CONFIG, export_merged, export_onnx
-from medpeft.adapters.io import load_adapter, save_adapter
-from medpeft.adapters.lora import LoRALinear
+from medpeft.adapters_io.export import MERGED_CONFIG, export_merged, export_onnx
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.cli import main
 from medpeft.errors import ConfigError
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.model import ModelSpec, build_model
-from tests.adapters.conftest import BACKBONE, TINY
+from tests.methods.conftest import BACKBONE, TINY
 
 
 def test_merged_folder_loads_in_plain_timm(bank_dir, images, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medpeft.adapters.lora import LoRALinear
+from medpeft.methods.lora.layer import LoRALinear
 from medpeft.routing import route
 
 

@@ -59,3 +59,24 @@ def test_image_files_go_through_every_task_and_unknown_tasks_are_named(bank_dir,
     manifest.write_text(f"task,image\ntbb,images/{paths[0].name}\n")
     with pytest.raises(DataError, match=r"bad.csv line 2: task 'tbb'; did you mean 'tb'"):
         predict_tasks(adapters, manifest=manifest, device="cpu")
+
+
+def test_an_unreadable_file_fails_alone_in_every_task(bank_dir, tmp_path, capsys):
+    paths = _write_images(tmp_path / "images", 2)
+    (tmp_path / "images" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", "--adapter", str(bank_dir / "tb"), "--adapter", str(bank_dir / "chest"),
+            str(tmp_path / "images"), "--output", str(out), "--device", "cpu", "--quiet"]
+    assert main(argv) == 1
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["id"], r["task"], r["status"]) for r in rows] == [
+        (str(paths[0]), "tb", "ok"), (str(paths[0]), "chest", "ok"),
+        (str(paths[1]), "tb", "error"), (str(paths[1]), "chest", "error"),
+    ]
+    bank = AdapterBank.from_directory(bank_dir)
+    expected = bank.predict(["tb"], [bank.preprocess("tb", {"image": paths[0]})])[0]
+    assert [float(v.split("=")[1]) for v in rows[0]["scores"].split(";")] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert rows[2]["scores"] == rows[2]["prediction"] == ""
+    assert "modality 'image': cannot read image" in rows[2]["error"] and "img1.png" in rows[2]["error"]
+    assert capsys.readouterr().err.startswith("medpeft predict: 2 of 4 sample(s) could not be read")

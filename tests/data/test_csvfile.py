@@ -1,8 +1,18 @@
-"""CSV rows with true line numbers, stray cells, repeated columns and missing-file listings."""
+"""CSV rows with true line numbers, stray cells, repeated columns and missing-file listings;
+spreadsheet-safe writing."""
+
+import io
 
 import pytest
 
-from medpeft.data.csvfile import check_columns, raise_missing, read_csv_rows
+from medpeft.data.csvfile import (
+    SpreadsheetWriter,
+    check_columns,
+    plain_cell,
+    raise_missing,
+    read_csv_rows,
+    spreadsheet_cell,
+)
 from medpeft.errors import DataError
 
 
@@ -28,3 +38,21 @@ def test_missing_columns_and_files_are_named():
     raise_missing([], "m.csv")
     with pytest.raises(DataError, match=r"(?s)7 image file\(s\) of m\.csv not found.*f4.*and 2 more"):
         raise_missing([f"f{i}" for i in range(7)], "m.csv")
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [('=HYPERLINK("http://x","y")', '\'=HYPERLINK("http://x","y")'), ("+x", "'+x"), ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+     ("@SUM(A1)", "'@SUM(A1)"), ("\t=1", "'\t=1"), ("\r=1", "'\r=1"), ("'=1", "''=1"), ("'kept", "''kept"),
+     ("-1", "-1"), ("+0.5", "+0.5"), ("-1.5e-3", "-1.5e-3"), ("normal", "normal"), ("", ""), (-0.25, -0.25)],
+)
+def test_text_a_spreadsheet_would_evaluate_is_escaped_and_read_back(value, written):
+    assert spreadsheet_cell(value) == written
+    if isinstance(value, str):
+        assert plain_cell(written) == value
+
+
+def test_the_spreadsheet_writer_escapes_every_text_cell_and_keeps_numbers():
+    out = io.StringIO()
+    SpreadsheetWriter(out, lineterminator="\n").writerows([["id", "=A1"], ["-2", -0.5]])
+    assert out.getvalue() == "id,'=A1\n-2,-0.5\n"

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tracemalloc
 from pathlib import Path
 
 import nibabel
@@ -13,8 +14,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from medpeft.data.imageio import load_image
-from medpeft.errors import DataError
+from medpeft.data.imageio import ReadOptions, load_image
+from medpeft.errors import ConfigError, DataError
+from tests.data import bombs
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -155,3 +157,67 @@ def test_non_finite_float_tiff_is_rejected(tmp_path):
     Image.fromarray(array, mode="F").save(path)
     with pytest.raises(DataError, match=r"scan\.tif: 1 of 64 pixels"):
         load_image(path)
+
+
+BOMBS = {  # file: (its bytes, the refusal)
+    "deflated.dcm": (lambda: bombs.deflated_dicom(8000, 8000),  # 122 kB inflating to 128 MB
+                     r"deflated\.dcm: image of 8000 x 8000 = 64,000,000 pixels is over the limit of "
+                     r"60,000,000 pixels \(data\.max_pixels, medpeft serve --max-pixels\); refused before decoding"),
+    "frames.dcm": (lambda: bombs.deflated_dicom(1000, 1000, pixel_bytes=16, frames=1000),
+                   r"frames\.dcm: declares an array of shape \(1000, 1000, 1000, 1\) \(1,907.3 MiB\), over the "
+                   r"limit of 915.5 MiB per file \(16 bytes per pixel of the 60,000,000-pixel limit"),
+    "declared.png": (lambda: bombs.png_declaring(10000, 10000),
+                     r"declared\.png: image of 10000 x 10000 = 100,000,000 pixels is over the limit"),
+    "huge.png": (lambda: bombs.png_declaring(20000, 20000),  # PIL's own refusal, reworded
+                 r"huge\.png: image of 400,000,000 pixels is over the limit of 60,000,000 pixels"),
+    "page.tif": (lambda: bombs.tiff_declaring(9000, 9000),
+                 r"page\.tif: image of 9000 x 9000 = 81,000,000 pixels is over the limit"),
+    "image.npy": (lambda: bombs.npy_declaring((30000, 30000)),
+                  r"image\.npy: image of 30000 x 30000 = 900,000,000 pixels is over the limit"),
+    "volume.npy": (lambda: bombs.npy_declaring((4000, 512, 512)),
+                   r"volume\.npy: declares an array of shape \(4000, 512, 512\) \(2,000.0 MiB\), over the limit"),
+    "image.nii": (lambda: bombs.nifti_declaring((30000, 30000)),
+                  r"image\.nii: image of 30000 x 30000 = 900,000,000 pixels is over the limit"),
+    "volume.nii": (lambda: bombs.nifti_declaring((512, 512, 4000)),
+                   r"volume\.nii: declares an array of shape \(512, 512, 4000\) \(1,000.0 MiB\), over the limit"),
+}
+
+
+@pytest.mark.filterwarnings("error")  # and no warning of PIL's or pydicom's on the way
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_decompression_bombs_are_refused_from_the_declared_size(tmp_path, name):
+    make, message = BOMBS[name]
+    path = bombs.write(tmp_path / name, make())
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=message) as refused:
+            load_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(refused.value)
+    assert peak < 16 * 2**20  # nothing near the declared size was inflated or allocated
+
+
+def test_the_pixel_limit_is_an_option_and_applies_to_the_slice_read(tmp_path):
+    path = tmp_path / "scan.png"
+    Image.new("L", (40, 30)).save(path)
+    with pytest.raises(DataError, match=r"scan\.png: image of 40 x 30 = 1,200 pixels is over the limit of 1,000"):
+        load_image(path, options=ReadOptions(max_pixels=1000))
+    assert load_image(path, options=ReadOptions(max_pixels=1200)).size == (40, 30)
+    volume = tmp_path / "vol.npy"
+    np.save(volume, np.zeros((40, 20, 10), dtype=np.uint8))  # 40 slices of 20 x 10
+    assert load_image(volume, options=ReadOptions(max_pixels=600)).size == (10, 20)
+    with pytest.raises(DataError, match=r"vol\.npy: image of 20 x 40 = 800 pixels"):  # slices along x
+        load_image(volume, options=ReadOptions(slice_axis=2, max_pixels=600))
+    with pytest.raises(ConfigError, match=r"data\.max_pixels: expected a whole number of pixels >= 1, got 0"):
+        ReadOptions(max_pixels=0)
+
+
+def test_a_deflated_dicom_inflates_no_further_than_the_limit(tmp_path):
+    # declares 100 x 100 pixels, but its pixel data element inflates to 50 MB
+    path = bombs.write(tmp_path / "padded.dcm", bombs.deflated_dicom(100, 100, pixel_bytes=50_000_000))
+    with pytest.raises(DataError, match=r"padded\.dcm: the deflated DICOM data set inflates to more than 1.5 MiB"):
+        load_image(path, options=ReadOptions(max_pixels=100_000))
+    small = bombs.write(tmp_path / "small.dcm", bombs.deflated_dicom(64, 64))
+    assert load_image(small, options=ReadOptions(max_pixels=64 * 64)).size == (64, 64)

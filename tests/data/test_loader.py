@@ -64,7 +64,7 @@ def test_oversample_repeats_every_class_up_to_the_largest(tmp_path):
     targets = [0] * 5 + [1] * 2 + [2]
     data = dataset(tmp_path, targets)
     loader = build_loader(data, 4, train=True, balanced="oversample", seed=3)
-    epoch = list(loader.sampler)
+    epoch = [index for index, _ in loader.sampler]  # (index, seed of its augmentation)
     assert len(loader.sampler) == 15 and len(epoch) == 15
     assert Counter(targets[i] for i in epoch) == {0: 5, 1: 5, 2: 5}
     assert sorted(i for i in epoch if targets[i] == 0) == [0, 1, 2, 3, 4]  # the largest class once

@@ -80,8 +80,11 @@ def test_seeded_determinism_and_nesting_across_eta():
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
 def test_save_load_round_trip(tmp_path, suffix):
-    table = make_missing_table(["p,1", "p2", "p3", "p4"], MODS, 0.5, "image", seed=2)
-    loaded = MissingTable.load(table.save(tmp_path / f"t{suffix}"))
+    table = make_missing_table(["p,1", "=HYPERLINK(\"x\")", "-p3", "p4"], MODS, 0.5, "image", seed=2)
+    saved = table.save(tmp_path / f"t{suffix}")
+    if suffix == ".csv":  # escaped for spreadsheets
+        assert "\"'=HYPERLINK(\"\"x\"\")\"" in saved.read_text() and "\n'-p3," in saved.read_text()
+    loaded = MissingTable.load(saved)
     assert loaded.ids == table.ids and loaded.modalities == MODS
     assert np.array_equal(loaded.present, table.present)
     assert loaded.setting == MissingSetting(0.5, "image") and loaded.seed == 2

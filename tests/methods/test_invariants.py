@@ -2,7 +2,8 @@
 
 zero-init adapter == base model; merge then unmerge == original and merged ==
 unmerged (mergeable methods; the others refuse to merge); only adapter + head get
-gradients; save -> load -> identical logits; parameter counts equal SPEC.md.
+gradients; save -> load -> identical logits; parameter counts equal SPEC.md; the
+registry metadata says what the method does (``mixable``: one adapter per sample).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ import pytest
 import torch
 from transformers import ViltConfig
 
-from medpeft.adapters.io import load_adapter, save_adapter
+from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.errors import ConfigError
-from medpeft.methods import LoraSettings, MoraSettings, MorSettings, PromptSettings, get_method, method_names
+from medpeft.methods import (
+    DoraSettings,
+    LoraSettings,
+    MoraSettings,
+    MorSettings,
+    PromptSettings,
+    get_method,
+    method_names,
+)
 from medpeft.model import ModelSpec, build_model
+from medpeft.routing import route
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8)
 TINY_VILT = dict(
@@ -44,6 +54,7 @@ CASES = {
     "linear": _timm("linear"),
     "full": _timm("full"),
     "mor": _timm("mor", MorSettings(("mlp.fc1", "mlp.fc2", "attn.proj"), ranks=(2, 3), blocks=(1,))),
+    "dora": _timm("dora", DoraSettings(("q", "v", "mlp.fc1"), rank=4, alpha=8)),
 }
 MASK = torch.tensor([[True, True], [True, False], [False, True]])
 
@@ -114,6 +125,46 @@ def test_merge_unmerge(name):
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_mixable_methods_serve_one_adapter_per_sample(name):
+    spec, method = CASES[name], get_method(name)
+    if not method.adapter_dicts:  # no adapters keyed by name: nothing to route per sample
+        assert not method.mixable
+        return
+    model = _build(spec)
+    method.attach(model, spec.settings, "second")
+    _perturb(model)
+    batch, names = _batch(spec), ["second", "default", "second"]
+    with torch.no_grad():
+        alone = {}
+        for adapter in ("default", "second"):
+            with route(adapters=adapter):
+                alone[adapter] = model(batch)
+        assert not torch.allclose(alone["default"], alone["second"])
+        if not method.mixable:
+            with route(adapters=names), pytest.raises(ValueError, match="one adapter per batch"):
+                model(batch)
+            return
+        with route(adapters=names):
+            mixed = model(batch)
+    for i, adapter in enumerate(names):
+        torch.testing.assert_close(mixed[i], alone[adapter][i], atol=1e-5, rtol=1e-5)
+
+
+def test_registry_metadata_of_the_built_in_methods():
+    flags = ("mergeable", "mixable", "needs_tokens", "per_modality")
+    table = {name: [flag for flag in flags if getattr(get_method(name), flag)] for name in CASES}
+    assert table == {
+        "lora": ["mergeable", "mixable"],
+        "mora": ["needs_tokens", "per_modality"],
+        "prompts": ["needs_tokens", "per_modality"],
+        "linear": [],
+        "full": [],
+        "mor": [],
+        "dora": ["mergeable"],
+    }
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_only_adapter_and_head_get_gradients(name):
     spec, method = CASES[name], get_method(name)
     model = _build(spec).train()
@@ -153,6 +204,7 @@ PAPER_COUNTS = {
     "linear": (ModelSpec("vit_base_patch16_224", 2, "linear", img_size=224), 0),
     "full": (ModelSpec("vit_base_patch16_224", 2, "full", img_size=224), 85_798_656),
     "mor": (ModelSpec("vit_base_patch16_224", 2, "mor", img_size=224), 1_474_656),
+    "dora": (ModelSpec("vit_base_patch16_224", 2, "dora", img_size=224), 147_456 + 12 * 2 * 768),
 }
 
 

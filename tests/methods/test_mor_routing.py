@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from medpeft.adapters.mor import MoRLinear, mor_layers
 from medpeft.errors import ConfigError
 from medpeft.methods.mor import MorSettings
+from medpeft.methods.mor.attach import mor_layers
+from medpeft.methods.mor.layer import MoRLinear
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 

@@ -33,6 +33,21 @@ TINY_SYNTHETIC = [
 Train = Callable[..., Path]
 
 
+def one_line(err: str) -> str:
+    """The one ``medpeft ...`` error line of a command's stderr (no traceback)."""
+    lines = [line for line in err.splitlines() if line.startswith("medpeft ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Bytes and modification time of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*") if p.is_file()
+    }
+
+
 @pytest.fixture(scope="session")
 def image_manifest(tmp_path_factory) -> Path:
     """A two-class single-image dataset (``normal``/``lesion``, 16 PNGs each) and its manifest."""

@@ -11,7 +11,9 @@ from medpeft.errors import ConfigError
 from medpeft.reports.scores import SplitScores
 from medpeft.runs.evaluate import Evaluation, evaluate_run
 
-from .conftest import CPU
+from .conftest import CPU, one_line
+
+OWN_RESULTS = ("test_metrics.json", "predictions_test.csv", "report.json", "config.yaml")
 
 
 def test_eval_one_modality_run_on_val(image_run, capsys):
@@ -54,6 +56,31 @@ def test_eval_with_a_bad_override_names_the_key(mora_run, capsys):
     assert "missing.grid.kinds" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"data: unknown key\(s\) \['shuffle'\]"):
         evaluate_run(mora_run, overrides=["data.shuffle=true"])
+
+
+def test_eval_with_another_adapter_writes_into_evals(image_run, tmp_path, train_image, capsys):
+    other = train_image(tmp_path / "other", "train.epochs=1", "train.lr=0.02")
+    own = {name: (image_run / name).read_bytes() for name in OWN_RESULTS}
+    assert main(["eval", str(image_run), "--adapter", str(other / "adapter")]) == 0
+    folder = image_run / "evals" / "other"
+    assert f"results in {folder}" in capsys.readouterr().out
+    assert {name: (image_run / name).read_bytes() for name in OWN_RESULTS} == own
+    # the same data, split and seed: the other adapter scores what its own run recorded
+    scores = json.loads((folder / "test_metrics.json").read_text())
+    assert scores == pytest.approx(json.loads((other / "test_metrics.json").read_text()), nan_ok=True)
+    assert json.loads((folder / "eval.json").read_text())["adapter"] == str((other / "adapter").resolve())
+
+
+def test_an_adapter_of_another_input_size_is_one_line(image_run, tmp_path, train_image, capsys):
+    adapter = train_image(tmp_path / "large", "train.epochs=1", "model.img_size=48") / "adapter"
+    assert main(["eval", str(image_run), "--adapter", str(adapter)]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"medpeft eval: error: {adapter}: the adapter takes 48 px inputs, the run's are 32 px "
+        "(model.img_size); evaluate it with model.img_size=48"
+    )
+    assert not (image_run / "evals" / "large").exists()
+    assert main(["eval", str(image_run), "--adapter", str(adapter), "model.img_size=48"]) == 0
+    assert (image_run / "evals" / "large" / "test_metrics.json").is_file()
 
 
 def test_a_binary_run_records_its_positive_class_and_its_metrics_are_about_it(image_run):

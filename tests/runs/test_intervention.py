@@ -56,7 +56,7 @@ def test_eval_reproduces_the_test_metrics_and_predict_takes_a_missing_modality(e
     assert main(argv) == 0
     with open(out) as f:
         preds = list(csv.DictReader(f))
-    labels = [k for k in preds[0] if k not in ("id", "prediction")]
+    labels = [k for k in preds[0] if k not in ("id", "prediction", "status", "error")]
     assert [p["id"] for p in preds] == ["all", "no_b"]
     assert all(sum(float(p[k]) for k in labels) == pytest.approx(1.0, abs=1e-3) for p in preds)
     assert [preds[0][k] for k in labels] != [preds[1][k] for k in labels]

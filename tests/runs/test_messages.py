@@ -18,16 +18,12 @@ import medpeft.train.trainer as trainer
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
 
+from .conftest import one_line
+
 
 @pytest.fixture
 def manifest(tmp_path) -> Path:
     return make_synthetic_dataset(tmp_path / "data", ("normal", "lesion"), n_per_class=12, img_size=32)
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("medpeft ")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
 
 
 def test_a_label_typo_is_flagged_with_the_class_counts(tmp_path, manifest, image_argv, capsys):
@@ -58,7 +54,7 @@ def test_a_label_typo_is_flagged_with_the_class_counts(tmp_path, manifest, image
 def test_bad_values_are_refused_before_anything_runs(tmp_path, image_argv, capsys, override, key):
     run = tmp_path / "run"
     assert main(image_argv(run, override)) == 2
-    assert key in _one_line(capsys.readouterr().err)
+    assert key in one_line(capsys.readouterr().err)
     assert not (run / "metrics.csv").exists()
 
 
@@ -69,7 +65,7 @@ def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path, manifest, 
     argv = image_argv(tmp_path / "run", "train.epochs=1", "data.num_workers=2", "data.check_images=none")
     argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
     assert main(argv) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "cannot read" in line and ".png" in line and "Original Traceback" not in line
 
 
@@ -92,7 +88,7 @@ def test_a_latin_1_manifest_is_named(tmp_path, image_argv, capsys):
     argv = image_argv(tmp_path / "run")
     argv[argv.index(next(a for a in argv if a.startswith("data.manifest=")))] = f"data.manifest={manifest}"
     assert main(argv) == 2
-    assert "labels.csv: not UTF-8 text" in _one_line(capsys.readouterr().err)
+    assert "labels.csv: not UTF-8 text" in one_line(capsys.readouterr().err)
 
 
 def test_disk_full_while_saving_is_one_line(tmp_path, image_argv, capsys, monkeypatch):
@@ -101,7 +97,7 @@ def test_disk_full_while_saving_is_one_line(tmp_path, image_argv, capsys, monkey
 
     monkeypatch.setattr(checkpoint, "atomic_write", full)
     assert main(image_argv(tmp_path / "run", "train.epochs=1")) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "checkpoint.pt: No space left on device" in line or "No space left on device" in line
 
 
@@ -111,7 +107,7 @@ def test_ctrl_c_is_exit_130_and_says_how_to_resume(tmp_path, image_argv, capsys,
 
     monkeypatch.setattr(trainer, "_optimizer_step", interrupt)
     assert main(image_argv(tmp_path / "run", "train.epochs=1")) == 130
-    assert "interrupted" in _one_line(capsys.readouterr().err)
+    assert "interrupted" in one_line(capsys.readouterr().err)
 
 
 def test_a_diverged_loss_stops_naming_the_batch(tmp_path, image_argv, capsys, monkeypatch):
@@ -121,7 +117,7 @@ def test_a_diverged_loss_stops_naming_the_batch(tmp_path, image_argv, capsys, mo
     monkeypatch.setattr(trainer, "build_loss", nan_loss)
     run = tmp_path / "run"
     assert main(image_argv(run, "train.epochs=1")) == 2
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "the loss is nan at epoch 0, batch 0 (samples " in line and "line " in line
     assert "lower train.lr" in line
     assert not (run / "adapter").exists()
@@ -131,6 +127,6 @@ def test_predict_rejects_a_nan_npy_image(tmp_path, train_image, capsys):
     run = train_image(tmp_path / "run", "train.epochs=1")
     image = tmp_path / "scan.npy"
     np.save(image, np.full((32, 32), np.nan))
-    assert main(["predict", str(run / "adapter"), str(image)]) == 2
-    assert "scan.npy: 1024 of 1024 pixels are NaN or infinite" in _one_line(capsys.readouterr().err)
+    assert main(["predict", str(run / "adapter"), str(image)]) == 1  # the sample is an error row
+    assert "scan.npy: 1024 of 1024 pixels are NaN or infinite" in one_line(capsys.readouterr().err)
     shutil.rmtree(run)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medpeft.cli import main
@@ -29,11 +31,11 @@ def test_predict_image_files_writes_csv(image_run, image_manifest, tmp_path):
     argv = ["predict", str(image_run / ADAPTER_DIR), *map(str, images), "--output", str(out_csv)]
     assert main(argv) == 0
     header, rows = _rows(out_csv)
-    assert header == ["id", "lesion", "normal", "prediction"]
+    assert header == ["id", "lesion", "normal", "prediction", "status", "error"]
     assert len(rows) == 3 and [row["id"] for row in rows] == [str(p) for p in images]
     for row in rows:
         assert float(row["lesion"]) + float(row["normal"]) == pytest.approx(1.0, abs=1e-3)
-        assert row["prediction"] in ("lesion", "normal")
+        assert row["prediction"] in ("lesion", "normal") and (row["status"], row["error"]) == ("ok", "")
 
 
 def test_predict_files_python_api(image_run, image_manifest):
@@ -45,7 +47,7 @@ def test_predict_files_python_api(image_run, image_manifest):
     out = io.StringIO()
     predictions.write_csv(out)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "id,lesion,normal,prediction" and len(lines) == 3
+    assert lines[0] == "id,lesion,normal,prediction,status,error" and len(lines) == 3
 
 
 def test_adapter_remembers_its_backbone_weights(tmp_path, train_image, image_manifest, capsys):
@@ -89,7 +91,7 @@ def test_predict_mora_manifest_with_a_missing_modality(mora_run, tmp_path):
     assert main(argv) == 0
     header, rows = _rows(out_csv)
     labels = ["c0", "c1", "c2", "c3"]
-    assert header == ["id", *labels, "prediction"]
+    assert header == ["id", *labels, "prediction", "status", "error"]
     assert [row["id"] for row in rows] == ["both", "a_only", "b_only"]
     for row in rows:
         assert sum(float(row[label]) for label in labels) == pytest.approx(1.0, abs=1e-3)
@@ -112,3 +114,53 @@ def test_image_files_for_a_two_modality_adapter_ask_for_a_manifest(mora_run, ima
     assert main(["predict", str(mora_run / ADAPTER_DIR), image]) == 2
     err = capsys.readouterr().err
     assert "--manifest" in err and "Traceback" not in err
+
+
+def test_a_folder_of_good_and_bad_files_gives_the_good_ones_scores_and_exit_1(image_run, image_manifest, tmp_path, capsys):
+    good = _images(image_manifest, 2)
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(good[0], folder / "a.png")
+    shutil.copy(good[1], folder / "sub" / "b.png")
+    (folder / "sub" / "corrupt.png").write_bytes(good[0].read_bytes()[:60])
+    np.save(folder / "nan.npy", np.full((32, 32), np.nan))
+    (folder / "notes.txt").write_text("no image extension: not an input")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", str(image_run / ADAPTER_DIR), str(folder), "--output", str(out), "--quiet"]
+    assert main(argv) == 1
+    header, rows = _rows(out)
+    assert header == ["id", "lesion", "normal", "prediction", "status", "error"]
+    by_name = {Path(row["id"]).name: row for row in rows}
+    assert list(by_name) == ["a.png", "nan.npy", "b.png", "corrupt.png"]  # sorted paths, recursively
+    alone = predict_files(image_run / ADAPTER_DIR, [str(folder / "a.png"), str(folder / "sub" / "b.png")])
+    for name, expected in zip(["a.png", "b.png"], alone.scores):
+        row = by_name[name]
+        assert (row["status"], row["error"]) == ("ok", "")
+        assert [float(row["lesion"]), float(row["normal"])] == pytest.approx(expected, abs=1e-4)
+    corrupt, nan = by_name["corrupt.png"], by_name["nan.npy"]
+    assert (corrupt["status"], corrupt["lesion"], corrupt["prediction"]) == ("error", "", "")
+    assert "cannot read image" in corrupt["error"] and "corrupt.png" in corrupt["error"]
+    assert nan["status"] == "error" and "nan.npy: 1024 of 1024 pixels are NaN or infinite" in nan["error"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("medpeft predict: 2 of 4 sample(s) could not be read (status 'error' in the output, "
+                          "with the reason; first: ")
+
+
+def test_a_folder_without_images_is_named(image_run, tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main(["predict", str(image_run / ADAPTER_DIR), str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "empty: no image files in the folder or below (expected .png, " in capsys.readouterr().err
+
+
+def test_predictions_csv_escapes_ids_a_spreadsheet_would_evaluate(image_run, image_manifest, tmp_path):
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text('id,image\n"=HYPERLINK(""http://x"",""y"")",images/00000.png\n-1,images/00001.png\n')
+    out = tmp_path / "preds.csv"
+    argv = ["predict", str(image_run / ADAPTER_DIR), "--manifest", str(manifest), "--root", str(image_manifest.parent),
+            "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    lines = out.read_text().splitlines()
+    assert lines[1].startswith('"\'=HYPERLINK(""http://x"",""y"")",0.') and lines[2].startswith("-1,0.")
+    _, rows = _rows(out)
+    assert [row["id"] for row in rows] == ["'=HYPERLINK(\"http://x\",\"y\")", "-1"]

@@ -21,6 +21,8 @@ import yaml
 from medpeft.cli import main
 from medpeft.runs.layout import ADAPTER_DIR, METRICS_CSV
 
+from .conftest import snapshot
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
@@ -94,22 +96,27 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, image_manifest,
     assert test == expected_test
 
 
-def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+def test_changing_num_workers_on_resume_changes_nothing(tmp_path, image_manifest, uninterrupted):
+    assert uninterrupted[0] == uninterrupted[2]  # each sample's augmentation has its own seed
+    run = tmp_path / "run"
+    assert _train(run, image_manifest, 0, ("step", STEPS_PER_EPOCH + 2)) == -9
+    assert _train(run, image_manifest, 2) == 0
+    assert _outputs(run) == uninterrupted[0]
 
 
 def test_a_finished_run_is_never_rewritten(tmp_path, image_argv, capsys):
     run = tmp_path / "run"
-    assert main(image_argv(run, "train.epochs=1")) == 0
-    before = _snapshot(run)
-    assert main(image_argv(run, "train.epochs=1", "train.lr=0.5", "lora.alpha=16")) == 2
+    assert main(image_argv(run, "train.epochs=2")) == 0
+    before = snapshot(run)
+    assert main(image_argv(run, "train.epochs=2", "train.lr=0.5", "lora.alpha=16")) == 2
     err = capsys.readouterr().err
     assert "lora.alpha: 4.0 -> 16.0; train.lr: 0.003 -> 0.5)" in err and "--no-resume" in err
-    assert _snapshot(run) == before
-    capsys.readouterr()
-    assert main(image_argv(run, "train.epochs=1")) == 0  # the same command again
+    assert main(image_argv(run, "train.epochs=1")) == 2  # epochs only grow, to continue training
+    assert "(train.epochs: 2 -> 1)" in capsys.readouterr().err
+    assert snapshot(run) == before
+    assert main(image_argv(run, "train.epochs=2")) == 0  # the same command again
     assert "| run |" in capsys.readouterr().out  # the stored report
-    assert _snapshot(run) == before
+    assert snapshot(run) == before
 
 
 def test_no_resume_starts_over_with_new_settings(tmp_path, image_argv):

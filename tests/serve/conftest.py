@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.adapters.conftest import _tiny_vit
 from tests.bank.conftest import TASKS, write_task
+from tests.methods.conftest import _tiny_vit
 
 TOKEN = "s3cret-token"
 STARTUP_S = 120  # imports alone take seconds on a busy 2-core machine
@@ -81,14 +81,18 @@ class Server:
         self.process.wait(timeout=30)
 
 
+MAX_PIXELS = 250_000  # the test server's --max-pixels
+
+
 @pytest.fixture(scope="package")
 def server(adapter_dir) -> Iterator[Server]:
-    """``medpeft serve`` with a token, micro-batches of up to 8 within 50 ms, a 1 MiB upload limit.
+    """``medpeft serve`` with a token, micro-batches of up to 8 within 50 ms, a 1 MiB upload limit,
+    images of at most `MAX_PIXELS` pixels, two decodes at once.
 
     After the tests it must stop cleanly, with no traceback in its log.
     """
     running = Server(adapter_dir, "--max-batch", "8", "--max-wait-ms", "50", "--max-upload-mb", "1",
-                     env={"MEDPEFT_TOKEN": TOKEN})
+                     "--max-pixels", str(MAX_PIXELS), "--max-decodes", "2", env={"MEDPEFT_TOKEN": TOKEN})
     yield running
     running.stop()
     log = "".join(running.log)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from medpeft.runs.predict import predict_files
 from tests.bank.conftest import TASKS
-from tests.serve.conftest import TOKEN, png_bytes
+from tests.serve.conftest import TOKEN, Server, png_bytes
 
 
 def predict(client: httpx.Client, task: str, files: dict[str, bytes]) -> httpx.Response:
@@ -195,6 +195,15 @@ def test_api_needs_the_bearer_token(server):
         assert anonymous.get("/health").status_code == 200 and anonymous.get("/").status_code == 200
 
 
+def test_no_auth_serves_an_open_api_even_with_an_empty_token_variable(adapter_dir):
+    running = Server(adapter_dir, "--no-auth", env={"MEDPEFT_TOKEN": ""})
+    try:
+        assert httpx.get(f"{running.url}/tasks", timeout=60).status_code == 200
+        assert httpx.get(f"{running.url}/openapi.json", timeout=60).status_code == 200
+    finally:
+        running.stop()
+
+
 def test_metrics_are_prometheus_text(client):
     predict(client, "tb", {"image": png_bytes(3)})
     client.get("/tasks/nope")
@@ -205,12 +214,19 @@ def test_metrics_are_prometheus_text(client):
     assert ("/predict", "200") in statuses and ("/tasks/{name}", "404") in statuses
 
 
-def test_serves_the_web_page_and_the_openapi_spec(server):
+def test_serves_the_web_page_and_the_openapi_spec(server, client):
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and 'id="predict-form"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
     script = httpx.get(f"{server.url}/static/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec = client.get("/openapi.json").json()
     assert {"/predict", "/tasks", "/tasks/{name}", "/health", "/metrics"} <= set(spec["paths"])
     assert set(spec["paths"]["/tasks/{name}"]) == {"get", "post", "delete"}
+    assert "openapi.json" in client.get("/docs").text and "openapi.json" in client.get("/redoc").text
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_the_spec_and_its_pages_need_the_token_too(server, path):
+    response = httpx.get(f"{server.url}{path}")
+    assert response.status_code == 401 and "missing bearer token" in response.json()["detail"]

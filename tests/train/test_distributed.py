@@ -69,7 +69,7 @@ def test_sharded_train_loader_keeps_the_single_process_batches():
     parts = [build_loader(data, 4, train=True, seed=3, shard=(rank, 2)) for rank in range(2)]
     merged = [sorted(a.tolist() + b.tolist()) for a, b in zip(*parts)]
     assert merged == [sorted(batch.tolist()) for batch in single]
-    assert isinstance(parts[0].batch_sampler.batches.sampler, RandomSampler)
+    assert isinstance(parts[0].batch_sampler.batches.sampler.order, RandomSampler)
     with pytest.raises(ConfigError, match="data.batch_size: 5 is the global batch of 2"):
         build_loader(data, 5, train=True, shard=(0, 2))
 

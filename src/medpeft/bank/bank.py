@@ -6,7 +6,7 @@ loaded onto the shared backbone when first used and kept in a bounded LRU cache
 (by count and by bytes); when the backbone is on a GPU, evicted adapters stay in
 CPU memory (the CPU tier) and come back without reading the disk. A batch may
 mix tasks: each sample names its own, all LoRA updates are computed together
-(:meth:`medpeft.adapters.lora.LoRALinear.add_mixed_delta`) and each sample is
+(:meth:`medpeft.methods.lora.layer.LoRALinear.add_mixed_delta`) and each sample is
 classified by its task's head. Nothing is copied to switch tasks: the call's
 routing (:mod:`medpeft.routing`) picks each sample's adapter.
 
@@ -29,18 +29,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
-from medpeft.adapters.inject import delete_adapter, lora_layers
-from medpeft.adapters.io import HUB, add_adapter_weights, build_adapter_model, recorded_backbone
+from medpeft.adapters_io.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
+from medpeft.adapters_io.folder import (
+    HUB,
+    add_adapter_weights,
+    build_adapter_model,
+    recorded_backbone,
+)
 from medpeft.backbones.weights import read_state_dict
 from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
 from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_bytes
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
-from medpeft.methods import get_method
+from medpeft.methods import get_method, method_names
+from medpeft.methods.layers import delete_adapter
+from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route
 
-MIXABLE_METHODS = ("lora",)  # methods whose layers take one adapter per sample
 BASE_HEAD = "base"  # the backbone's own head, which no task uses
 
 
@@ -190,8 +195,13 @@ class AdapterBank:
 
     # ------------------------------------------------------------- inference
 
-    def preprocess(self, name: str, inputs: Mapping[str, Input]) -> dict[str, torch.Tensor]:
+    def preprocess(
+        self, name: str, inputs: Mapping[str, Input], max_pixels: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """One file (path or raw bytes) per modality -> the task's preprocessed tensors.
+
+        ``max_pixels``: most pixels of an image, checked before decoding (default: what
+        the task's adapter records, else `medpeft.data.imageio.MAX_PIXELS`).
 
         Raises:
             UnknownTask: for an unknown task.
@@ -203,7 +213,7 @@ class AdapterBank:
             if name not in self._preprocessors:
                 self._preprocessors[name] = Preprocessor(name, self._configs[name])
             preprocessor = self._preprocessors[name]
-        return preprocessor(inputs)
+        return preprocessor(inputs, max_pixels)
 
     def predict(
         self, names: Sequence[str], inputs: Sequence[Mapping[str, torch.Tensor]]
@@ -341,10 +351,11 @@ class AdapterBank:
 
 def _check_servable(config: AdapterConfig, folder: Path) -> None:
     """ConfigError unless the adapter is a single-image timm adapter of a mixable method."""
-    if config.method not in MIXABLE_METHODS:
+    if not get_method(config.method).mixable:
+        mixable = [name for name in method_names() if get_method(name).mixable]
         raise ConfigError(
             f"{folder}: method {config.method!r} cannot share a backbone in a mixed batch; "
-            f"the bank serves {list(MIXABLE_METHODS)} adapters"
+            f"the bank serves {mixable} adapters"
         )
     single = config.kind == "timm" and len(config.modalities) == 1 and config.fusion == "auto"
     if not single or config.missing_token:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from medpeft.adapters.config import AdapterConfig
+from medpeft.adapters_io.config import AdapterConfig
 from medpeft.bank.errors import BadInput, WrongModality
 from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.errors import DataError
@@ -52,18 +53,26 @@ def read_image(modality: str, source: Input, options: ReadOptions | None = None)
     try:
         if not isinstance(source, bytes):
             return load_image(source, options=options)
-        suffix = image_suffix(source)
-        if suffix is None:
-            raise DataError(
-                "unrecognised image data (expected PNG, JPEG, BMP, GIF, TIFF, WebP, DICOM, "
-                "NIfTI or .npy bytes)"
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"input{suffix}"
-            path.write_bytes(source)
-            return load_image(path, options=options)
+        return _read_bytes(source, options)
     except DataError as error:
         raise BadInput(f"modality {modality!r}: {error}") from error
+
+
+def _read_bytes(data: bytes, options: ReadOptions | None) -> Image.Image:
+    """Decode raw image bytes through a temporary file, whose path messages call ``upload.<suffix>``."""
+    suffix = image_suffix(data)
+    if suffix is None:
+        raise DataError(
+            "unrecognised image data (expected PNG, JPEG, BMP, GIF, TIFF, WebP, DICOM, "
+            "NIfTI or .npy bytes)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return load_image(path, options=options)
+        except DataError as error:  # the temporary folder means nothing to the sender
+            raise DataError(str(error).replace(str(path), path.name)) from error
 
 
 class Preprocessor:
@@ -78,8 +87,11 @@ class Preprocessor:
             self.kinds, combine, config.preprocessing, augment=False
         )
 
-    def __call__(self, inputs: Mapping[str, Input]) -> dict[str, torch.Tensor]:
-        """``{modality: Tensor[3, H, W]}`` of the given modalities (at least one)."""
+    def __call__(self, inputs: Mapping[str, Input], max_pixels: int | None = None) -> dict[str, torch.Tensor]:
+        """``{modality: Tensor[3, H, W]}`` of the given modalities (at least one).
+
+        ``max_pixels`` replaces the limit the adapter records (`ReadOptions.max_pixels`).
+        """
         unknown = sorted(set(inputs) - set(self.kinds))
         if unknown:
             raise WrongModality(
@@ -90,4 +102,5 @@ class Preprocessor:
         text = [m for m in inputs if m not in self.transforms]
         if text:
             raise WrongModality(f"task {self.task!r}: modalities {text} are text, not image files")
-        return {m: self.transforms[m](read_image(m, source, self.read_options)) for m, source in inputs.items()}
+        options = self.read_options if max_pixels is None else replace(self.read_options, max_pixels=max_pixels)
+        return {m: self.transforms[m](read_image(m, source, options)) for m, source in inputs.items()}

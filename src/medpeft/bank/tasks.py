@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpeft.adapters.config import CONFIG_NAME, WEIGHTS_NAME
+from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.errors import ConfigError, WeightsError
 
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # no "/", no leading "." (so no "..")

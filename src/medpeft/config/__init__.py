@@ -1,5 +1,6 @@
 """Run configs: one typed schema (:mod:`.schema`), YAML + ``key=value`` overrides
-(:mod:`.tools`), and the mapping of medpeft 0.1 keys (:mod:`.legacy`)."""
+(:mod:`.tools`), absolute file paths (:mod:`.paths`) and the mapping of medpeft 0.1 keys
+(:mod:`.legacy`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from medpeft.config.legacy import upgrade
+from medpeft.config.paths import anchor_paths, refuse_relative_paths
 from medpeft.config.schema import (
     DataSettings,
     GridSettings,
@@ -15,7 +17,7 @@ from medpeft.config.schema import (
     ModelSettings,
     RunConfig,
 )
-from medpeft.config.tools import from_dict, read_config_data, save_yaml, to_dict
+from medpeft.config.tools import apply_overrides, from_dict, read_yaml, save_yaml, to_dict
 from medpeft.errors import ConfigError, did_you_mean
 
 CORE_KEYS = ("name", "output_dir", "method", "model", "data", "missing", "intervention", "train")
@@ -25,13 +27,19 @@ def load_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     method_settings: Mapping[str, type] | None = None,
+    saved_run: bool = False,
 ) -> RunConfig:
     """Read a YAML run config (or start from defaults), apply overrides, validate.
+
+    File paths (`medpeft.config.paths.PATH_KEYS`) come back absolute: the file's relative
+    to its folder, the overrides' relative to the working directory.
 
     Args:
         path: YAML file, or None for the defaults.
         overrides: ``section.key=value`` strings.
         method_settings: settings dataclass per method name (default: the registry's).
+        saved_run: ``path`` is a run folder's ``config.yaml``: a relative file path in it
+            (an older medpeft's) is refused unless an override gives that key.
 
     Raises:
         ConfigError: naming the key (with a did-you-mean for misspelt keys/methods).
@@ -41,7 +49,12 @@ def load_config(
 
         method_settings = settings_types()
     where = str(path or "config")
-    data = upgrade(read_config_data(path, overrides))
+    data = read_yaml(path) if path is not None else {}
+    if path is not None and saved_run:
+        refuse_relative_paths(data, path, [item.partition("=")[0] for item in overrides])
+    elif path is not None:
+        anchor_paths(data, Path(path).parent)
+    data = upgrade(anchor_paths(apply_overrides(data, overrides), Path.cwd()))
     core = {k: v for k, v in data.items() if k not in method_settings}
     unknown = sorted(set(core) - set(CORE_KEYS))
     if unknown:

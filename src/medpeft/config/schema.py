@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medpeft.data.imageio import ReadOptions
+from medpeft.data.imageio import MAX_PIXELS, ReadOptions
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.train.settings import TrainSettings
@@ -45,7 +45,7 @@ class ModelSettings:
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
 
-    kind: Literal["timm", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
     backbone: str | None = None
     img_size: int | None = 224
     pretrained: bool = True
@@ -118,6 +118,9 @@ class DataSettings:
         window: ``[centre, width]`` intensity window (e.g. ``[40, 400]`` Hounsfield units
             for soft-tissue CT) for grey DICOM, NIfTI, ``.npy`` and 16-bit PNG/TIFF;
             ``null``: the DICOM file's window, else min-max.
+        max_pixels: most pixels of an image (or of the slice read from a volume); a file
+            declaring more is refused before decoding, as a decompression bomb would be. A
+            file's whole array may declare 16 bytes per such pixel (915 MiB by default).
         batch_size, num_workers: data loader settings; ``batch_size`` is the global batch,
             split between the processes under ``accelerate launch``.
         cache: keep decoded images, shrunk to the evaluation resize, in ``cache_dir``
@@ -157,6 +160,7 @@ class DataSettings:
     slice_index: int | None = None
     slice_axis: int | None = None
     window: list[float] | None = None
+    max_pixels: int = MAX_PIXELS
     batch_size: int = 32
     num_workers: int = 2
     cache: bool = False
@@ -175,7 +179,7 @@ class DataSettings:
     def read_options(self) -> ReadOptions:
         """How volumes and wide-range images are read (`medpeft.data.imageio.ReadOptions`)."""
         window = tuple(self.window) if self.window is not None else None
-        return ReadOptions(self.slice_index, self.slice_axis, window)
+        return ReadOptions(self.slice_index, self.slice_axis, window, self.max_pixels)
 
 
 @dataclass

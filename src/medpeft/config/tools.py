@@ -126,12 +126,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def read_config_data(path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
-    """A YAML config (or ``{}``) as a mapping with ``key=value`` overrides applied."""
-    data = read_yaml(path) if path is not None else {}
-    return apply_overrides(data, overrides)
-
-
 def save_yaml(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write plain data as YAML, atomically."""
     return atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))

@@ -1,18 +1,30 @@
-"""CSV reading with true line numbers, and the error listing missing files.
+"""CSV reading with true line numbers, the error listing missing files, and spreadsheet-safe writing.
 
 Manifests and dataset recipes read their tables with `read_csv_rows`; problems
 raise `DataError` naming the file and line.
+
+Every CSV medpeft writes for people (predictions, scores, missing tables, run logs)
+goes through `SpreadsheetWriter`: a text cell that Excel or LibreOffice would
+evaluate as a formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return, as OWASP lists; a number such as ``-1`` or ``+0.5`` aside) is written with a
+leading ``'``. medpeft reads its own files back through `plain_cell`, which
+restores the original text.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from medpeft.errors import DataError
 
 MAX_LISTED = 5
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+ESCAPE = "'"
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 Rows = list[tuple[int, dict[str, str]]]  # (line number, column -> cell)
 
@@ -79,3 +91,32 @@ def raise_missing(missing: Sequence[str], what: str) -> None:
         shown = "\n  ".join(missing[:MAX_LISTED])
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         raise DataError(f"{len(missing)} image file(s) of {what} not found:\n  {shown}{more}")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """``value``, with a leading ``'`` when it is text a spreadsheet would evaluate (or text
+    starting with ``'`` itself, so that `plain_cell` is exact); numbers are left alone."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, ESCAPE)) and not _NUMBER.fullmatch(value):
+        return ESCAPE + value
+    return value
+
+
+def plain_cell(text: str) -> str:
+    """The original text of a cell written through `spreadsheet_cell`."""
+    if text.startswith(ESCAPE) and spreadsheet_cell(text[1:]) != text[1:]:
+        return text[1:]
+    return text
+
+
+class SpreadsheetWriter:
+    """A ``csv.writer`` whose cells go through `spreadsheet_cell` (same options)."""
+
+    def __init__(self, out: TextIO, **options: Any) -> None:
+        self._writer = csv.writer(out, **options)
+
+    def writerow(self, cells: Iterable[Any]) -> None:
+        self._writer.writerow([spreadsheet_cell(cell) for cell in cells])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)

@@ -23,11 +23,24 @@ Volumes (multi-frame DICOM, NIfTI, 3D ``.npy``) give the middle slice unless
 Images without pixels, NaN or infinite intensities are refused. Every failure raises `DataError`
 naming the file, on one line. pydicom and nibabel are optional:
 ``pip install medpeft[medical]``.
+
+Decompression bombs: every reader checks the size a file declares (DICOM Rows x
+Columns x frames x samples, the NIfTI header's shape, the ``.npy`` header, the
+PIL image's size) before decoding anything. A 2-D image or the slice read from a
+volume may hold at most ``ReadOptions.max_pixels`` pixels (`MAX_PIXELS` by
+default); a whole file's declared array at most `VOLUME_BYTES_PER_PIXEL` bytes per
+allowed pixel (`max_volume_bytes`), which also caps how far a deflated DICOM is
+inflated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import math
+import re
+import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +60,11 @@ NIFTI_PERCENTILES = (1.0, 99.0)
 NIFTI_SLICE_AXIS = 2
 NUMPY_SLICE_AXIS = 0
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
+MAX_PIXELS = 60_000_000  # per 2-D image or slice: well above a digital mammogram (4096 x 5120 = 21 M)
+VOLUME_BYTES_PER_PIXEL = 16  # a file's declared array: 16 bytes per allowed pixel (915 MiB by default)
+DICOM_HEADER_PROBE = 4 << 20  # inflated bytes of a deflated DICOM searched for its image size
+DICOM_IMAGE_GROUP = 0x0028  # Rows, Columns, NumberOfFrames, SamplesPerPixel, BitsAllocated
+LIMIT_HINT = "data.max_pixels, medpeft serve --max-pixels"
 
 
 @dataclass(frozen=True)
@@ -62,13 +80,18 @@ class ReadOptions:
             for CT) mapped to 0..255 for grey DICOM, NIfTI, ``.npy`` and 16-bit or
             float PNG/TIFF images; None = the DICOM file's window, else the format's
             default scaling. 8-bit images are kept as they are.
+        max_pixels: Most pixels of a 2-D image or of the slice read from a volume; a
+            file declaring more is refused before decoding (see `check_pixels`).
     """
 
     slice_index: int | None = None
     slice_axis: int | None = None
     window: tuple[float, float] | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ConfigError(f"data.max_pixels: expected a whole number of pixels >= 1, got {self.max_pixels!r}")
         if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
             raise ConfigError(f"data.slice_axis: expected 0, 1 or 2, got {self.slice_axis!r}")
         if self.window is not None:
@@ -82,6 +105,36 @@ class ReadOptions:
             return None
         centre, width = self.window
         return centre - width / 2, centre + width / 2
+
+
+def max_volume_bytes(max_pixels: int) -> int:
+    """Most bytes the array of one file may declare (a volume, or an image's samples)."""
+    return max_pixels * VOLUME_BYTES_PER_PIXEL
+
+
+def check_pixels(path: str | Path, height: int, width: int, max_pixels: int) -> None:
+    """DataError naming ``path`` unless a ``height x width`` image holds at most ``max_pixels``."""
+    if height * width > max_pixels:
+        raise too_many_pixels(path, f"{width} x {height} = {height * width:,} pixels", max_pixels)
+
+
+def check_volume(path: str | Path, shape: Sequence[int], itemsize: int, max_pixels: int) -> None:
+    """DataError naming ``path`` if an array of ``shape`` declares more than `max_volume_bytes`."""
+    size, limit = math.prod(shape) * itemsize, max_volume_bytes(max_pixels)
+    if size > limit:
+        raise DataError(
+            f"{path}: declares an array of shape {tuple(shape)} ({size / 2**20:,.1f} MiB), over the "
+            f"limit of {limit / 2**20:,.1f} MiB per file ({VOLUME_BYTES_PER_PIXEL} bytes per pixel of "
+            f"the {max_pixels:,}-pixel limit, {LIMIT_HINT}); refused before decoding"
+        )
+
+
+def too_many_pixels(path: str | Path, size: str, max_pixels: int) -> DataError:
+    """The refusal of an image of ``size`` (e.g. ``"4 x 3 = 12 pixels"``) over ``max_pixels``."""
+    return DataError(
+        f"{path}: image of {size} is over the limit of {max_pixels:,} pixels ({LIMIT_HINT}); "
+        "refused before decoding"
+    )
 
 
 def has_image_suffix(path: str | Path) -> bool:
@@ -106,7 +159,7 @@ def load_image(
     path = Path(path)
     options = options or ReadOptions()
     if slice_index is not None:
-        options = ReadOptions(slice_index, options.slice_axis, options.window)
+        options = dataclasses.replace(options, slice_index=slice_index)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     name = path.name.lower()
@@ -188,11 +241,30 @@ def _middle_or(index: int | None, count: int, path: Path) -> int:
 
 
 def _read_pil(path: Path, options: ReadOptions) -> Image.Image:
-    with Image.open(path) as image:
+    with _open_pil(path, options.max_pixels) as image:
+        check_pixels(path, image.height, image.width, options.max_pixels)
         image.load()
     if image.mode in WIDE_MODES:
         return to_rgb(_windowed(np.asarray(image), path, options))
     return image.convert("RGB")
+
+
+def _open_pil(path: Path, max_pixels: int) -> Image.Image:
+    """``Image.open`` (lazy: the header only) with PIL's own bomb check no stricter than ours.
+
+    PIL warns above ``Image.MAX_IMAGE_PIXELS`` (raised to ``max_pixels`` if lower) and
+    refuses above twice it; `check_pixels` judges the size instead, so the warning is
+    silenced and PIL's refusal is reworded as ours.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise too_many_pixels(path, f"{int(found.group(1)):,} pixels" if found else "too many pixels", max_pixels) from error
 
 
 def _finite(array: np.ndarray, path: Path) -> np.ndarray:
@@ -222,9 +294,10 @@ def _first(value: object) -> float:
 
 def _read_dicom(path: Path, options: ReadOptions) -> np.ndarray:
     pydicom = _import_optional("pydicom", path)
-    ds = pydicom.dcmread(path, force=True)
+    ds = _dicom_dataset(pydicom, path, options.max_pixels)
     if "PixelData" not in ds:
         raise DataError(f"not a DICOM image (no pixel data): {path}")
+    _check_dicom_size(ds, path, options.max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     frame = _middle_or(options.slice_index, frames, path) if frames > 1 else None
     pixels = np.asarray(pydicom.pixels.pixel_array(ds, index=frame))
@@ -242,16 +315,63 @@ def _read_dicom(path: Path, options: ReadOptions) -> np.ndarray:
     return 255 - grey if photometric == "MONOCHROME1" else grey
 
 
+def _dicom_dataset(pydicom: ModuleType, path: Path, max_pixels: int):
+    """The data set of a DICOM file, pixels not decoded yet.
+
+    A deflated file (the whole data set zlib-compressed) is inflated by hand:
+    pydicom would inflate all of it at once, even to read the header. Its image
+    size is checked from the first `DICOM_HEADER_PROBE` inflated bytes, and the rest
+    is inflated no further than `max_volume_bytes`.
+    """
+    reader = pydicom.filereader
+    with path.open("rb") as f:
+        preamble = reader.read_preamble(f, True)
+        meta = reader._read_file_meta_info(f)
+        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return pydicom.dcmread(path, force=True)
+        compressed = f.read()
+    limit = max_volume_bytes(max_pixels)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = inflater.decompress(compressed, min(DICOM_HEADER_PROBE, limit))
+    header = reader.read_dataset(
+        pydicom.filebase.DicomBytesIO(head), False, True, stop_when=lambda tag, *_: tag.group > DICOM_IMAGE_GROUP
+    )
+    _check_dicom_size(header, path, max_pixels)
+    data = head + inflater.decompress(inflater.unconsumed_tail, max(1, limit - len(head)))
+    if not inflater.eof:
+        if len(data) < limit:
+            raise DataError(f"cannot read image {path}: the deflated data set is truncated")
+        raise DataError(
+            f"{path}: the deflated DICOM data set inflates to more than {limit / 2**20:,.1f} MiB "
+            f"({VOLUME_BYTES_PER_PIXEL} bytes per pixel of the {max_pixels:,}-pixel limit, {LIMIT_HINT})"
+        )
+    dataset = reader.read_dataset(pydicom.filebase.DicomBytesIO(data), False, True)
+    return pydicom.dataset.FileDataset(str(path), dataset, preamble, meta, False, True)
+
+
+def _check_dicom_size(ds, path: Path, max_pixels: int) -> None:
+    """Refuse a DICOM data set declaring frames of more than ``max_pixels`` or too many bytes."""
+    if "Rows" not in ds or "Columns" not in ds:
+        return  # no image size (yet): pydicom's decoder names what is missing
+    rows, columns = int(ds.Rows or 0), int(ds.Columns or 0)
+    check_pixels(path, rows, columns, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    check_volume(path, (frames, rows, columns, samples), math.ceil(bits / 8), max_pixels)
+
+
 def _read_nifti(path: Path, options: ReadOptions) -> np.ndarray:
     nibabel = _import_optional("nibabel", path)
-    image = nibabel.load(str(path))
+    image = nibabel.load(str(path))  # the header only; data are read when sliced
     shape = image.shape
     if len(shape) < 2:
         raise DataError(f"{path}: NIfTI data of shape {shape} is not an image")
+    axis = NIFTI_SLICE_AXIS if options.slice_axis is None else options.slice_axis
+    _check_array_size(path, shape[:3], image.get_data_dtype().itemsize, axis if len(shape) > 2 else None, options)
     if len(shape) == 2:
         plane = np.asarray(image.dataobj)
     else:
-        axis = NIFTI_SLICE_AXIS if options.slice_axis is None else options.slice_axis
         index: list = [slice(None)] * 3 + [0] * (len(shape) - 3)
         index[axis] = _middle_or(options.slice_index, shape[axis], path)
         plane = np.asarray(image.dataobj[tuple(index)])
@@ -260,18 +380,44 @@ def _read_nifti(path: Path, options: ReadOptions) -> np.ndarray:
     return _windowed(plane, path, options, float(low), float(high))
 
 
+def _check_array_size(
+    path: Path, shape: Sequence[int], itemsize: int, slice_axis: int | None, options: ReadOptions
+) -> None:
+    """Refuse an array whose read image (the plane across ``slice_axis``; None: the first two
+    axes) holds more than ``options.max_pixels`` pixels, or which declares too many bytes."""
+    plane = [n for i, n in enumerate(shape) if i != slice_axis][:2]
+    check_pixels(path, *plane, options.max_pixels)
+    check_volume(path, shape, itemsize, options.max_pixels)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file, from its header (nothing else is read)."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _npy_slice_axis(shape: Sequence[int], options: ReadOptions) -> int | None:
+    """The axis a ``.npy`` array is sliced along: None for a 2-D, grey or colour image."""
+    if len(shape) == 3 and shape[2] not in (1, 2, 3, 4):
+        return NUMPY_SLICE_AXIS if options.slice_axis is None else options.slice_axis
+    return None
+
+
 def _read_npy(path: Path, options: ReadOptions) -> np.ndarray:
+    shape, dtype = _npy_header(path)
+    axis = _npy_slice_axis(shape, options)
+    if not dtype.hasobject:  # an object array is refused by np.load before any data is read
+        if len(shape) not in (2, 3):
+            raise DataError(f"{path}: expected an (H, W), (H, W, C<=4) or (S, H, W) array, got shape {shape}")
+        _check_array_size(path, shape, dtype.itemsize, axis, options)
     array = np.load(path, allow_pickle=False)
     if array.ndim == 3 and array.shape[2] in (1, 2):  # grey (+ alpha)
         array = array[:, :, 0]
-    is_colour = array.ndim == 3 and array.shape[2] in (3, 4)
-    if array.ndim == 3 and not is_colour:
-        axis = NUMPY_SLICE_AXIS if options.slice_axis is None else options.slice_axis
+    if axis is not None:
         array = np.take(array, _middle_or(options.slice_index, array.shape[axis], path), axis)
-    elif array.ndim not in (2, 3):
-        raise DataError(
-            f"{path}: expected an (H, W), (H, W, C<=4) or (S, H, W) array, got shape {array.shape}"
-        )
     if array.dtype == np.uint8:
         return array
     return _windowed(array, path, options) if array.ndim == 2 else scale_to_uint8(_finite(array, path))

@@ -1,5 +1,10 @@
 """Data loaders: shuffled (optionally class-balanced) training, in-order evaluation.
 
+Training items are read under seeds of their own (`SeededDraws`, `SeededItems`): the
+random augmentation of the item at position ``p`` of an epoch depends on the loader's
+seed, the epoch and ``p`` only, not on which worker process reads it, so
+``num_workers`` does not change what is trained.
+
 `SkippingLoader` wraps a loader over a dataset that skips unreadable samples
 (``train.on_bad_sample: skip``): it logs each skipped sample once, keeps the list
 for the run report and leaves out batches that have no sample left.
@@ -16,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -82,6 +89,55 @@ class OversampleSampler(Sampler[int]):
         return iter(order.tolist())
 
 
+class SeededDraws(Sampler[tuple[int, int]]):
+    """The indices of ``order``, each paired with the seed of its random draws.
+
+    An epoch's seeds are one number drawn from ``generator`` (which the trainer reseeds
+    per epoch) plus the item's position in the epoch, so a sample drawn twice in an
+    epoch (balanced sampling) is augmented twice, differently.
+    """
+
+    def __init__(self, order: Sampler[int], generator: torch.Generator) -> None:
+        self.order, self.generator = order, generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = int(torch.randint(2**62, (), generator=self.generator))
+        for position, index in enumerate(self.order):
+            yield index, start + position
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` read under the seed that `SeededDraws` pairs with ``index``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with seeded_random(seed):
+            return self.dataset[index]
+
+
+@contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """torch's CPU and Python's global random generators seeded with ``seed``, restored on exit
+    (the training process's own draws, e.g. dropout, stay as they were)."""
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    torch.random.default_generator.manual_seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -102,9 +158,9 @@ def build_loader(
         num_workers: loader worker processes.
         balanced: train only; ``True``: draw samples with replacement using
             `balanced_weights`; ``"oversample"``: `OversampleSampler` (the EI code's lists).
-        seed: seeds the shuffling/sampling generator (and the workers' base seed). Training
-            workers are not persistent: each epoch starts workers seeded from the generator,
-            which the trainer reseeds per epoch (reproducible resume).
+        seed: seeds the shuffling/sampling generator, which also draws the seeds of the
+            training items' augmentation (`SeededDraws`); the trainer reseeds it per epoch
+            (reproducible resume). Training workers are not persistent.
         collate_fn: batches items (default: torch's default collate).
         pin_memory: page-locked batches for fast copies to the GPU (default: when CUDA is
             available).
@@ -125,6 +181,9 @@ def build_loader(
             sampler = OversampleSampler(targets, generator)
         else:
             sampler = WeightedRandomSampler(balanced_weights(targets), len(dataset), generator=generator)
+    if train:
+        order = sampler if sampler is not None else RandomSampler(dataset, generator=generator)
+        dataset, sampler = SeededItems(dataset), SeededDraws(order, generator)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     rank, processes = shard or _process_shard()
@@ -134,7 +193,6 @@ def build_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
@@ -207,7 +265,6 @@ def _sharded_loader(
             f"data.batch_size: {batch_size} is the global batch of {processes} processes; it "
             f"must be divisible by {processes} and at most the {len(dataset)} training samples"
         )
-    sampler = sampler or RandomSampler(dataset, generator=generator)
     batches = BatchSampler(sampler, batch_size, drop_last=len(dataset) > batch_size)
     return DataLoader(dataset, batch_sampler=BatchShard(batches, rank, processes), **common)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.atomic import atomic_write_text
+from medpeft.data.csvfile import SpreadsheetWriter, plain_cell
 from medpeft.data.splits import SPLITS
 from medpeft.errors import ConfigError, DataError
 
@@ -122,7 +123,7 @@ class MissingTable:
     def _to_csv(self) -> str:
         out = io.StringIO()
         out.write(f"# eta={self.setting.eta!r} kind={self.setting.kind} seed={self.seed}\n")
-        writer = csv.writer(out, lineterminator="\n")
+        writer = SpreadsheetWriter(out, lineterminator="\n")
         writer.writerow(["id", *self.modalities])
         for sample_id, row in zip(self.ids, self.present.astype(int).tolist()):
             writer.writerow([sample_id, *row])
@@ -144,7 +145,7 @@ def _from_json(data: dict) -> MissingTable:
 def _from_csv(text: str) -> MissingTable:
     header, body = text.split("\n", 1)
     meta = dict(item.split("=", 1) for item in header.lstrip("# ").split())
-    rows = list(csv.reader(io.StringIO(body)))
+    rows = [[plain_cell(cell) for cell in row] for row in csv.reader(io.StringIO(body))]
     modalities = tuple(rows[0][1:])
     present = np.array([[int(v) for v in row[1:]] for row in rows[1:]], dtype=bool)
     present = present.reshape(len(rows) - 1, len(modalities))

@@ -39,28 +39,42 @@ def check_images(
         progress: Show a progress bar.
         options: How volumes and wide-range images are read (as in training).
     """
+    problems = [
+        f"{records[i].where or records[i].id} column {m!r}: {error}"
+        for i, m, error in unreadable_images(records, kinds, what, progress, options)
+    ]
+    if problems:
+        shown = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} unreadable image(s) in the {what}:\n  {shown}{more}")
+
+
+def unreadable_images(
+    records: Sequence[Record],
+    kinds: Mapping[str, str],
+    what: str = "",
+    progress: bool = False,
+    options: ReadOptions | None = None,
+) -> list[tuple[int, str, str]]:
+    """``(record index, modality, error)`` of every image of ``records`` that does not decode,
+    in record order (arguments as `check_images`)."""
     images = [m for m, kind in kinds.items() if kind == "image"]
     jobs = [
-        (f"{record.where or record.id} column {m!r}", path)
-        for record in records
+        (i, m, path)
+        for i, record in enumerate(records)
         for m in images
         for path in record.values.get(m) or ()
     ]
 
-    def problem(job: tuple[str, str]) -> str | None:
-        where, path = job
+    def problem(job: tuple[int, str, str]) -> str | None:
         try:
-            load_image(path, options=options)
+            load_image(job[2], options=options)
         except (OSError, ValueError) as error:  # DataError is a ValueError
-            return f"{where}: {error}"
+            return str(error)
         return None
 
     threads = min(MAX_THREADS, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         found = pool.map(problem, jobs)
         bar = tqdm(found, total=len(jobs), desc=f"checking {what} images", disable=not progress, leave=False)
-        problems = [p for p in bar if p is not None]
-    if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"{len(problems)} unreadable image(s) in the {what}:\n  {shown}{more}")
+        return [(i, m, error) for (i, m, _), error in zip(jobs, bar) if error is not None]

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from medpeft.backbones.base import Backbone, describe
 from medpeft.errors import ConfigError, DataError
 from medpeft.fusion.base import routed
 
@@ -56,6 +57,10 @@ class MultiStreamViT(nn.Module):
         self.missing_tokens = None
         if missing_token:
             self.missing_tokens = nn.Parameter(torch.randn(len(self.modalities), self.dim) * 0.02)
+
+    def backbone_views(self) -> dict[str, Backbone]:
+        """The one ViT of the stream, by its qualified name."""
+        return {"vit": describe(self.vit)}
 
     @property
     def blocks(self) -> nn.Sequential:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medpeft.backbones.base import Backbone, describe
 from medpeft.errors import ConfigError, DataError
 
 LOSS_WEIGHTS = (1.0, 1.0, 0.3, 0.1)  # fused, targets, references, gate
@@ -95,6 +96,12 @@ class EarlyIntervention(nn.Module):
         self.gate = nn.Linear(len(self.modalities) * dim, len(self.modalities))
         heads = [f"{copy}.{m}.head." for copy in ("targets", "references") for m in self.modalities]
         self.trained_prefixes = ("projectors.", "gate.", *heads)
+
+    def backbone_views(self) -> dict[str, Backbone]:
+        """Every modality's target and reference ViT, by qualified name."""
+        encoders = {**{f"targets.{m}": v for m, v in self.targets.items()},
+                    **{f"references.{m}": v for m, v in self.references.items()}}
+        return {name: describe(vit) for name, vit in encoders.items()}
 
     def others(self, modality: str) -> list[str]:
         """The reference modalities of a target, in modality order."""

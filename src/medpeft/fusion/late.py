@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from medpeft.backbones.base import Backbone, describe
 from medpeft.errors import ConfigError
 from medpeft.fusion.base import routed
 from medpeft.fusion.intervention import EarlyIntervention
@@ -36,6 +37,10 @@ class LateFusion(nn.Module):
         dim = next(iter(encoders.values())).embed_dim
         self.head = nn.Linear(len(self.modalities) * dim, num_classes)
         self.trained_prefixes = ("head.",)
+
+    def backbone_views(self) -> dict[str, Backbone]:
+        """Each modality's encoder, by its qualified name."""
+        return {f"encoders.{m}": describe(encoder) for m, encoder in self.encoders.items()}
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         with routed(self, batch) as present:

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import check_routed
-from medpeft.errors import DataError
-from medpeft.fusion.base import routed
+from medpeft.backbones.base import Backbone, describe
+from medpeft.fusion.base import modality_images, routed
+from medpeft.methods.layers import check_routed
+from medpeft.routing import route
 
 
 class SingleStream:
@@ -30,22 +31,26 @@ class SingleStream:
 
     def forward(self, batch: Mapping | torch.Tensor) -> torch.Tensor:
         if not isinstance(batch, Mapping):
-            check_routed(self)
-            return super().forward(batch)
-        modality = self.modalities[0]
-        images = batch.get("images", {}).get(modality)
-        if images is None:
-            raise DataError(f"batch has no images for modality {modality!r}")
-        if images.dim() not in (4, 5):
-            raise DataError(
-                f"modality {modality!r}: expected [B, 3, H, W] or [B, K, 3, H, W] images, got "
-                f"{tuple(images.shape)}"
-            )
+            with route(adapters=check_routed(self)):
+                return super().forward(batch)
+        images = modality_images(self, batch)
         with routed(self, batch):
             if images.dim() == 4:
                 return super().forward(images)
             logits = super().forward(images.flatten(0, 1))  # K images per sample (MRI slices)
             return logits.unflatten(0, images.shape[:2]).amax(1)
+
+    def backbone_views(self) -> dict[str, Backbone]:
+        """The backbone view of this model itself (qualified name ``""``)."""
+        return {"": describe(self)}
+
+    def features(self, batch: Mapping | torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, width]`` (``[B, K, width]`` for ``K`` images): timm's pre-logits."""
+        images = modality_images(self, batch)
+        with routed(self, batch if isinstance(batch, Mapping) else {}):
+            flat = self.forward_features(images.flatten(0, images.dim() - 4))
+            features = self.forward_head(flat, pre_logits=True)
+        return features if images.dim() == 4 else features.unflatten(0, images.shape[:2])
 
 
 _CLASSES: dict[type, type] = {}

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ViltModel
 
-from medpeft.adapters.prompts import split_key_value
 from medpeft.errors import ConfigError, DataError
 from medpeft.fusion.base import routed
+from medpeft.methods.prompts.layer import split_key_value
 
 TEXT_TYPE, IMAGE_TYPE = 0, 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.methods.base import Method
 from medpeft.methods.baselines import FullFineTuning, LinearProbe
+from medpeft.methods.dora import DoRA, DoraSettings
 from medpeft.methods.lora import LoRA, LoraSettings
 from medpeft.methods.mor import MoR, MorSettings
 from medpeft.methods.mora import MoRA, MoraSettings
@@ -38,6 +39,17 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
+def method_for_settings(settings: object) -> Method:
+    """The registered method whose settings class ``settings`` is (``None``: LoRA, MeLo's default)."""
+    if settings is None:
+        return get_method("lora")
+    for method in _REGISTRY.values():
+        if type(settings) is method.settings_type:
+            return method
+    known = sorted(m.settings_type.__name__ for m in _REGISTRY.values())
+    raise ConfigError(f"settings: {type(settings).__name__} is not a method's settings; use one of {known}")
+
+
 def method_names() -> list[str]:
     """Names of the registered methods."""
     return list(_REGISTRY)
@@ -48,16 +60,18 @@ def settings_types() -> dict[str, type]:
     return {name: method.settings_type for name, method in _REGISTRY.items()}
 
 
-for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning(), MoR()):
+for _method in (LoRA(), MoRA(), MissingAwarePromptsMethod(), LinearProbe(), FullFineTuning(), MoR(), DoRA()):
     register(_method)
 
 __all__ = [
+    "DoraSettings",
     "LoraSettings",
     "Method",
     "MorSettings",
     "MoraSettings",
     "PromptSettings",
     "get_method",
+    "method_for_settings",
     "method_names",
     "register",
     "settings_types",

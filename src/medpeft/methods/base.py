@@ -1,10 +1,11 @@
 """The interface every tuning method implements, and the checks its settings share.
 
-A method is one module with a settings dataclass (defaults = its paper's), how it
-attaches to a model, which parameters train, whether it merges into the frozen
-weights, and an optional auxiliary loss the trainer adds. The model builder,
-adapter files, config and CLI only talk to this interface, so a new method is one
-module plus one line in :mod:`medpeft.methods`.
+A method is one package under :mod:`medpeft.methods` with a settings dataclass
+(defaults = its paper's), its layers, how it attaches to a model, which parameters
+train, what it can do (the registry metadata below: merge, mix tasks in a batch...)
+and an optional auxiliary loss the trainer adds. The model builder, adapter files,
+bank, config and CLI only talk to this interface, so a new method is one package
+plus one line in :mod:`medpeft.methods`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,17 @@ class Method:
         adapter_dicts: names of the ``ParameterDict``s keyed by adapter name; an
             adapter file stores their entries under keys without the name.
         trains_everything: every parameter trains (full fine-tuning).
-        mergeable: the update folds into the frozen weights (``merge``/``unmerge``).
         identity_at_init: a fresh adapter leaves the base model's output unchanged.
+
+    Registry metadata (what the rest of medpeft asks instead of keeping lists of names):
+        mergeable: the update folds into the frozen weights (``merge``/``unmerge``;
+            merged and ONNX export).
+        mixable: one batch can route each sample to another adapter of this method
+            (``route(adapters=[...])``; the adapter bank serves these).
+        needs_tokens: the method acts on a transformer's token stream (blocks of
+            tokens, prompt tokens), not only on Linear layers.
+        per_modality: every adapter keeps weights per modality (or per presence
+            pattern), chosen by each sample's presence mask.
     """
 
     name: ClassVar[str]
@@ -36,8 +46,11 @@ class Method:
     markers: ClassVar[tuple[str, ...]] = ()
     adapter_dicts: ClassVar[tuple[str, ...]] = ()
     trains_everything: ClassVar[bool] = False
-    mergeable: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = False
+    mixable: ClassVar[bool] = False
+    needs_tokens: ClassVar[bool] = False
+    per_modality: ClassVar[bool] = False
 
     def attach(self, model: nn.Module, settings: Any, adapter_name: str = "default") -> None:
         """Add this method's adapter called ``adapter_name`` to a fusion model (default: nothing)."""

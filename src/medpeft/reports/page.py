@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import read_config
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import read_config
 from medpeft.atomic import atomic_write_text
+from medpeft.data.csvfile import plain_cell
 from medpeft.errors import ConfigError
 from medpeft.reports import html
 from medpeft.reports.grid import plot_missing_heatmap
@@ -113,7 +114,7 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return [{k: float(v) for k, v in row.items() if _is_number(v)} for row in rows]
+    return [{plain_cell(k): float(v) for k, v in row.items() if _is_number(v)} for row in rows]
 
 
 def _is_number(text: str | None) -> bool:

@@ -1,7 +1,8 @@
 """Per-sample scores of a split: ``predictions_{split}.csv`` in a run folder.
 
 One row per sample: ``target`` (the class, or the ``|``-joined labels of a
-multilabel sample), then one probability column per label in label order.
+multilabel sample), then one probability column per label in label order. Label
+names that a spreadsheet would evaluate are escaped (`medpeft.data.csvfile`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.atomic import atomic_write_text
+from medpeft.data.csvfile import SpreadsheetWriter, plain_cell
 from medpeft.errors import DataError
 from medpeft.tasks import check_task
 
@@ -45,7 +47,7 @@ class SplitScores:
     def write_csv(self, path: str | Path) -> Path:
         """Write the scores as CSV atomically."""
         text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
+        writer = SpreadsheetWriter(text, lineterminator="\n")
         writer.writerow([TARGET, *self.labels])
         for truth, row in zip(self.truth, self.scores):
             target = "|".join(label for label, on in zip(self.labels, truth) if on)
@@ -56,7 +58,7 @@ class SplitScores:
     def read_csv(cls, path: str | Path, task: str) -> SplitScores:
         """Scores written by `write_csv`."""
         with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+            rows = [[plain_cell(cell) for cell in row] for row in csv.reader(handle)]
         if not rows or rows[0][:1] != [TARGET] or len(rows) < 2:
             raise DataError(f"{path}: expected a '{TARGET}' column, one column per label and rows")
         labels = rows[0][1:]

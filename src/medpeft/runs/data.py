@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medpeft.adapters.config import Preprocessing
-from medpeft.adapters.io import default_preprocessing
-from medpeft.adapters.legacy import VILT_MEAN_STD
+from medpeft.adapters_io.config import Preprocessing
+from medpeft.adapters_io.folder import default_preprocessing
+from medpeft.adapters_io.legacy import VILT_MEAN_STD
 from medpeft.config import DataSettings, MissingSettings, RunConfig
 from medpeft.data.cache import ImageCache, default_cache_dir, eval_resize_side
 from medpeft.data.collate import Collate

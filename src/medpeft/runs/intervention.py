@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.config import RunConfig, save_config
 from medpeft.data.records import Source
 from medpeft.errors import ConfigError

@@ -1,12 +1,16 @@
 """Every file name of a run folder, in one place.
 
-A run folder holds the resolved ``config.yaml``; the trainer's ``metrics.csv``,
-``tensorboard/``, ``checkpoint.pt`` (resume state) and ``best.safetensors``; the
+A run folder holds the resolved ``config.yaml`` (file paths absolute) and
+``data_fingerprint.json`` (which data it was trained on, `medpeft.runs.fingerprint`); the
+trainer's ``metrics.csv``, ``tensorboard/``, ``checkpoint.pt`` (resume state) and
+``best.safetensors``; the
 ``adapter/`` folder; ``{split}_metrics.json`` and the per-sample scores
 ``predictions_{split}.csv``; ``report/`` (``medpeft report``); for several modalities the seeded
 ``missing_{split}.csv`` tables and the grid reports ``grid.md``, ``grid.json``,
 ``grid_heatmap.png``, ``grid_curves.png``; the ``synthetic_data/`` of a
-synthetic run; ``report.json``, written last, marks a finished run. A run with
+synthetic run; ``report.json``, written last, marks a finished run. ``medpeft eval`` with
+another adapter, other data or other settings writes into ``evals/<name>/`` instead (the same
+result files, its ``config.yaml`` and ``eval.json``: adapter, split and overrides). A run with
 ``train.repeats: N`` holds one such folder per repeat (``rep0`` ...) and
 ``summary.json`` / ``summary.md`` (mean and std of the test metrics).
 """
@@ -17,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG = "config.yaml"
+DATA_FINGERPRINT = "data_fingerprint.json"
+EVALS_DIR = "evals"
+EVAL_RECORD = "eval.json"
 ADAPTER_DIR = "adapter"
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -43,6 +50,20 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / CONFIG
+
+    @property
+    def data_fingerprint(self) -> Path:
+        return self.root / DATA_FINGERPRINT
+
+    @property
+    def evals(self) -> Path:
+        """Folder of the evaluations that are not the run's own (``evals/<name>/``)."""
+        return self.root / EVALS_DIR
+
+    @property
+    def eval_record(self) -> Path:
+        """``eval.json`` of an ``evals/<name>/`` folder: what was evaluated."""
+        return self.root / EVAL_RECORD
 
     @property
     def adapter(self) -> Path:

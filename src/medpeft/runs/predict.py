@@ -1,10 +1,14 @@
 """``medpeft predict``: class scores of new samples from a saved adapter of any method.
 
-Inputs are image files (an adapter with one image modality) or a CSV manifest with
+Inputs are image files or folders of them (an adapter with one image modality; a
+folder stands for the image files under it, by extension) or a CSV manifest with
 one column per modality of the adapter (empty cell = missing modality) and an
 optional ``id`` column. Samples are read exactly as in training: the adapter
 records its preprocessing, missing-image policy, side-by-side combining and
 tokenizer. Scores are softmax (multiclass) or sigmoid (multilabel) probabilities.
+
+A sample with an image that cannot be read gets no scores but its error (status
+``error`` in the CSV), and the others are predicted all the same.
 
 With several adapters (:func:`predict_tasks`) the adapters share one backbone in
 an :class:`~medpeft.bank.AdapterBank`: a manifest's ``task`` column names each
@@ -14,24 +18,25 @@ one forward.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medpeft.adapters.config import AdapterConfig
-from medpeft.adapters.io import load_adapter
+from medpeft.adapters_io.config import AdapterConfig
+from medpeft.adapters_io.folder import load_adapter
 from medpeft.bank import AdapterBank, TaskInfo
-from medpeft.data.csvfile import check_columns, read_csv_rows
+from medpeft.data.csvfile import SpreadsheetWriter, check_columns, read_csv_rows
 from medpeft.data.dataset import Dataset
-from medpeft.data.imageio import ReadOptions
+from medpeft.data.imageio import SUPPORTED_SUFFIXES, ReadOptions
 from medpeft.data.loader import build_loader
 from medpeft.data.records import Record
+from medpeft.data.scan import unreadable_images
 from medpeft.data.sources.csv import read_inputs
+from medpeft.data.sources.folder import image_files
 from medpeft.errors import ConfigError, DataError, did_you_mean
 from medpeft.runs.data import image_transforms, make_collate
 from medpeft.train import predict
@@ -39,27 +44,52 @@ from medpeft.train.settings import resolve_device
 
 UNKNOWN_TARGET = 0  # records to predict carry no label; the loader's targets are ignored
 TASK_COLUMN = "task"  # manifest column naming each row's task (several adapters)
+STATUS_COLUMNS = ("status", "error")  # "ok" and "", or "error" and why the sample has no scores
+
+Scores = list[float] | None  # one sample's probabilities; None: it could not be read
 
 
 @dataclass
 class Predictions:
-    """Per-sample probabilities in label order."""
+    """Per-sample probabilities in label order (None, and an error, for an unreadable sample)."""
 
     ids: list[str]
     labels: list[str]
-    scores: list[list[float]]
+    scores: list[Scores]
     task: str
+    errors: list[str] = field(default_factory=list)  # per sample; "" when it has scores
+
+    def __post_init__(self) -> None:
+        self.errors = self.errors or [""] * len(self.ids)
 
     def write_csv(self, out: TextIO) -> None:
-        """``id``, one column per label, and the prediction (argmax, or labels > 0.5)."""
-        writer = csv.writer(out)
-        writer.writerow(["id", *self.labels, "prediction"])
-        for sample_id, row in zip(self.ids, self.scores):
-            writer.writerow([sample_id, *(f"{p:.4f}" for p in row), self.decision(row)])
+        """``id``, one column per label, the prediction (argmax, or labels > 0.5), ``status`` and
+        ``error`` (an unreadable sample: empty scores, status ``error`` and why)."""
+        writer = SpreadsheetWriter(out)
+        writer.writerow(["id", *self.labels, "prediction", *STATUS_COLUMNS])
+        for sample_id, row, error in zip(self.ids, self.scores, self.errors):
+            if row is None:
+                writer.writerow([sample_id, *[""] * len(self.labels), "", *status(error)])
+            else:
+                writer.writerow([sample_id, *(f"{p:.4f}" for p in row), self.decision(row), *status(error)])
+
+    def failures(self) -> list[tuple[str, str]]:
+        """``(id, error)`` of each sample without scores."""
+        return failures(self.ids, self.errors)
 
     def decision(self, row: Sequence[float]) -> str:
         """The predicted class, or the ``|``-joined labels above 0.5 (multilabel)."""
         return decision(self.labels, self.task, row)
+
+
+def status(error: str) -> tuple[str, str]:
+    """The ``status`` and ``error`` cells of a sample."""
+    return ("error", error) if error else ("ok", "")
+
+
+def failures(ids: Sequence[str], errors: Sequence[str]) -> list[tuple[str, str]]:
+    """``(id, error)`` of the samples with an error."""
+    return [(sample_id, error) for sample_id, error in zip(ids, errors) if error]
 
 
 def decision(labels: Sequence[str], task: str, row: Sequence[float]) -> str:
@@ -71,22 +101,35 @@ def decision(labels: Sequence[str], task: str, row: Sequence[float]) -> str:
 
 @dataclass
 class TaskPredictions:
-    """Per-sample probabilities of samples of several tasks (each in its task's label order)."""
+    """Per-sample probabilities of samples of several tasks (each in its task's label order;
+    None, and an error, for an unreadable sample)."""
 
     ids: list[str]
     tasks: list[str]
     labels: dict[str, list[str]]
     kinds: dict[str, str]
-    scores: list[list[float]]
+    scores: list[Scores]
+    errors: list[str] = field(default_factory=list)  # per sample; "" when it has scores
+
+    def __post_init__(self) -> None:
+        self.errors = self.errors or [""] * len(self.ids)
 
     def write_csv(self, out: TextIO) -> None:
-        """``id``, ``task``, ``prediction`` and ``scores`` (``label=p`` pairs joined by ``;``)."""
-        writer = csv.writer(out)
-        writer.writerow(["id", TASK_COLUMN, "prediction", "scores"])
-        for sample_id, task, row in zip(self.ids, self.tasks, self.scores):
+        """``id``, ``task``, ``prediction``, ``scores`` (``label=p`` pairs joined by ``;``),
+        ``status`` and ``error``."""
+        writer = SpreadsheetWriter(out)
+        writer.writerow(["id", TASK_COLUMN, "prediction", "scores", *STATUS_COLUMNS])
+        for sample_id, task, row, error in zip(self.ids, self.tasks, self.scores, self.errors):
+            if row is None:
+                writer.writerow([sample_id, task, "", "", *status(error)])
+                continue
             labels = self.labels[task]
             pairs = ";".join(f"{label}={p:.4f}" for label, p in zip(labels, row))
-            writer.writerow([sample_id, task, decision(labels, self.kinds[task], row), pairs])
+            writer.writerow([sample_id, task, decision(labels, self.kinds[task], row), pairs, *status(error)])
+
+    def failures(self) -> list[tuple[str, str]]:
+        """``(id, error)`` of each sample without scores."""
+        return failures(self.ids, self.errors)
 
 
 def predict_files(
@@ -99,7 +142,7 @@ def predict_files(
     progress: bool = False,
     allow_random_backbone: bool = False,
 ) -> Predictions:
-    """Scores of image files with an adapter of one image modality."""
+    """Scores of image files (a folder: the image files under it) with an adapter of one image modality."""
     model, config = load_adapter(adapter, weights=weights, pretrained=pretrained,
                                  allow_random_backbone=allow_random_backbone)
     if len(config.modalities) != 1:
@@ -108,7 +151,7 @@ def predict_files(
             "column per modality (--manifest) instead of image files"
         )
     modality = next(iter(config.modalities))
-    records = [Record(str(p), {modality: (str(p),)}, UNKNOWN_TARGET) for p in paths]
+    records = [Record(p, {modality: (p,)}, UNKNOWN_TARGET) for p in image_inputs(paths)]
     return _predict(model, config, records, batch_size, device, progress)
 
 
@@ -138,11 +181,44 @@ def _predict(
     device: str,
     progress: bool,
 ) -> Predictions:
-    """Scores of unlabelled records (read as in training, genuine gaps only)."""
+    """Scores of unlabelled records (read as in training, genuine gaps only); a record with an
+    image that does not decode gets its first error instead, the others are predicted."""
+    errors: dict[int, str] = {}
+    for index, _, error in unreadable_images(records, config.modalities, "input", progress, read_options(config)):
+        errors.setdefault(index, error)
+    readable = [r for i, r in enumerate(records) if i not in errors]
     model.to(resolve_device(device)).eval()
-    loader = records_loader(config, records, batch_size)
-    scores = predict(model, loader, config.task, progress=progress).tolist() if records else []
-    return Predictions([r.id for r in records], config.labels, scores, config.task)
+    loader = records_loader(config, readable, batch_size)
+    scores = predict(model, loader, config.task, progress=progress).tolist() if readable else []
+    rows, messages = merged(len(records), errors, scores)
+    return Predictions([r.id for r in records], config.labels, rows, config.task, messages)
+
+
+def merged(count: int, errors: Mapping[int, str], scores: Iterable[list[float]]) -> tuple[list[Scores], list[str]]:
+    """Per-sample scores (None where ``errors`` has the sample) and errors of ``count`` samples,
+    from the ``scores`` of the others in order."""
+    given = iter(scores)
+    rows = [None if i in errors else next(given) for i in range(count)]
+    return rows, [errors.get(i, "") for i in range(count)]
+
+
+def image_inputs(paths: Sequence[str | Path]) -> list[str]:
+    """``paths`` with each folder replaced by the image files under it (recursively, by extension)."""
+    files: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(str(path))
+            continue
+        found = image_files(path)
+        if not found:
+            raise DataError(f"{path}: no image files in the folder or below (expected {', '.join(SUPPORTED_SUFFIXES)})")
+        files += map(str, found)
+    return files
+
+
+def read_options(config: AdapterConfig) -> ReadOptions:
+    """How the adapter's training read volumes and wide-range images."""
+    return ReadOptions(**config.inputs.get("read", {}))
 
 
 def records_loader(config: AdapterConfig, records: list[Record], batch_size: int) -> DataLoader:
@@ -152,7 +228,7 @@ def records_loader(config: AdapterConfig, records: list[Record], batch_size: int
     transforms = image_transforms(kinds, combine, config.preprocessing, augment=False)
     dataset = Dataset(
         records, tuple(kinds), kinds, transforms, None, inputs.get("missing_image", "ones"), combine,
-        read_options=ReadOptions(**inputs.get("read", {})),
+        read_options=read_options(config),
     )
     collate = make_collate(kinds, inputs.get("tokenizer", ""), inputs.get("max_text_len") or 40)
     return build_loader(dataset, batch_size, train=False, collate_fn=collate)
@@ -171,9 +247,11 @@ def predict_tasks(
 ) -> TaskPredictions:
     """Scores of samples of several tasks on one backbone, in mixed-task batches.
 
+    A sample whose image does not decode gets its error instead of scores.
+
     Args:
         adapters: Task name -> adapter folder (all trained on one backbone).
-        paths: Image files, each scored by every task.
+        paths: Image files (a folder: the image files under it), each scored by every task.
         manifest: CSV with a ``task`` column and one column per modality (optional ``id``).
         root: Folder of the manifest's relative paths (default: its folder).
     """
@@ -185,15 +263,23 @@ def predict_tasks(
     if manifest is not None:
         samples = _manifest_samples(manifest, root, infos)
     else:
-        samples = [(str(p), task, {infos[task].modalities[0]: str(p)}) for p in paths for task in infos]
+        samples = [(p, task, {infos[task].modalities[0]: p}) for p in image_inputs(paths) for task in infos]
     scores: list[list[float]] = []
+    errors: dict[int, str] = {}
     for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        tensors = [bank.preprocess(task, files) for _, task, files in batch]
-        scores += [p.tolist() for p in bank.predict([task for _, task, _ in batch], tensors)]
+        batch, tasks, tensors = range(start, min(start + batch_size, len(samples))), [], []
+        for index in batch:
+            _, task, files = samples[index]
+            try:
+                tensors.append(bank.preprocess(task, files))
+                tasks.append(task)
+            except DataError as error:  # an unreadable image: this sample only
+                errors[index] = str(error)
+        scores += [p.tolist() for p in bank.predict(tasks, tensors)] if tensors else []
+    rows, messages = merged(len(samples), errors, scores)
     return TaskPredictions(
         [s[0] for s in samples], [s[1] for s in samples],
-        {n: t.labels for n, t in infos.items()}, {n: t.task for n, t in infos.items()}, scores,
+        {n: t.labels for n, t in infos.items()}, {n: t.task for n, t in infos.items()}, rows, messages,
     )
 
 

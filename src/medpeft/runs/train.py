@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters.inject import ParameterCount, count_parameters
-from medpeft.adapters.io import HUB, save_adapter
-from medpeft.backbones.timm_vit import check_vit, patch_multiple
+from medpeft.adapters_io.folder import HUB, save_adapter
+from medpeft.backbones.timm_vit import check_backbone, patch_multiple
 from medpeft.config import RunConfig, save_config
+from medpeft.config.paths import with_absolute_paths
 from medpeft.data.imageio import ReadOptions
 from medpeft.data.records import Source
 from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
+from medpeft.methods.layers import ParameterCount, count_parameters
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runs.data import (
@@ -37,6 +38,7 @@ from medpeft.runs.data import (
     split_tables,
 )
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
+from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
 from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
@@ -44,6 +46,7 @@ from medpeft.train.settings import check_monitor
 from medpeft.train.trainer import Objective
 
 log = logging.getLogger(__name__)
+OTHER_DATA = "training on other data is a new run: give a new output_dir (or --no-resume to start over)"
 
 
 @dataclass
@@ -124,13 +127,14 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     """Train, keep the best epoch, save the adapter and evaluate on the test split.
 
     Rerunning into the same folder resumes an interrupted run and returns a finished
-    one's report without rewriting anything; other settings are refused unless
-    ``resume`` is False (start over). ``model.fusion: early_intervention`` (and ``late``)
+    one's report without rewriting anything; other settings or changed data are refused
+    unless ``resume`` is False (start over). Relative file paths are taken from the
+    working directory and recorded absolute. ``model.fusion: early_intervention`` (and ``late``)
     first trains one model per modality (``stage1/<modality>``, each a run of its own),
     then the fused model in the run folder (:mod:`medpeft.runs.intervention`).
     """
     distributed.setup()  # under `accelerate launch`: join the other processes
-    config = with_method_defaults(config)
+    config = with_absolute_paths(with_method_defaults(config))
     if config.train.repeats > 1:
         raise ConfigError(
             f"train.repeats: {config.train.repeats} runs go through medpeft.runs.repeats.train_repeats "
@@ -138,19 +142,26 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         )
     layout = RunLayout.at(config.output_dir)
     if config.model.kind == "timm":
-        check_vit(config.model.backbone or DEFAULT_BACKBONES["timm"])
+        check_backbone(config.model.backbone or DEFAULT_BACKBONES["timm"], **config.model.kwargs)
         config = with_patch_multiple(config)
     if resume:
         check_resume(config, layout)
         stored = finished_report(config, layout)
         if stored is not None:
+            if layout.data_fingerprint.is_file():
+                fingerprint = data_fingerprint(config.data, load_source(config, layout))
+                check_fingerprint(layout, fingerprint, OTHER_DATA)
             return RunReport.from_dict(stored, layout)
     distributed.barrier()  # every process has read the folder before the main one writes
     own = RunLayout.at(distributed.writable_folder(layout.root))
-    own.report.unlink(missing_ok=True)
     own.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, own.config)
     source = load_source(config, own)
+    fingerprint = data_fingerprint(config.data, source)
+    if resume:
+        check_fingerprint(layout, fingerprint, OTHER_DATA)  # before anything is rewritten
+    own.report.unlink(missing_ok=True)
+    save_config(config, own.config)
+    write_fingerprint(own, fingerprint)
     positive = run_positive_class(config, source)  # before anything is trained
     for line in describe_source(source, positive) if distributed.is_main() else ():
         (log.warning if line.startswith("warning") else log.info)(line)

@@ -3,13 +3,16 @@
 :func:`create_app` wires an :class:`~medpeft.bank.AdapterBank` to the endpoints of
 :mod:`medpeft.serve.routes`, a :class:`~medpeft.serve.batcher.MicroBatcher` that
 merges concurrent requests of any tasks into one forward pass, Prometheus metrics,
-a request-body limit and optional bearer-token auth. The app keeps no state of its
-own beyond the bank's adapter cache, so replicas behind a load balancer need only
-the same adapter directory.
+a request-body limit, a bound on uploads decoded at once and optional bearer-token
+auth (the OpenAPI spec and its pages included). Error bodies never name server-side
+paths. The app keeps no state of its own beyond the bank's adapter cache, so
+replicas behind a load balancer need only the same adapter directory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,13 +64,15 @@ def create_app(
         title="medpeft", version=__version__, lifespan=lifespan,
         description="Diagnosis task adapters on one frozen vision backbone. Predict with "
         "`POST /predict` (multipart: a `task` field and one image file per modality).",
+        openapi_url=None, docs_url=None, redoc_url=None,  # served by `api`: behind the token
     )
-    app.state.medpeft = ServerState(bank, settings, batcher, metrics,
-                                    Path(directory) if directory is not None else None)
+    folder = Path(directory) if directory is not None else None
+    app.state.medpeft = ServerState(bank, settings, batcher, metrics, folder,
+                                    asyncio.Semaphore(settings.max_decodes))
     app.include_router(public)
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _add_error_handlers(app)
+    _add_error_handlers(app, folder)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts refused uploads too
     return app
@@ -78,12 +83,13 @@ def create_app(
 STATUS = ((UnknownTask, 404), (DataError, 422), (MedpeftError, 400))
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    """User errors answer ``{"detail": message}`` with a 4xx status; a full queue answers 503."""
+def _add_error_handlers(app: FastAPI, directory: Path | None) -> None:
+    """User errors answer ``{"detail": message}`` with a 4xx status; a full queue answers 503;
+    anything else 500, its details left to the server log."""
 
     async def user_error(_: Request, error: Exception) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(error, cls))
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        return JSONResponse({"detail": hide_paths(str(error), directory)}, status_code=status)
 
     async def overloaded(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
@@ -91,7 +97,24 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def too_large(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=413)
 
+    async def internal(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
     app.add_exception_handler(MedpeftError, user_error)
     app.add_exception_handler(Overloaded, overloaded)
     app.add_exception_handler(UploadTooLarge, too_large)
+    app.add_exception_handler(Exception, internal)
 
+
+INTERNAL_ERROR = "internal server error (the server log has the details)"
+_START = r"(?<![\w.~:/\\-])"  # a path starts a word, not inside one
+_FOLDERS = re.compile(_START + r"(?:[A-Za-z]:|~)?[/\\](?:[^\s'\"/\\]+[/\\])+")  # root to last separator
+
+
+def hide_paths(text: str, directory: Path | None = None) -> str:
+    """``text`` without server-side folders: paths under the adapter ``directory`` become
+    relative to it, any other absolute path keeps its file name only."""
+    if directory is not None:
+        roots = dict.fromkeys(str(d).rstrip("/\\") for d in (directory.resolve(), directory.absolute(), directory))
+        text = re.sub(_START + "(?:" + "|".join(map(re.escape, roots)) + r")[/\\]", "", text)
+    return _FOLDERS.sub("", text)

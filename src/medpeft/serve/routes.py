@@ -1,7 +1,9 @@
-"""Endpoints: predict, tasks (list, show, load, unload), health, metrics, the web page."""
+"""Endpoints: predict, tasks (list, show, load, unload), health, metrics, the OpenAPI spec and
+its pages, the web page."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import threading
@@ -10,12 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from medpeft.adapters.config import CONFIG_NAME
+from medpeft.adapters_io.config import CONFIG_NAME
 from medpeft.bank import AdapterBank, TaskInfo, UnknownTask
 from medpeft.bank.tasks import check_task_name
 from medpeft.serve.batcher import MicroBatcher
@@ -44,6 +47,7 @@ class ServerState:
     batcher: MicroBatcher
     metrics: ServeMetrics
     directory: Path | None  # the bank's adapter directory (new task folders are looked up there)
+    decodes: asyncio.Semaphore  # uploads decoded at once
     discovery: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -82,7 +86,8 @@ async def predict(request: Request, state: Server) -> Prediction:
     """Probabilities of one sample: a ``task`` field and one image file per modality."""
     name, files = await read_upload(request)
     task = as_task(await run_in_threadpool(find_task, state, name))
-    inputs = await run_in_threadpool(state.bank.preprocess, name, files)
+    async with state.decodes:
+        inputs = await run_in_threadpool(state.bank.preprocess, name, files, state.settings.max_pixels)
     scores = await state.batcher.submit(name, inputs)
     return Prediction.of(task, scores.tolist(), list(files))
 
@@ -173,6 +178,24 @@ def health(state: Server) -> Health:
 def metrics(state: Server) -> Response:
     """Prometheus metrics: queue depth, batch sizes, latencies, requests by status."""
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@api.get("/openapi.json", include_in_schema=False)
+def openapi_spec(request: Request) -> JSONResponse:
+    """The OpenAPI spec (with a token set, it needs the token like the API it describes)."""
+    return JSONResponse(request.app.openapi())
+
+
+@api.get("/docs", include_in_schema=False)
+def swagger_page() -> HTMLResponse:
+    """FastAPI's interactive page of the spec (Swagger UI, loaded from a CDN)."""
+    return get_swagger_ui_html(openapi_url="openapi.json", title="medpeft API")
+
+
+@api.get("/redoc", include_in_schema=False)
+def redoc_page() -> HTMLResponse:
+    """FastAPI's reference page of the spec (ReDoc, loaded from a CDN)."""
+    return get_redoc_html(openapi_url="openapi.json", title="medpeft API")
 
 
 @public.get("/", include_in_schema=False)

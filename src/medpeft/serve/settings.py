@@ -1,13 +1,18 @@
-"""Settings of the HTTP server (``medpeft serve``): batching, queue, upload limit, token."""
+"""Settings of the HTTP server (``medpeft serve``): batching, queue, limits, token."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from medpeft.data.imageio import MAX_PIXELS
 from medpeft.errors import ConfigError
 
 TOKEN_ENV = "MEDPEFT_TOKEN"
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,9 @@ class ServeSettings:
         queue_size: Samples waiting for a batch; beyond it requests get 503.
         max_upload_mb: Largest request body (all files together); beyond it 413.
         token: Bearer token every API call must carry (``None``: no auth).
+        max_pixels: Most pixels of an uploaded image (or of the slice read from a
+            volume), checked before decoding, for every task whatever its adapter records.
+        max_decodes: Uploads decoded at once (default: the CPU cores); others wait.
     """
 
     max_batch: int = 16
@@ -27,9 +35,11 @@ class ServeSettings:
     queue_size: int = 256
     max_upload_mb: float = 32.0
     token: str | None = None
+    max_pixels: int = MAX_PIXELS
+    max_decodes: int = field(default_factory=_cores)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "queue_size"):
+        for name in ("max_batch", "queue_size", "max_pixels", "max_decodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve: --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "max_upload_mb"):
@@ -43,6 +53,23 @@ class ServeSettings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def token_from(option: str | None) -> str | None:
-    """The bearer token: the ``--token`` option, else the ``MEDPEFT_TOKEN`` environment variable."""
-    return option if option is not None else os.environ.get(TOKEN_ENV) or None
+def token_from(option: str | None, no_auth: bool = False) -> str | None:
+    """The bearer token: the ``--token`` option, else the ``MEDPEFT_TOKEN`` environment variable.
+
+    None (an open API) when neither is set, or with ``no_auth``. ConfigError for
+    ``MEDPEFT_TOKEN`` set but empty (a token was meant, none would be checked) unless
+    ``no_auth`` says so, and for ``--token`` together with ``no_auth``.
+    """
+    if no_auth:
+        if option is not None:
+            raise ConfigError("serve: --token and --no-auth contradict each other; give one")
+        return None
+    if option is not None:
+        return option
+    value = os.environ.get(TOKEN_ENV)
+    if value is not None and not value.strip():
+        raise ConfigError(
+            f"serve: {TOKEN_ENV} is set but empty, so anyone could call the API; set it to a secret "
+            "(e.g. openssl rand -hex 16), or pass --no-auth to serve without a token"
+        )
+    return value

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 from medpeft.atomic import atomic_write_text
+from medpeft.data.csvfile import SpreadsheetWriter
 from medpeft.runs.layout import METRICS_CSV, TENSORBOARD_DIR
 
 
@@ -18,9 +18,9 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
     """
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = SpreadsheetWriter(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([row.get(column, "") for column in columns] for row in rows)
     return atomic_write_text(path, buffer.getvalue())
 
 

@@ -64,11 +64,16 @@ def _subfolders(folder: Path, images_allowed: bool = True) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, by extension; hidden files skipped), sorted."""
+    return sorted(
         p for p in folder.rglob("*")
         if p.is_file() and has_image_suffix(p) and not p.name.startswith(".")
     )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = image_files(folder)
     if not files:
         raise DataError(f"{folder}: class folder holds no image files")
     return files

@@ -1,0 +1,165 @@
+"""The ``transformers`` family: Hugging Face vision encoders (Phikon, RAD-DINO, CLIP).
+
+Reads the module layout of transformers 5.x (``q_proj``/``k_proj``/``v_proj`` Linears,
+which 4.x called ``attention.attention.query`` ...); nothing here imports transformers,
+so timm-only installs pay nothing for registering the family.
+
+=============================  ==================  ==========================  ==============
+class                          blocks              attention q/k/v, out        pooled features
+=============================  ==================  ==========================  ==============
+``ViTModel`` (Phikon)          ``layers.{i}``      ``attention.q_proj`` ...,   CLS of
+                                                   ``attention.o_proj``        ``last_hidden_state``
+``Dinov2Model`` (RAD-DINO),    ``encoder.layer``   ``attention.q_proj`` ...,   ``pooler_output``
+``Dinov2WithRegistersModel``   ``.{i}``            ``attention.o_proj``        (normed CLS)
+``CLIPVisionModel``            ``encoder.layers``  ``self_attn.q_proj`` ...,   ``pooler_output``
+                               ``.{i}``            ``self_attn.out_proj``      (normed CLS)
+=============================  ==================  ==========================  ==============
+
+MLP: ``mlp.fc1``/``mlp.fc2``; DINOv2's SwiGLU (``use_swiglu_ffn``) has separate
+``gate_proj``, ``up_proj`` and ``down_proj``, given as ``fc1_gate``, ``fc1`` and ``fc2``.
+
+``ViTModel``'s ``pooler_output`` is a tanh dense layer trained for BERT-style next
+sentence objectives, which ViT checkpoints such as Phikon do not train or use (Phikon's
+features are the normed CLS token); the family therefore pools the CLS token of
+``last_hidden_state`` (after the final layernorm), like DINOv2 and CLIP do.
+
+Images of any size multiple of the patch go through: the position embeddings are
+interpolated (``interpolate_pos_encoding=True``; DINOv2 always interpolates). Attention
+weights can be read per block with eager attention
+(``model.set_attn_implementation("eager")``, ``model(x, output_attentions=True)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, register_family
+from medpeft.errors import ConfigError
+
+LIBRARY_PREFIX = "transformers."
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a transformers vision encoder keeps its parts.
+
+    Attributes:
+        layers: The ``nn.ModuleList`` of blocks.
+        attention: The attention module inside a block.
+        out: The attention output Linear inside ``attention``.
+        final_norm: The layernorm after the last block.
+        pre_norm: A layernorm between the embeddings and block 0 (CLIP's ``pre_layrnorm``).
+        cls_pooled: Features are the CLS token of ``last_hidden_state`` rather than ``pooler_output``.
+        interpolation_flag: ``forward`` and the embeddings take ``interpolate_pos_encoding``.
+    """
+
+    layers: str
+    attention: str
+    out: str
+    final_norm: str = "layernorm"
+    pre_norm: str | None = None
+    cls_pooled: bool = False
+    interpolation_flag: bool = False
+
+
+_DINOV2 = Layout(layers="encoder.layer", attention="attention", out="o_proj")
+LAYOUTS: dict[str, Layout] = {
+    "ViTModel": Layout(
+        layers="layers", attention="attention", out="o_proj", cls_pooled=True, interpolation_flag=True
+    ),
+    "Dinov2Model": _DINOV2,
+    "Dinov2WithRegistersModel": _DINOV2,
+    "CLIPVisionModel": Layout(
+        layers="encoder.layers",
+        attention="self_attn",
+        out="out_proj",
+        final_norm="post_layernorm",
+        pre_norm="pre_layrnorm",
+        interpolation_flag=True,
+    ),
+}
+SWIGLU_MLP = {"fc1_gate": "gate_proj", "fc1": "up_proj", "fc2": "down_proj"}
+PLAIN_MLP = {"fc1": "fc1", "fc2": "fc2"}
+
+
+@register_family
+class TransformersBackbone(Backbone):
+    """A transformers ``ViTModel``, ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``CLIPVisionModel``."""
+
+    family = "transformers"
+    library = "transformers"
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.layout = LAYOUTS[type(module).__name__]
+        self._check_layout()
+
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        kind = type(module)
+        return kind.__module__.startswith(LIBRARY_PREFIX) and kind.__name__ in LAYOUTS
+
+    @property
+    def width(self) -> int:
+        return self.module.config.hidden_size
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(token_stream=True, cls_token=True, patch_grid=True, attention_maps=True)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The CLS token and DINOv2's register tokens."""
+        return 1 + getattr(self.module.config, "num_register_tokens", 0)
+
+    def block_names(self) -> list[str]:
+        count = len(self.module.get_submodule(self.layout.layers))
+        return [f"{self.layout.layers}.{i}" for i in range(count)]
+
+    def attention(self, index: int) -> dict[Role, Projection]:
+        prefix = f"{self.block_names()[index]}.{self.layout.attention}"
+        names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": self.layout.out}
+        return {role: Projection(f"{prefix}.{name}") for role, name in names.items()}
+
+    def mlp(self, index: int) -> dict[str, Projection]:
+        prefix = f"{self.block_names()[index]}.mlp"
+        mlp = self.module.get_submodule(prefix)
+        names = SWIGLU_MLP if hasattr(mlp, "gate_proj") else PLAIN_MLP
+        return {key: Projection(f"{prefix}.{name}") for key, name in names.items()}
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.module(pixel_values=images, **self._interpolation())
+        return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens after CLS (and registers), positions interpolated to the image size."""
+        pixels = images.to(self.module.dtype)
+        tokens = self.module.embeddings(pixels, **self._interpolation())
+        if self.layout.pre_norm is not None:
+            tokens = self.module.get_submodule(self.layout.pre_norm)(tokens)
+        return tokens
+
+    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        """One layer without attention mask (transformers 5.x layers return the tensor)."""
+        return self.module.get_submodule(self.layout.layers)[index](tokens, None)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final layernorm of the CLS token (a layernorm is per token, so norm-then-CLS is the same)."""
+        return self.module.get_submodule(self.layout.final_norm)(tokens[:, 0])
+
+    def _check_layout(self) -> None:
+        """ConfigError unless the module has the transformers 5.x layout (4.x names differ)."""
+        first = f"{self.layout.layers}.0.{self.layout.attention}.q_proj"
+        try:
+            self.module.get_submodule(first)
+        except AttributeError:
+            raise ConfigError(
+                f"{self.describe()} has no module {first}: medpeft reads the module layout of "
+                "transformers 5 (pip install 'transformers>=5')"
+            ) from None
+
+    def _interpolation(self) -> dict[str, bool]:
+        return {"interpolate_pos_encoding": True} if self.layout.interpolation_flag else {}

@@ -1,0 +1,59 @@
+"""The ``timm_hier`` family: hierarchical timm models (Swin Transformer, ConvNeXt).
+
+Their stages change the width and resolution of the tokens, so there is no single
+token stream: methods adapt their Linears and read pooled features only. Blocks are
+numbered over all stages in forward order (``blocks=[1]`` is the second block).
+"""
+
+from __future__ import annotations
+
+from timm.models.convnext import ConvNeXt
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from torch import nn
+
+from medpeft.backbones.base import Capabilities, Projection, Role, register_family
+from medpeft.backbones.timm_vit import TimmBackbone, fused_qkv, mlp_linears
+
+
+@register_family
+class TimmHierarchical(TimmBackbone):
+    """timm ``SwinTransformer`` and ``ConvNeXt``.
+
+    Swin block ``layers.{s}.blocks.{b}``: q/k/v are thirds of the window attention's
+    ``attn.qkv``, out is ``attn.proj``, the MLP Linears ``mlp.fc1``/``mlp.fc2``. ConvNeXt
+    block ``stages.{s}.blocks.{b}``: no attention; ``mlp.fc1``/``mlp.fc2`` are Linears
+    (channels-last blocks, timm's default) or 1x1 convolutions (``conv_mlp=True``),
+    which no method adapts: such blocks have no MLP Linears.
+    """
+
+    family = "timm_hier"
+    reads = (SwinTransformer, ConvNeXt)
+
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        if isinstance(module, SwinTransformer):
+            return all(isinstance(getattr(stage.blocks[0], "attn", None), WindowAttention) for stage in module.layers)
+        return isinstance(module, ConvNeXt)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(token_stream=False, cls_token=False, patch_grid=False, attention_maps=False)
+
+    def block_names(self) -> list[str]:
+        stages = "layers" if isinstance(self.module, SwinTransformer) else "stages"
+        return [
+            f"{stages}.{s}.blocks.{b}"
+            for s, stage in enumerate(getattr(self.module, stages))
+            for b in range(len(stage.blocks))
+        ]
+
+    def attention(self, index: int) -> dict[Role, Projection]:
+        if not isinstance(self.module, SwinTransformer):
+            return {}
+        name = f"{self.block_names()[index]}.attn"
+        attn = self.module.get_submodule(name)
+        return {**fused_qkv(f"{name}.qkv", attn.qkv), "out": Projection(f"{name}.proj")}
+
+    def mlp(self, index: int) -> dict[str, Projection]:
+        name = f"{self.block_names()[index]}.mlp"
+        return mlp_linears(name, self.module.get_submodule(name))

@@ -1,0 +1,87 @@
+"""Checks every backbone family must pass, run on tiny random-init models of each library.
+
+Each check takes a builder (a fresh native model, in eval mode, same weights on every
+call) so that "before" and "after" :meth:`Backbone.prepare` are separate instances.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from medpeft.backbones.base import Backbone, describe
+
+Builder = Callable[[], nn.Module]
+
+
+def projection_linears(backbone: Backbone) -> set[str]:
+    """Names of every Linear a Projection of any block points at, checking each one's segment."""
+    modules = dict(backbone.module.named_modules())
+    names = set()
+    for index in range(len(backbone.block_names())):
+        for role, projection in backbone.projections(index):
+            linear = modules.get(projection.module)
+            assert isinstance(linear, nn.Linear), f"{role} of block {index}: {projection.module}"
+            if projection.segment is not None:
+                start, stop = projection.segment
+                assert 0 <= start < stop <= linear.out_features
+            names.add(projection.module)
+    return names
+
+
+def check_prepare(build: Builder, images: torch.Tensor) -> Backbone:
+    """prepare() keeps outputs and state-dict keys, and the forward calls every named Linear."""
+    native = build()
+    before = describe(native).features(images)
+    keys = list(native.state_dict())
+    backbone = describe(build())
+    backbone.prepare()
+    backbone.prepare()  # idempotent
+    calls = Counter()
+    modules = dict(backbone.module.named_modules())
+    for name in projection_linears(backbone):
+        modules[name].register_forward_hook(lambda *_, name=name: calls.update([name]))
+    torch.testing.assert_close(backbone.features(images), before, atol=1e-6, rtol=1e-6)
+    assert set(calls) == projection_linears(backbone)
+    assert set(calls.values()) == {1}
+    assert list(backbone.module.state_dict()) == keys
+    return backbone
+
+
+def check_native_checkpoint_loads(build: Builder, images: torch.Tensor) -> None:
+    """A state dict the library saved before prepare() loads strictly into a prepared model."""
+    source = build()
+    with torch.no_grad():
+        for parameter in source.parameters():  # other weights than the target's
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    saved = {k: v.clone() for k, v in source.state_dict().items()}
+    target = describe(build())
+    target.prepare()
+    target.module.load_state_dict(saved, strict=True)
+    torch.testing.assert_close(target.features(images), describe(source).features(images), atol=1e-6, rtol=1e-6)
+
+
+def check_token_stream(backbone: Backbone, images: torch.Tensor, patches: int) -> None:
+    """embed -> every block -> pool gives features(); the prefix precedes ``patches`` tokens."""
+    tokens = backbone.embed(images)
+    assert tokens.shape == (len(images), backbone.num_prefix_tokens + patches, tokens.shape[-1])
+    for index in range(len(backbone.block_names())):
+        tokens = backbone.run_block(index, tokens)
+    features = backbone.features(images)
+    assert features.shape == (len(images), backbone.width)
+    torch.testing.assert_close(backbone.pool(tokens), features, atol=1e-5, rtol=1e-5)
+
+
+def check_perturbation_reaches_output(backbone: Backbone, images: torch.Tensor, module: str) -> None:
+    """A delta added to the output of Linear ``module`` (as an adapter would) changes the features."""
+    before = backbone.features(images)
+    linear = backbone.module.get_submodule(module)
+    handle = linear.register_forward_hook(lambda _m, _i, out: out + 0.1 * torch.randn_like(out))
+    try:
+        after = backbone.features(images)
+    finally:
+        handle.remove()
+    assert (after - before).abs().max() > 1e-3
