@@ -243,7 +243,7 @@ def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
 def test_a_report_reads_back_label_names_a_spreadsheet_would_evaluate(tmp_path):
     labels = ["-1", "=1+1"]
     manifest = make_synthetic_dataset(tmp_path / "data", labels, n_per_class=8, img_size=32)
-    run = _train(tmp_path, manifest, "train.epochs=1")
+    run = _train(tmp_path, manifest, "train.epochs=1", "data.positive_class=-1")  # YAML: the integer -1
     scores_csv = (run / "predictions_test.csv").read_text().splitlines()
     assert scores_csv[0] == "target,-1,'=1+1"  # escaped for spreadsheets; -1 is a number
     assert {row.split(",")[0] for row in scores_csv[1:]} == {"-1", "'=1+1"}
