@@ -38,6 +38,18 @@ def test_binary_uses_positive_class():
     assert m["accuracy"] == pytest.approx(1 / 2)
 
 
+def test_binary_metrics_follow_the_chosen_positive_class():
+    # abnormal (index 0) vs normal: predictions 0,0,0,1 for targets 0,0,1,1
+    scores0 = np.array([0.9, 0.7, 0.6, 0.2])
+    scores = np.stack([scores0, 1 - scores0], 1)
+    m = compute_metrics("multiclass", scores, [0, 0, 1, 1], ["abnormal", "normal"], positive=0)
+    assert m["sensitivity"] == pytest.approx(1.0)  # both abnormal found
+    assert m["specificity"] == pytest.approx(1 / 2)  # one normal called abnormal
+    assert m["auroc"] == pytest.approx(m["auroc/abnormal"]) == pytest.approx(1.0)
+    default = compute_metrics("multiclass", scores, [0, 0, 1, 1], ["abnormal", "normal"])
+    assert (default["sensitivity"], default["specificity"]) == pytest.approx((1 / 2, 1.0))  # index 1
+
+
 def test_perfect_multiclass_predictions():
     targets = np.array([0, 1, 2, 3, 1])
     m = compute_metrics("multiclass", np.eye(4)[targets] * 0.7 + 0.075, targets)

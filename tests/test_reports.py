@@ -184,6 +184,28 @@ def _check_page(run: Path, out: Path, plots: set[str], default_point: bool = Tru
 
 
 @QUIET
+def test_report_of_a_binary_run_is_about_its_positive_class(tmp_path):
+    manifest = make_synthetic_dataset(tmp_path / "data", ("normal", "abnormal"), n_per_class=12, img_size=32)
+    run = _train(tmp_path, manifest)
+    write_report_page(run, tmp_path / "page", resamples=50)
+    summary = _check_page(run, tmp_path / "page", PLOTS)
+    assert summary["positive_class"] == "abnormal"  # labels abnormal, normal: index 0
+    for name in ("sensitivity", "specificity"):  # the headline is the positive class's row
+        assert summary["headline"][name]["value"] == pytest.approx(summary["per_class"]["abnormal"][name])
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "<td>positive class</td><td>abnormal</td>" in page
+    assert "<td>sensitivity (abnormal)</td>" in page and "<td>auroc (abnormal)</td>" in page
+    assert "(AUROC in brackets); positive class: abnormal." in page
+    assert "Positive class: abnormal; each row counts its own class as positive." in page
+    for name in ("adapter/adapter_config.json", "report.json"):  # a run from before medpeft recorded it
+        data = json.loads((run / name).read_text())
+        del data["positive_class"]
+        (run / name).write_text(json.dumps(data))
+    write_report_page(run, tmp_path / "old", resamples=50)
+    assert json.loads((tmp_path / "old" / "summary.json").read_text())["positive_class"] == "normal"
+
+
+@QUIET
 def test_report_of_a_multilabel_run(tmp_path):
     manifest = make_synthetic_dataset(tmp_path / "data", ("a", "b", "c"), n_per_class=8, img_size=32,
                                       task="multilabel")
@@ -221,7 +243,7 @@ def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
 def test_a_report_reads_back_label_names_a_spreadsheet_would_evaluate(tmp_path):
     labels = ["-1", "=1+1"]
     manifest = make_synthetic_dataset(tmp_path / "data", labels, n_per_class=8, img_size=32)
-    run = _train(tmp_path, manifest, "train.epochs=1", "data.positive_class==1+1")
+    run = _train(tmp_path, manifest, "train.epochs=1", "data.positive_class=-1")  # YAML: the integer -1
     scores_csv = (run / "predictions_test.csv").read_text().splitlines()
     assert scores_csv[0] == "target,-1,'=1+1"  # escaped for spreadsheets; -1 is a number
     assert {row.split(",")[0] for row in scores_csv[1:]} == {"-1", "'=1+1"}

@@ -55,3 +55,12 @@ def test_method_settings_are_validated_with_their_key():
 def test_defaults_without_a_file_use_the_method_defaults():
     config = load_config(None, ["method=mora"])
     assert config.method == "mora" and config.method_settings() == MoraSettings()
+
+
+def test_the_starter_config_for_own_data_asks_for_the_patient_column():
+    path = builtin_configs()["own_data"]
+    data_section = path.read_text().split("\ndata:\n")[1].split("\ntrain:\n")[0]
+    assert "SEVERAL IMAGES PER PATIENT" in data_section and "group_col: null" in data_section
+    config = load_config(path, ["data.group_col=patient"])
+    assert (config.data.source, config.data.group_col, config.data.leakage) == ("csv", "patient", "error")
+    assert config.data.positive_class is None

@@ -8,6 +8,7 @@ import pytest
 
 from medpeft.cli import main
 from medpeft.errors import ConfigError
+from medpeft.reports.scores import SplitScores
 from medpeft.runs.evaluate import Evaluation, evaluate_run
 
 from .conftest import CPU, one_line
@@ -80,3 +81,17 @@ def test_an_adapter_of_another_input_size_is_one_line(image_run, tmp_path, train
     assert not (image_run / "evals" / "large").exists()
     assert main(["eval", str(image_run), "--adapter", str(adapter), "model.img_size=48"]) == 0
     assert (image_run / "evals" / "large" / "test_metrics.json").is_file()
+
+
+def test_a_binary_run_records_its_positive_class_and_its_metrics_are_about_it(image_run):
+    metrics = json.loads((image_run / "test_metrics.json").read_text())
+    report = json.loads((image_run / "report.json").read_text())
+    adapter = json.loads((image_run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["labels"] == ["lesion", "normal"]  # the positive class sorts first
+    assert metrics["positive_class"] == report["positive_class"] == adapter["positive_class"] == "lesion"
+    scores = SplitScores.read_csv(image_run / "predictions_test.csv", "multiclass")
+    called, lesion = scores.scores.argmax(1) == 0, scores.targets == 0
+    assert metrics["sensitivity"] == pytest.approx(called[lesion].mean())
+    assert metrics["specificity"] == pytest.approx((~called[~lesion]).mean())
+    assert metrics["auroc"] == metrics["auroc/lesion"]
+    assert report["test"]["metrics"]["sensitivity"] == metrics["sensitivity"]

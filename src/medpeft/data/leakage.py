@@ -19,8 +19,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from medpeft.data.records import Record
 from medpeft.errors import DataError
 
+Reading = tuple[Record, str]  # a record and one of its image paths as written
 log = logging.getLogger(__name__)
-LEAKAGE_POLICIES = ("error", "warn")
 MAX_LISTED = 5
 HEAD_BYTES = 1 << 16
 CHUNK_BYTES = 1 << 20
@@ -44,35 +44,44 @@ def check_leakage(records: Sequence[Record], kinds: Mapping[str, str], policy: s
 
 def shared_images(records: Sequence[Record], kinds: Mapping[str, str]) -> list[str]:
     """One line per image read by rows of different splits (same file or same bytes), naming the rows."""
-    readers: dict[str, list[Record]] = {}  # real path -> records reading it, in record order
+    readers: dict[str, list[Reading]] = {}  # real path -> (record, path as written), in record order
     for record in records:
         for m, kind in kinds.items():
             if kind == "image" and record.split is not None:
                 for path in record.values.get(m) or ():
-                    readers.setdefault(os.path.realpath(path), []).append(record)
+                    readers.setdefault(os.path.realpath(path), []).append((record, path))
     lines = []
     for files in _same_content(readers):
-        firsts: dict[str, tuple[Record, str]] = {}
-        for path in files:
-            for record in readers[path]:
-                firsts.setdefault(record.split, (record, path))
+        firsts: dict[str, tuple[Record, str, str]] = {}  # split -> its first (record, real, written)
+        for real in files:
+            for record, written in readers[real]:
+                firsts.setdefault(record.split, (record, real, written))
         if len(firsts) > 1:
-            rows = " and ".join(f"{r.where or r.id} ({split})" for split, (r, _) in firsts.items())
-            paths = list(dict.fromkeys(path for _, path in firsts.values()))
-            more = f" (and {len(paths) - 2} more)" if len(paths) > 2 else ""
-            what = f"the same file {paths[0]}" if len(paths) == 1 else f"byte-identical files {paths[0]} and {paths[1]}{more}"
-            lines.append(f"{rows}: {what}")
+            rows = " and ".join(f"{r.where or r.id} ({split})" for split, (r, _, _) in firsts.items())
+            lines.append(f"{rows}: {_what(list(firsts.values()))}")
     return lines
 
 
-def _same_content(readers: Mapping[str, Sequence[Record]]) -> list[list[str]]:
+def _what(firsts: Sequence[tuple[Record, str, str]]) -> str:
+    """``the same file X`` or ``byte-identical files X and Y``, paths as the rows write them."""
+    written_as: dict[str, str] = {}  # real path -> as its first row writes it
+    for _, real, written in firsts:
+        written_as.setdefault(real, written)
+    paths = list(written_as.values())
+    if len(paths) == 1:
+        return f"the same file {paths[0]}"
+    more = f" (and {len(paths) - 2} more)" if len(paths) > 2 else ""
+    return f"byte-identical files {paths[0]} and {paths[1]}{more}"
+
+
+def _same_content(readers: Mapping[str, Sequence[Reading]]) -> list[list[str]]:
     """The real paths in groups of identical bytes, in order of first reading.
 
     Only files that could leak are read: those of one size, read by rows of at least
     two splits; their heads are hashed, and whole files only where heads agree.
     """
     def spans(paths: Sequence[str]) -> bool:
-        return len({r.split for p in paths for r in readers[p]}) > 1
+        return len({r.split for p in paths for r, _ in readers[p]}) > 1
 
     groups = [list(readers)]
     for key in (_size, _head_hash, _file_hash):
