@@ -195,7 +195,7 @@ def test_settings_of_no_method_are_refused():
 def test_token_methods_refuse_backbones_without_a_token_stream():
     with pytest.raises(ConfigError, match="method 'mora' needs a backbone with a token stream"):
         medpeft.adapt(build("timm_swin"), medpeft.MoraSettings(), num_classes=2)
-    with pytest.raises(ConfigError, match="fusions, which read timm ViTs"):
+    with pytest.raises(ConfigError, match="reads one image here: give it data.modalities"):
         medpeft.adapt(build("hf_dinov2"), medpeft.MoraSettings(), num_classes=2)
 
 

@@ -135,8 +135,8 @@ def check_token_stream(model: nn.Module, method: str) -> None:
         view.require("token_stream", f"method {method!r}")
     if isinstance(model, PooledClassifier):
         raise CapabilityError(
-            f"method {method!r} acts on a token stream through medpeft's fusions, which read timm "
-            f"ViTs; {model.view.describe()} is not one (see the capability table in docs/methods.md)"
+            f"method {method!r} acts on a token stream of several modalities; {model.view.describe()} "
+            "reads one image here: give it data.modalities (see the capability table in docs/methods.md)"
         )
 
 
@@ -192,19 +192,21 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
         return LateFusion(encoders, spec.num_classes)
     if len(spec.modalities) == 1 and not spec.missing_token:
         return as_single_stream(vit(), spec.modalities[0])
-    return MultiStreamViT(vit(), spec.modalities, spec.missing_token)
+    return MultiStreamViT(vit(), spec.modalities, spec.missing_token, spec.num_classes)
 
 
 def _library_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
-    """A transformers or open_clip backbone for one image modality (other fusions need timm)."""
+    """A transformers or open_clip backbone: one image modality, or several in one token stream."""
     from medpeft.backbones.library import build_open_clip, build_transformers
 
-    if len(spec.modalities) != 1 or spec.fusion != "auto" or spec.missing_token:
-        raise ConfigError(f"model.kind {spec.kind!r} reads one image modality; several modalities, "
-                          "missing tokens and model.fusion need a timm backbone (model.kind: timm)")
+    if spec.fusion != "auto":
+        raise ConfigError(f"model.fusion {spec.fusion!r} runs timm ViTs; model.kind {spec.kind!r} "
+                          "reads one stream (model.fusion: auto) or needs model.kind: timm")
     build = build_transformers if spec.kind == "transformers" else build_open_clip
     backbone = build(spec.backbone, pretrained, weights, **spec.model_kwargs)
-    return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
+    if len(spec.modalities) == 1 and not spec.missing_token:
+        return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
+    return MultiStreamViT(backbone, spec.modalities, spec.missing_token, spec.num_classes)
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

@@ -59,11 +59,11 @@ def test_lora_and_mor_targets_on_a_register_vit():
 def test_intervention_reads_the_cls_token_not_a_register():
     torch.manual_seed(0)
     model = build_model(_spec("mor", "early_intervention")).eval()
-    vit, x = model.targets["a"], torch.randn(2, 3, 28, 28)
+    vit, view, x = model.targets["a"], model.views["targets.a"], torch.randn(2, 3, 28, 28)
     tokens = torch.randn(2, 1, 32)
     with torch.no_grad():
         plain = vit.forward_head(vit.forward_features(x), pre_logits=True)
-        masked = EarlyIntervention.intervened(vit, x, tokens, torch.zeros(2, 1, dtype=torch.bool))
-        steered = EarlyIntervention.intervened(vit, x, tokens, torch.ones(2, 1, dtype=torch.bool))
+        masked = EarlyIntervention.intervened(view, x, tokens, torch.zeros(2, 1, dtype=torch.bool))
+        steered = EarlyIntervention.intervened(view, x, tokens, torch.ones(2, 1, dtype=torch.bool))
     torch.testing.assert_close(masked, plain, rtol=0, atol=1e-7)  # a masked-out token is no token
     assert (steered - plain).norm() > 1e-3 * plain.norm()  # an attended one steers the [CLS]

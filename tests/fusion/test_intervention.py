@@ -80,7 +80,7 @@ def test_three_modalities_each_get_two_tokens_at_the_end_without_position_embedd
 
 def test_a_missing_reference_is_as_if_its_token_were_absent():
     model = _model()
-    vit = model.targets["axial"]
+    vit = model.views["targets.axial"]
     x = _images()["axial"]
     tokens = torch.randn(2, 2, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

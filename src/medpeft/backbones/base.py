@@ -18,7 +18,7 @@ output; parameter names and outputs stay those of the library.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -28,6 +28,8 @@ from torch import nn
 from medpeft.errors import ConfigError
 
 Role = Literal["q", "k", "v", "out"]
+PatchEdit = Callable[[torch.Tensor], torch.Tensor]
+"""Maps tokens ``[B, N, width]`` to new ones of the same shape."""
 ROLES: tuple[Role, ...] = ("q", "k", "v", "out")
 
 
@@ -57,12 +59,15 @@ class Capabilities:
         cls_token: The first token is a class token.
         patch_grid: The tokens after the prefix are the patches of a 2-D grid.
         attention_maps: Attention weights can be read per block (attention rollout).
+        masked_stream: :meth:`Backbone.run_block` takes a key mask (tokens other tokens
+            must not attend to; early intervention's missing references).
     """
 
     token_stream: bool
     cls_token: bool
     patch_grid: bool
     attention_maps: bool
+    masked_stream: bool = False
 
 
 class CapabilityError(ConfigError):
@@ -94,6 +99,11 @@ class Backbone(ABC):
     @abstractmethod
     def width(self) -> int:
         """Width of the pooled features (:meth:`features`)."""
+
+    @property
+    def token_width(self) -> int:
+        """Width of the tokens of the stream (differs from :attr:`width` when pooling projects)."""
+        return self.width
 
     @property
     @abstractmethod
@@ -133,12 +143,30 @@ class Backbone(ABC):
         """
         return None
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[B, N, width]`` entering block 0: prefix tokens, then patch tokens."""
+    def embed(
+        self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
+    ) -> torch.Tensor:
+        """Tokens ``[B, N, width]`` entering block 0: prefix tokens, then patch tokens.
+
+        Args:
+            images: ``[B, 3, H, W]``.
+            patches: Applied to the patch embeddings ``[B, P, width]`` before position
+                embeddings are added (e.g. learned tokens replacing missing images).
+            positioned: Applied to all tokens ``[B, N, width]`` once position embeddings are
+                added, before the norm some models apply ahead of block 0 (e.g. CLIP's
+                ``norm_pre``; modality embeddings).
+        """
         raise self.missing("token stream")
 
-    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
-        """Block ``index`` applied to ``tokens`` ``[B, N, width]``."""
+    def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Block ``index`` applied to ``tokens`` ``[B, N, width]``.
+
+        Args:
+            index: Block index in forward order.
+            tokens: The stream.
+            key_mask: ``Bool[B, N]``, False for tokens no token may attend to (needs
+                ``capabilities.masked_stream``).
+        """
         raise self.missing("token stream")
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -171,6 +199,11 @@ class Backbone(ABC):
     def missing(self, what: str) -> CapabilityError:
         """The error for an operation the family does not offer."""
         return CapabilityError(f"{self.describe()} has no {what}")
+
+    def refuse_mask(self, key_mask: torch.Tensor | None) -> None:
+        """CapabilityError if a key mask is given to a family whose blocks take none."""
+        if key_mask is not None:
+            raise self.missing("masked token stream (early intervention needs timm ViT blocks)")
 
     def describe(self) -> str:
         """``ClassName (library)`` for messages."""
@@ -207,3 +240,13 @@ def describe(module: nn.Module) -> Backbone:
         f"medpeft cannot adapt a {type(module).__module__}.{type(module).__name__}: "
         f"not a backbone family it knows ({known})"
     )
+
+
+def edit_conv_patches(patches: PatchEdit) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
+    """A forward hook applying ``patches`` to a patch convolution's ``[B, width, h, w]`` output."""
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        tokens = patches(output.flatten(2).transpose(1, 2))
+        return tokens.transpose(1, 2).reshape(output.shape)
+
+    return hook

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, register_family
+from medpeft.backbones.base import (
+    Backbone,
+    Capabilities,
+    PatchEdit,
+    Projection,
+    Role,
+    edit_conv_patches,
+    register_family,
+)
 from medpeft.errors import ConfigError
 
 LIBRARY_PREFIX = "transformers."
@@ -54,6 +62,8 @@ class Layout:
         pre_norm: A layernorm between the embeddings and block 0 (CLIP's ``pre_layrnorm``).
         cls_pooled: Features are the CLS token of ``last_hidden_state`` rather than ``pooler_output``.
         interpolation_flag: ``forward`` and the embeddings take ``interpolate_pos_encoding``.
+        patches: The patch embedding module; ``patch_conv``: it is a bare convolution
+            (``[B, width, h, w]`` output) rather than a module giving ``[B, P, width]``.
     """
 
     layers: str
@@ -63,6 +73,8 @@ class Layout:
     pre_norm: str | None = None
     cls_pooled: bool = False
     interpolation_flag: bool = False
+    patches: str = "embeddings.patch_embeddings"
+    patch_conv: bool = False
 
 
 _DINOV2 = Layout(layers="encoder.layer", attention="attention", out="o_proj")
@@ -79,6 +91,8 @@ LAYOUTS: dict[str, Layout] = {
         final_norm="post_layernorm",
         pre_norm="pre_layrnorm",
         interpolation_flag=True,
+        patches="embeddings.patch_embedding",
+        patch_conv=True,
     ),
 }
 SWIGLU_MLP = {"fc1_gate": "gate_proj", "fc1": "up_proj", "fc2": "down_proj"}
@@ -134,16 +148,28 @@ class TransformersBackbone(Backbone):
         output = self.module(pixel_values=images, **self._interpolation())
         return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
+    ) -> torch.Tensor:
         """Patch tokens after CLS (and registers), positions interpolated to the image size."""
         pixels = images.to(self.module.dtype)
-        tokens = self.module.embeddings(pixels, **self._interpolation())
+        hook = None
+        if patches is not None:
+            edit = edit_conv_patches(patches) if self.layout.patch_conv else lambda _m, _i, out: patches(out)
+            hook = self.module.get_submodule(self.layout.patches).register_forward_hook(edit)
+        try:
+            tokens = self.module.embeddings(pixels, **self._interpolation())
+        finally:
+            if hook is not None:
+                hook.remove()
+        tokens = tokens if positioned is None else positioned(tokens)
         if self.layout.pre_norm is not None:
             tokens = self.module.get_submodule(self.layout.pre_norm)(tokens)
         return tokens
 
-    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+    def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One layer without attention mask (transformers 5.x layers return the tensor)."""
+        self.refuse_mask(key_mask)
         return self.module.get_submodule(self.layout.layers)[index](tokens, None)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

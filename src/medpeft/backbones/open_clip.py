@@ -32,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, describe, register_family
+from medpeft.backbones.base import (
+    Backbone,
+    Capabilities,
+    PatchEdit,
+    Projection,
+    Role,
+    describe,
+    edit_conv_patches,
+    register_family,
+)
 
 LIBRARY = "open_clip"
 NATIVE_NAMES = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
@@ -142,6 +151,10 @@ class OpenClipBackbone(Backbone):
         return proj.shape[1] if proj is not None else self.module.transformer.width
 
     @property
+    def token_width(self) -> int:
+        return self.module.transformer.width
+
+    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(token_stream=True, cls_token=True, patch_grid=True, attention_maps=False)
 
@@ -175,10 +188,22 @@ class OpenClipBackbone(Backbone):
             if isinstance(block.attn, nn.MultiheadAttention):
                 block.attn = PackedAttention(block.attn)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module._embeds(images)
+    def embed(
+        self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
+    ) -> torch.Tensor:
+        hooks = []
+        if patches is not None:
+            hooks.append(self.module.conv1.register_forward_hook(edit_conv_patches(patches)))
+        if positioned is not None:  # ln_pre follows the positions (and patch dropout) in _embeds
+            hooks.append(self.module.ln_pre.register_forward_pre_hook(lambda _m, args: (positioned(args[0]),)))
+        try:
+            return self.module._embeds(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
 
-    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+    def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.refuse_mask(key_mask)
         return self.module.transformer.resblocks[index](tokens)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -209,6 +234,10 @@ class OpenClipTimmBackbone(Backbone):
         return linears[-1].out_features if linears else self.trunk.width
 
     @property
+    def token_width(self) -> int:
+        return self.trunk.token_width
+
+    @property
     def capabilities(self) -> Capabilities:
         return self.trunk.capabilities
 
@@ -231,11 +260,13 @@ class OpenClipTimmBackbone(Backbone):
     def prepare(self) -> None:
         self.trunk.prepare()
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk.embed(images)
+    def embed(
+        self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
+    ) -> torch.Tensor:
+        return self.trunk.embed(images, patches, positioned)
 
-    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
-        return self.trunk.run_block(index, tokens)
+    def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.trunk.run_block(index, tokens, key_mask)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.module.head(self.module.trunk.get_classifier()(self.trunk.pool(tokens)))

@@ -39,7 +39,15 @@ from timm.models.eva import Eva, EvaAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, families, register_family
+from medpeft.backbones.base import (
+    Backbone,
+    Capabilities,
+    PatchEdit,
+    Projection,
+    Role,
+    families,
+    register_family,
+)
 from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
@@ -308,6 +316,7 @@ class TimmViT(TimmBackbone):
             cls_token=self.module.cls_token is not None,
             patch_grid=not self.module.dynamic_img_size and not self._drops_patches(),
             attention_maps=is_vit,
+            masked_stream=True,
         )
 
     @property
@@ -336,19 +345,24 @@ class TimmViT(TimmBackbone):
             if isinstance(block.attn, EvaAttention):
                 block.attn.qkv_bias_separate = True
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
+    ) -> torch.Tensor:
         self._check_stream()
-        x = self.module._pos_embed(self.module.patch_embed(images))
+        x = self.module.patch_embed(images)
+        x = self.module._pos_embed(x if patches is None else patches(x))
         # Eva's _pos_embed drops patches itself and returns the rotary embedding too (run_block rebuilds it)
         x = x[0] if isinstance(self.module, Eva) else self.module.patch_drop(x)
-        return self.module.norm_pre(x)
+        return self.module.norm_pre(x if positioned is None else positioned(x))
 
-    def run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+    def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         block = self.module.blocks[index]
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         if isinstance(self.module, VisionTransformer):
-            return block(tokens)
+            return block(tokens, attn_mask=attn_mask)
         self._check_stream()
-        return block(tokens, rope=self._rope(index, tokens.shape[1] - self.num_prefix_tokens))
+        rope = self._rope(index, tokens.shape[1] - self.num_prefix_tokens)
+        return block(tokens, rope=rope, attn_mask=attn_mask)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.module.forward_head(self.module.norm(tokens), pre_logits=True)

@@ -1,11 +1,11 @@
-"""Token-concatenation fusion: several image modalities in one timm ViT stream.
+"""Token-concatenation fusion: several image modalities in one transformer's token stream.
 
-Every image modality is patch-embedded by the ViT's shared patch embedding,
-gets the ViT's position embedding and a learned embedding of its modality; all
-modalities' patch tokens follow one [CLS] (plus register tokens, if the ViT
-has them) in a single sequence, which runs through the blocks one by one (so
-MoRA branches see the batch's presence mask), the final norm, the ViT's
-pooling and a new ``head``. ``K`` images of one modality (``[B, K, 3, H, W]``,
+Every image modality is patch-embedded by the backbone's shared patch embedding,
+gets the backbone's position embedding and a learned embedding of its modality
+(before the norm some models apply ahead of block 0); all modalities' patch tokens
+follow one [CLS] (plus register tokens, if the backbone has them) in a single
+sequence, which runs through the blocks one by one (so MoRA branches see the
+batch's presence mask), the final norm, the backbone's pooling and the ``head``. ``K`` images of one modality (``[B, K, 3, H, W]``,
 e.g. MRI slices) contribute all their tokens, one image after another (no
 averaging), each with the same position and modality embeddings.
 
@@ -27,31 +27,40 @@ from medpeft.fusion.base import routed
 
 
 class MultiStreamViT(nn.Module):
-    """A timm VisionTransformer over the multimodal batch dict of image modalities.
+    """A vision transformer over the multimodal batch dict of image modalities.
+
+    Reads the backbone only through its family view (:mod:`medpeft.backbones.base`):
+    any backbone with a token stream (timm ViTs, transformers, open_clip towers).
 
     Args:
-        vit: timm ``VisionTransformer`` with a classification ``head``; the head
-            moves to ``self.head``.
+        vit: The native backbone; a timm classifier ``head`` moves to ``self.head``,
+            other families get a new ``Linear(width -> classes)``.
         modalities: Image modality names in presence-mask column order.
         missing_token: Replace absent images' patch embeddings by a learned token.
+        num_classes: Outputs of a new head (backbones without their own).
     """
 
     trained_prefixes = ("head.", "modality_embed", "missing_tokens")
 
     def __init__(
-        self, vit: nn.Module, modalities: Sequence[str], missing_token: bool = False
+        self,
+        vit: nn.Module,
+        modalities: Sequence[str],
+        missing_token: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not modalities:
             raise ConfigError("MultiStreamViT needs at least one image modality")
-        if not hasattr(vit, "patch_embed") or not hasattr(vit, "blocks"):
-            raise ConfigError(
-                f"MultiStreamViT needs a timm VisionTransformer, got {type(vit).__name__}"
-            )
+        self.view = describe(vit)
+        self.view.require("token_stream", "several image modalities in one stream")
         self.modalities = tuple(modalities)
-        self.dim = vit.embed_dim
-        self.head = vit.head
-        vit.head = nn.Identity()
+        self.dim = self.view.token_width
+        if self.view.family == "timm_vit":
+            self.head = vit.head
+            vit.head = nn.Identity()
+        else:
+            self.head = nn.Linear(self.view.width, num_classes)
         self.vit = vit
         self.modality_embed = nn.Parameter(torch.randn(len(self.modalities), self.dim) * 0.02)
         self.missing_tokens = None
@@ -59,12 +68,8 @@ class MultiStreamViT(nn.Module):
             self.missing_tokens = nn.Parameter(torch.randn(len(self.modalities), self.dim) * 0.02)
 
     def backbone_views(self) -> dict[str, Backbone]:
-        """The one ViT of the stream, by its qualified name."""
-        return {"vit": describe(self.vit)}
-
-    @property
-    def blocks(self) -> nn.Sequential:
-        return self.vit.blocks
+        """The one backbone of the stream, by its qualified name."""
+        return {"vit": self.view}
 
     def modality_tokens(
         self, pixels: torch.Tensor, present: torch.Tensor, index: int
@@ -72,16 +77,17 @@ class MultiStreamViT(nn.Module):
         """Prefix tokens ``[B, P, dim]`` and patch tokens ``[B, K*N, dim]`` of one modality."""
         batch = pixels.shape[0]
         flat = pixels.flatten(0, pixels.dim() - 4)
-        x = self.vit.patch_embed(flat)
+        num_prefix = self.view.num_prefix_tokens
+        missing = None
         if self.missing_tokens is not None:
-            keep = present.repeat_interleave(flat.shape[0] // batch)
-            keep = keep.reshape(-1, *[1] * (x.dim() - 1))
-            x = torch.where(keep, x, self.missing_tokens[index].to(x.dtype))
-        x = self.vit._pos_embed(x)
-        num_prefix = self.vit.num_prefix_tokens
+            keep = present.repeat_interleave(flat.shape[0] // batch)[:, None, None]
+            token = self.missing_tokens[index]
+            missing = lambda x: torch.where(keep, x, token.to(x.dtype))  # noqa: E731
+        embedding = self.modality_embed[index]
+        onto_patches = lambda x: torch.cat([x[:, :num_prefix], x[:, num_prefix:] + embedding.to(x.dtype)], 1)  # noqa: E731
+        x = self.view.embed(flat, missing, onto_patches)
         prefix = x[:, :num_prefix].unflatten(0, (batch, -1))[:, 0]
-        patches = x[:, num_prefix:] + self.modality_embed[index].to(x.dtype)
-        return prefix, patches.reshape(batch, -1, self.dim)
+        return prefix, x[:, num_prefix:].reshape(batch, -1, self.dim)
 
     def embed(self, batch: Mapping) -> torch.Tensor:
         """One sequence: the prefix tokens, then every modality's patch tokens."""
@@ -93,16 +99,15 @@ class MultiStreamViT(nn.Module):
         parts = [
             self.modality_tokens(images[m], present[:, i], i) for i, m in enumerate(self.modalities)
         ]
-        x = torch.cat([parts[0][0], *(patches for _, patches in parts)], 1)
-        return self.vit.norm_pre(self.vit.patch_drop(x))
+        return torch.cat([parts[0][0], *(patches for _, patches in parts)], 1)
 
-    def forward_features(self, batch: Mapping) -> torch.Tensor:
-        """Normed tokens ``[B, P + sum_m K_m N, dim]`` after all blocks."""
+    def features(self, batch: Mapping) -> torch.Tensor:
+        """Pooled features ``[B, dim]`` of the stream after all blocks."""
         with routed(self, batch):
             x = self.embed(batch)
-            for block in self.blocks:
-                x = block(x)
-        return self.vit.norm(x)
+            for index in range(len(self.view.block_names())):
+                x = self.view.run_block(index, x)
+        return self.view.pool(x)
 
     def forward(self, batch: Mapping) -> torch.Tensor:
-        return self.head(self.vit.forward_head(self.forward_features(batch)))
+        return self.head(self.features(batch))

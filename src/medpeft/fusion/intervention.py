@@ -88,8 +88,11 @@ class EarlyIntervention(nn.Module):
             )
         self.targets = nn.ModuleDict(dict(targets))
         self.references = nn.ModuleDict({m: references[m] for m in self.modalities})
+        self.views = {name: describe(vit) for name, vit in self.named_encoders().items()}
+        for view in self.views.values():
+            view.require("masked_stream", "early intervention")
         first = next(iter(targets.values()))
-        dim, self.num_classes = first.embed_dim, first.num_classes
+        dim, self.num_classes = self.views[f"targets.{self.modalities[0]}"].width, first.num_classes
         self.projectors = nn.ModuleDict(
             {pair_name(r, m): InterventionProjector(dim) for m in self.modalities for r in self.others(m)}
         )
@@ -97,11 +100,14 @@ class EarlyIntervention(nn.Module):
         heads = [f"{copy}.{m}.head." for copy in ("targets", "references") for m in self.modalities]
         self.trained_prefixes = ("projectors.", "gate.", *heads)
 
-    def backbone_views(self) -> dict[str, Backbone]:
+    def named_encoders(self) -> dict[str, nn.Module]:
         """Every modality's target and reference ViT, by qualified name."""
-        encoders = {**{f"targets.{m}": v for m, v in self.targets.items()},
-                    **{f"references.{m}": v for m, v in self.references.items()}}
-        return {name: describe(vit) for name, vit in encoders.items()}
+        return {**{f"targets.{m}": v for m, v in self.targets.items()},
+                **{f"references.{m}": v for m, v in self.references.items()}}
+
+    def backbone_views(self) -> dict[str, Backbone]:
+        """The views of :meth:`named_encoders`."""
+        return dict(self.views)
 
     def others(self, modality: str) -> list[str]:
         """The reference modalities of a target, in modality order."""
@@ -117,14 +123,14 @@ class EarlyIntervention(nn.Module):
             raise DataError("a sample has no modality at all; early intervention needs one")
         cls, ref_logits = {}, []
         for m in self.modalities:
-            features = self.per_image(self.references[m], images[m])  # [B, K, dim]
+            features = self.per_image(self.views[f"references.{m}"], images[m])  # [B, K, dim]
             cls[m] = features.amax(1)  # max-pooled over the modality's images
             ref_logits.append(self.references[m].head(features).amax(1))
         features, logits = [], []
         for m in self.modalities:
             tokens = torch.stack([self.projectors[pair_name(r, m)](cls[r]) for r in self.others(m)], 1)
             keep = present[:, [self.modalities.index(r) for r in self.others(m)]]
-            feature = self.intervened(self.targets[m], images[m], tokens, keep)
+            feature = self.intervened(self.views[f"targets.{m}"], images[m], tokens, keep)
             features.append(feature)
             logits.append(self.targets[m].head(feature))
         stacked = torch.stack(logits)  # [M, B, C]
@@ -134,15 +140,14 @@ class EarlyIntervention(nn.Module):
         return EIOutput(fused, stacked, torch.stack(ref_logits), gate, present)
 
     @staticmethod
-    def per_image(vit: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    def per_image(view: Backbone, pixels: torch.Tensor) -> torch.Tensor:
         """Pooled (``pre_logits``) features ``[B, K, dim]`` of ``[B, (K,) 3, H, W]`` images."""
         flat = pixels.flatten(0, pixels.dim() - 4)
-        feats = vit.forward_head(vit.forward_features(flat), pre_logits=True)
-        return feats.unflatten(0, (pixels.shape[0], -1))
+        return view.features(flat).unflatten(0, (pixels.shape[0], -1))
 
     @staticmethod
     def intervened(
-        vit: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor
+        view: Backbone, pixels: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor
     ) -> torch.Tensor:
         """Target features ``[B, dim]``: the images' [CLS] after all blocks, with the
         intervention tokens ``[B, T, dim]`` appended before block 0, averaged over images.
@@ -152,15 +157,14 @@ class EarlyIntervention(nn.Module):
         batch = pixels.shape[0]
         flat = pixels.flatten(0, pixels.dim() - 4)
         per_sample = flat.shape[0] // batch
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(flat))))
+        x = view.embed(flat)
         length = x.shape[1]
         x = torch.cat([x, tokens.repeat_interleave(per_sample, 0).to(x.dtype)], 1)
         mask = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
         mask[:, length:] = keep.repeat_interleave(per_sample, 0)
-        attn_mask = mask[:, None, None, :]
-        for block in vit.blocks:
-            x = block(x, attn_mask=attn_mask)
-        feats = vit.forward_head(vit.norm(x[:, :length]), pre_logits=True)
+        for index in range(len(view.block_names())):
+            x = view.run_block(index, x, key_mask=mask)
+        feats = view.pool(x[:, :length])
         return feats.unflatten(0, (batch, per_sample)).mean(1)
 
 

@@ -33,19 +33,20 @@ class LateFusion(nn.Module):
         if len(self.modalities) < 2:
             raise ConfigError(f"late fusion needs >= 2 modalities, got {list(encoders)}")
         self.encoders = nn.ModuleDict(dict(encoders))
+        self.views = {m: describe(encoder) for m, encoder in encoders.items()}
         self.num_classes = num_classes
-        dim = next(iter(encoders.values())).embed_dim
+        dim = self.views[self.modalities[0]].width
         self.head = nn.Linear(len(self.modalities) * dim, num_classes)
         self.trained_prefixes = ("head.",)
 
     def backbone_views(self) -> dict[str, Backbone]:
         """Each modality's encoder, by its qualified name."""
-        return {f"encoders.{m}": describe(encoder) for m, encoder in self.encoders.items()}
+        return {f"encoders.{m}": view for m, view in self.views.items()}
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         with routed(self, batch) as present:
             features = []
             for i, m in enumerate(self.modalities):
-                feature = EarlyIntervention.per_image(self.encoders[m], batch["images"][m]).mean(1)
+                feature = EarlyIntervention.per_image(self.views[m], batch["images"][m]).mean(1)
                 features.append(feature * present[:, i : i + 1].to(feature.dtype))
         return self.head(torch.cat(features, 1))

@@ -39,6 +39,7 @@ class Method:
             tokens, prompt tokens), not only on Linear layers.
         per_modality: every adapter keeps weights per modality (or per presence
             pattern), chosen by each sample's presence mask.
+        only_kind: the one ``model.kind`` whose fusion the method needs (prompts: ``vilt``).
     """
 
     name: ClassVar[str]
@@ -51,6 +52,7 @@ class Method:
     mixable: ClassVar[bool] = False
     needs_tokens: ClassVar[bool] = False
     per_modality: ClassVar[bool] = False
+    only_kind: ClassVar[str | None] = None
 
     def attach(self, model: nn.Module, settings: Any, adapter_name: str = "default") -> None:
         """Add this method's adapter called ``adapter_name`` to a fusion model (default: nothing)."""

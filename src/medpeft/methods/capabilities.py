@@ -1,10 +1,9 @@
 """Which method runs on which backbone family: the table of docs/methods.md, from registry metadata.
 
-A method that ``needs_tokens`` (MoRA, prompts) acts on a token stream, which
-hierarchical timm models (Swin, ConvNeXt) do not have; the fusions that give such
-methods their stream (several modalities in one stream, ViLT) are built for timm ViTs.
-Every other method wraps Linears found by role (:mod:`medpeft.methods.targets`) and
-runs on every family.
+A method that ``needs_tokens`` (MoRA) acts on a token stream, which hierarchical timm
+models (Swin, ConvNeXt) do not have; a method with ``only_kind`` (prompts: ViLT) needs
+that kind's fusion. Every other method wraps Linears found by role
+(:mod:`medpeft.methods.targets`) and runs on every family.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ FAMILY_STREAMS = {"timm_vit": True, "timm_hier": False, "transformers": True, "o
 def cell(method: str, family: str) -> str:
     """One table cell: ``yes``, or why not."""
     spec = get_method(method)
+    if spec.only_kind is not None:
+        return f"no: model.kind {spec.only_kind} only"
     if spec.needs_tokens and not FAMILY_STREAMS[family]:
         return "no: needs a token stream"
-    if spec.needs_tokens and family != "timm_vit":
-        return "not yet: its fusions read timm ViTs"
     return "yes"
 
 

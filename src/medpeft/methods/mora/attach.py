@@ -8,7 +8,14 @@ from torch import nn
 
 from medpeft.errors import ConfigError
 from medpeft.methods.mora.layer import ModalityDelta, MoRABlockBranch, MoRALinear
-from medpeft.methods.targets import BLOCK_LIST_NAMES, candidate_linears, has_suffix, replace_module
+from medpeft.methods.targets import (
+    BLOCK_LIST_NAMES,
+    backbone_views,
+    candidate_linears,
+    has_suffix,
+    join,
+    replace_module,
+)
 
 
 def mora_layers(model: nn.Module) -> dict[str, ModalityDelta]:
@@ -33,16 +40,29 @@ def block_width(block: nn.Module) -> int:
     return first.in_features
 
 
-def _wrap_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[ModalityDelta]:
+def block_modules(model: nn.Module) -> list[str]:
+    """Qualified names of a model's transformer blocks in forward order: through its backbone
+    view when it has one (any family), else its block list (ViLT)."""
+    views = backbone_views(model)
+    if views:
+        prefix, view = next(iter(views.items()))
+        return [join(prefix, name) for name in view.block_names()]
+    names = {id(m): n for n, m in model.named_modules()}
     block_list = find_block_list(model)
-    indices = range(len(block_list)) if blocks is None else list(blocks)
-    bad = [i for i in indices if not 0 <= i < len(block_list)]
+    return [names[id(block)] for block in block_list]
+
+
+def _wrap_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[ModalityDelta]:
+    names = block_modules(model)
+    indices = range(len(names)) if blocks is None else list(blocks)
+    bad = [i for i in indices if not 0 <= i < len(names)]
     if bad:
-        raise ConfigError(f"MoRA blocks {bad} out of range: the model has {len(block_list)} blocks")
+        raise ConfigError(f"MoRA blocks {bad} out of range: the model has {len(names)} blocks")
     for i in indices:
-        if not isinstance(block_list[i], MoRABlockBranch):
-            block_list[i] = MoRABlockBranch(block_list[i], block_width(block_list[i]))
-    return [block_list[i] for i in indices]
+        block = model.get_submodule(names[i])
+        if not isinstance(block, MoRABlockBranch):
+            replace_module(model, names[i], MoRABlockBranch(block, block_width(block)))
+    return [model.get_submodule(names[i]) for i in indices]
 
 
 def _wrap_linears(

@@ -23,6 +23,7 @@ class MissingAwarePromptsMethod(Method):
     identity_at_init = False  # random prompts join the token sequence
     needs_tokens = True
     per_modality = True  # one prompt set per presence pattern
+    only_kind = "vilt"  # ViLT's classifier inserts the prompts
 
     def attach(self, model: nn.Module, settings: PromptSettings, adapter_name: str = "default") -> None:
         add_missing_aware_prompts(model, settings.placement, settings.num_layers, settings.length)
