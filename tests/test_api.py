@@ -212,3 +212,16 @@ def test_capability_table_in_the_docs_is_generated_from_the_registry():
 
     docs = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
     assert capability_table() in docs
+
+
+def test_a_transformers_folder_by_path_and_reload_without_a_module(tmp_path):
+    native = build("hf_dinov2")
+    native.save_pretrained(tmp_path / "rad-dino-like")
+    model = medpeft.adapt(tmp_path / "rad-dino-like", medpeft.LoraSettings(), num_classes=2).eval()
+    x = images("hf_dinov2")
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), describe(native).features(x), atol=1e-5, rtol=0)
+    assert model.spec.kind == "transformers"
+    loaded = medpeft.load_adapter(model.save_adapter(tmp_path / "task"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)

@@ -108,3 +108,12 @@ def test_mora_adapter_from_the_same_builder(example):
     assert 0.0 <= mora["test_metrics"]["f1_macro"] <= 1.0
     trained = {n for n, p in mora["model"].named_parameters() if p.requires_grad}
     assert trained and all(n.startswith(("head.", "modality_embed")) or "mora" in n for n in trained)
+
+
+def test_any_backbone_example_adapts_three_libraries(tmp_path):
+    namespace = runpy.run_path(str(EXAMPLE.parent / "any_backbone.py"), run_name="any_backbone_example")
+    results = namespace["main"](tmp_path)
+    assert len(results) == 3
+    for name, result in results.items():
+        assert result["reloads_identically"], name
+        assert 0 < result["trainable"] < 5000 and result["adapter_kib"] < 64, (name, result)

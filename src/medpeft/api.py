@@ -103,7 +103,7 @@ class AdaptedModel(nn.Module):
 
 
 def adapt(
-    backbone: nn.Module | str,
+    backbone: nn.Module | str | Path,
     settings: Any = None,
     num_classes: int = 2,
     *,
@@ -119,8 +119,9 @@ def adapt(
     Args:
         backbone: A module of a known family (timm, transformers, open_clip vision
             tower), adapted in place; or a name: a timm model name or ``hf-hub:`` id
-            (``kind="timm"``), a transformers hub id or folder (``kind="transformers"``),
-            an open_clip model name (``kind="open_clip"``).
+            (``kind="timm"``), a transformers hub id or ``save_pretrained`` folder
+            (``kind="transformers"``, found by itself for a folder), an open_clip
+            model name (``kind="open_clip"``).
         settings: A method's settings, e.g. ``LoraSettings(rank=4)`` (default: MeLo's LoRA).
         num_classes: Outputs of the new head.
         pretrained: For a name: load the library's pretrained weights (network).
@@ -132,7 +133,10 @@ def adapt(
     """
     method = method_for_settings(settings)
     settings = settings if settings is not None else method.settings_type()
-    if isinstance(backbone, str):
+    if isinstance(backbone, (str, Path)):
+        backbone = str(backbone)
+        if kind is None and (Path(backbone) / "config.json").is_file():  # a save_pretrained folder
+            kind, weights = "transformers", weights or backbone
         spec = ModelSpec(
             backbone, num_classes, method.name, settings, img_size=img_size,
             kind=kind or "timm", model_kwargs=dict(model_kwargs),
