@@ -8,8 +8,8 @@ import json
 import pytest
 import timm
 import torch
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.model import CLIP as OpenClipModel
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model
 
@@ -183,3 +183,15 @@ def test_a_gated_preset_offline_says_how_to_get_access():
     message = str(error.value)
     assert "\n" not in message
     assert "MahmoodLab/UNI is gated: request access at https://huggingface.co/MahmoodLab/UNI" in message
+
+
+def test_the_backbones_command_lists_the_presets_and_names_a_typo(capsys):
+    from medpeft.cli import main
+
+    assert main(["backbones"]) == 0
+    table = capsys.readouterr().out
+    assert "| uni | timm | ViT-L/16, LayerScale | 224 |" in table and "| rad-dino | transformers |" in table
+    assert main(["backbones", "retfound"]) == 0
+    assert "github.com/rmaphoh/RETFound_MAE" in capsys.readouterr().out
+    assert main(["backbones", "unni"]) == 2
+    assert capsys.readouterr().err.strip().endswith("did you mean 'uni'?")
