@@ -24,6 +24,7 @@ _LAZY = {
     "route": "medpeft.routing",
     "AdapterBank": "medpeft.bank",
     "describe_backbone": "medpeft.backbones.base",
+    "backbone_presets": "medpeft.backbones.presets",
     **dict.fromkeys(
         ("LoraSettings", "MoraSettings", "MorSettings", "PromptSettings", "DoraSettings"), "medpeft.methods"
     ),

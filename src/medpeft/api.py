@@ -118,7 +118,8 @@ def adapt(
 
     Args:
         backbone: A module of a known family (timm, transformers, open_clip vision
-            tower), adapted in place; or a name: a timm model name or ``hf-hub:`` id
+            tower), adapted in place; or a name: a preset (``"uni"``, ``"rad-dino"``, see
+            :func:`medpeft.backbone_presets`), a timm model name or ``hf-hub:`` id
             (``kind="timm"``), a transformers hub id or ``save_pretrained`` folder
             (``kind="transformers"``, found by itself for a folder), an open_clip
             model name (``kind="open_clip"``).
@@ -126,8 +127,9 @@ def adapt(
         num_classes: Outputs of the new head.
         pretrained: For a name: load the library's pretrained weights (network).
         weights: For a name: a local checkpoint of the backbone.
-        img_size: For a name: the input size (position embeddings are resized).
-        kind: Library of a named backbone (default ``timm``).
+        img_size: For a name: the input size (position embeddings are resized; default:
+            a preset's recommended size).
+        kind: Library of a named backbone (default: a preset's, else ``timm``).
         adapter_name: Name of the adapter inside the model.
         **model_kwargs: For a name: architecture arguments of the library's constructor.
     """
@@ -139,7 +141,7 @@ def adapt(
             kind, weights = "transformers", weights or backbone
         spec = ModelSpec(
             backbone, num_classes, method.name, settings, img_size=img_size,
-            kind=kind or "timm", model_kwargs=dict(model_kwargs),
+            kind=kind, model_kwargs=dict(model_kwargs),
         )
         model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=adapter_name)
         return AdaptedModel(model, spec, adapter_name, _weights_record(weights, pretrained))

@@ -197,6 +197,23 @@ def cmd_configs(_: argparse.Namespace) -> None:
         print(f"{name:24s} {first}")
 
 
+def cmd_backbones(args: argparse.Namespace) -> None:
+    from medpeft.backbones.presets import backbone_presets, get_preset
+    from medpeft.reports import markdown_table
+
+    if args.name:
+        for key, value in vars(get_preset(args.name)).items():
+            lines = value if isinstance(value, tuple) and key == "sources" else [value]
+            for line in lines:
+                print(f"{key:14s} {line}")
+        return
+    header = ["preset", "library", "architecture", "input", "modality", "params (M)", "access"]
+    rows = [[p.name, p.kind, p.architecture, p.img_size, p.modality,
+             p.params_m, "gated" if p.gated else "open"]
+            for p in backbone_presets().values()]
+    print(markdown_table(header, rows, digits=1))
+
+
 def _show_messages() -> None:
     """Print medpeft's log messages (data summary) and Python warnings as plain lines on stderr."""
     logger = logging.getLogger("medpeft")
@@ -348,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve adapters that record no backbone weights on a random backbone (meaningless outputs)",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("backbones", help="list the foundation-model presets (model.backbone=NAME)")
+    p.add_argument("name", nargs="?", help="a preset: show every field, with the sources of its facts")
+    p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("configs", help="list the built-in recipe configs")
     p.set_defaults(func=cmd_configs)

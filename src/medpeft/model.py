@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medpeft.backbones.base import CapabilityError, describe
+from medpeft.backbones.presets import find_preset, preset_kind
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
@@ -47,13 +48,16 @@ class ModelSpec:
 
     Attributes:
         backbone: timm model name, or ViLT hub id / folder (``None``: the kind's default,
-            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
+            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``), or a preset name
+            (``uni``, ``rad-dino``: :mod:`medpeft.backbones.presets`), which sets ``kind``
+            and, when ``None``, ``img_size``; ``model_kwargs`` override the preset's.
         num_classes: Head outputs.
         method: A registered method (``lora``, ``mora``, ``prompts``, ``linear``, ``full``...).
         settings: The method's settings dataclass (``None``: its defaults).
         img_size: Input resolution (timm: position embeddings are resized to it).
         modalities: Presence-mask column order; ``("image",)`` for one image.
-        kind: ``timm`` (image modalities) or ``vilt`` (image + text).
+        kind: ``timm`` (image modalities), ``transformers``, ``open_clip`` or ``vilt`` (image +
+            text); ``None``: the preset's, else ``timm``.
         text_modality: Name of the text modality (ViLT).
         missing_token: Replace absent images' patch embeddings by a learned token.
         vilt_config: ``ViltConfig`` fields for random init or a weights file.
@@ -71,7 +75,7 @@ class ModelSpec:
     settings: Any = None
     img_size: int | None = None
     modalities: Sequence[str] = ("image",)
-    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] | None = None
     text_modality: str = "text"
     missing_token: bool = False
     vilt_config: dict | None = None
@@ -81,9 +85,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
+        self.kind = preset_kind(self.backbone, self.kind)
         if self.kind not in KINDS:
             raise ConfigError(f"model.kind: {self.kind!r} is not one of {KINDS}")
         self.backbone = self.backbone or DEFAULT_BACKBONES[self.kind]
+        preset = find_preset(self.backbone)
+        if preset is not None and self.img_size is None:
+            self.img_size = preset.img_size
         method = get_method(self.method)
         if self.settings is None:
             self.settings = method.settings_type()

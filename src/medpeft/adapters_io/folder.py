@@ -156,10 +156,13 @@ def _check_spec(tensors: Mapping[str, torch.Tensor], spec: ModelSpec, method: Me
 
 
 def default_preprocessing(model: nn.Module, img_size: int | None) -> Preprocessing:
-    """The timm backbone's own preprocessing, at ``img_size`` when given."""
+    """The backbone's own preprocessing (timm's ``pretrained_cfg``, which preset builds of every
+    library carry), at ``img_size`` when given."""
     from medpeft.backbones.timm_vit import data_config
 
-    cfg = data_config(getattr(model, "vit", model))
+    native = getattr(model, "vit", None)
+    native = native if native is not None else getattr(model, "backbone", model)
+    cfg = data_config(native if isinstance(native, nn.Module) else model)
     return Preprocessing(
         size=img_size or cfg["input_size"][-1],
         mean=tuple(cfg["mean"]),

@@ -9,7 +9,13 @@ then name the ``model_type`` (``dinov2``, ``vit``, ``clip_vision_model``).
 
 ``open_clip``: ``name`` is an open_clip model name (``ViT-B-16``) or ``hf-hub:`` id; the
 vision tower (``model.visual``) is kept. ``weights`` is a checkpoint of the whole CLIP
-model (``visual.*`` keys) or of the tower alone.
+model (``visual.*`` keys) or of the tower alone. A ``vision_cfg`` argument (open_clip's
+``CLIPVisionCfg`` fields, with ``embed_dim``) builds the tower alone, offline.
+
+A preset name (``rad-dino``, ``phikon``, ``biomedclip``: :mod:`medpeft.backbones.presets`)
+builds that model: its hub id online, its exact architecture at random offline; the
+module gets the preset's ``pretrained_cfg`` (input size, mean, std) for the adapter's
+preprocessing.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from medpeft.backbones.presets import Preset, find_preset
 from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError
 
@@ -28,40 +35,41 @@ VISUAL_PREFIX = "visual."
 def build_transformers(
     name: str, pretrained: bool = False, weights: str | Path | None = None, **model_kwargs: Any
 ) -> nn.Module:
-    """A transformers vision encoder (``AutoModel``) by hub id, local folder or config fields."""
+    """A transformers vision encoder (``AutoModel``) by hub id, local folder, preset or config fields."""
     from transformers import AutoConfig, AutoModel
 
+    preset = find_preset(name)
+    name = preset.backbone if preset else name
     source = weights if weights is not None else name
     if Path(source).is_dir() or pretrained:
         try:
-            return AutoModel.from_pretrained(str(source), **model_kwargs)
+            return _with_preset(AutoModel.from_pretrained(str(source), **model_kwargs), preset)
         except (OSError, ValueError) as error:
+            hint = f"{preset.access_hint()}; offline, download" if preset else "Offline? Download"
             raise WeightsError(
-                f"cannot load the transformers model {str(source)!r} ({error}). Offline? Download "
+                f"cannot load the transformers model {str(source)!r} ({error}). {hint} "
                 "it elsewhere and pass its folder with model.weights=/path/to/folder"
             ) from error
     if weights is not None:
         raise WeightsError(f"model.weights: {weights} is not a folder (a transformers backbone loads "
                            "a save_pretrained folder: config.json + model.safetensors)")
-    fields = dict(model_kwargs)
+    fields = {**(preset.model_kwargs if preset else {}), **model_kwargs}
     model_type = fields.pop("model_type", None)
     if model_type is None:
         raise ConfigError(f"model.kwargs.model_type: a random {name!r} backbone needs its model_type "
                           "(e.g. dinov2, vit, clip_vision_model) and config fields")
-    return AutoModel.from_config(AutoConfig.for_model(model_type, **fields))
+    return _with_preset(AutoModel.from_config(AutoConfig.for_model(model_type, **fields)), preset)
 
 
 def build_open_clip(
     name: str, pretrained: bool = False, weights: str | Path | None = None, **model_kwargs: Any
 ) -> nn.Module:
-    """The vision tower of an open_clip model by name, with hub or local weights."""
-    import open_clip
-
-    try:
-        model = open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs)
-    except RuntimeError as error:
-        raise ConfigError(f"model.backbone: {error}") from error
-    tower = model.visual
+    """The vision tower of an open_clip model by name or preset, with hub or local weights;
+    ``vision_cfg`` (and ``embed_dim``) build the tower alone, offline."""
+    preset = find_preset(name)
+    if preset is not None and not pretrained:
+        model_kwargs = {**preset.model_kwargs, **model_kwargs}
+    tower = _open_clip_tower(preset.backbone if preset else name, pretrained, preset, **model_kwargs)
     if weights is not None:
         state = read_state_dict(weights)
         if any(k.startswith(VISUAL_PREFIX) for k in state):
@@ -70,4 +78,29 @@ def build_open_clip(
         if result.missing_keys or result.unexpected_keys:
             raise WeightsError(f"{weights} does not fit the {name} vision tower: missing "
                                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return tower
+    return _with_preset(tower, preset)
+
+
+def _open_clip_tower(name: str, pretrained: bool, preset: Preset | None, **model_kwargs: Any) -> nn.Module:
+    """``model.visual`` of ``open_clip.create_model``, or the tower of a ``vision_cfg`` alone."""
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    vision_cfg = model_kwargs.pop("vision_cfg", None)
+    if vision_cfg is not None:
+        return _build_vision_tower(model_kwargs.pop("embed_dim", 512), CLIPVisionCfg(**vision_cfg), **model_kwargs)
+    try:
+        return open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs).visual
+    except RuntimeError as error:
+        raise ConfigError(f"model.backbone: {error}") from error
+    except OSError as error:
+        hint = preset.access_hint() if preset else "hf-hub ids need the hub or its local cache (HF_HOME)"
+        raise WeightsError(f"could not fetch {name!r} from the hub ({type(error).__name__}): {hint}; or "
+                           "download the checkpoint and pass it with model.weights") from error
+
+
+def _with_preset(module: nn.Module, preset: Preset | None) -> nn.Module:
+    """``module`` carrying the preset's preprocessing as timm's ``pretrained_cfg``."""
+    if preset is not None:
+        module.pretrained_cfg = preset.pretrained_cfg()
+    return module

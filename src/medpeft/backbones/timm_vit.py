@@ -13,6 +13,10 @@ and column silently; `patch_multiple` gives the nearest multiple instead (518 an
 Register tokens (DINOv2 ``reg4``) sit after [CLS] among the ``num_prefix_tokens``;
 the fusion models take patch tokens after all of them.
 
+A preset name (``uni``, ``virchow2``, ``retfound``: :mod:`medpeft.backbones.presets`)
+stands for its timm architecture and arguments. ``pooling`` is medpeft's argument for
+the two poolings timm's ``global_pool`` lacks (:data:`POOLINGS`, :func:`apply_pooling`).
+
 Model arguments from a YAML config are strings: ``mlp_layer: SwiGLUPacked`` and
 ``act_layer: SiLU`` (see :data:`LAYER_NAMES`) stay strings in the saved config and
 are resolved to timm's classes when the model is built.
@@ -39,6 +43,7 @@ from timm.models.eva import Eva, EvaAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from medpeft.backbones import presets
 from medpeft.backbones.base import (
     Backbone,
     Capabilities,
@@ -61,6 +66,13 @@ LAYER_NAMES: dict[str, dict[str, Callable[..., nn.Module]]] = {
 """Layer arguments given by name in a config: case, ``_`` and a module prefix
 (``torch.nn.SiLU``, ``timm.layers.SwiGLUPacked``) do not matter (``silu``, ``quick_gelu``)."""
 
+POOLINGS = {
+    "cls_mean": "[CLS, mean of the patch tokens] after the final norm, registers skipped (Virchow)",
+    "mae_avg": "mean of the patch tokens through a new LayerNorm (weight 1, bias 0) instead of the "
+               "final norm (RETFound / MAE fine-tuning's global_pool)",
+}
+"""medpeft's ``pooling`` argument of timm ViTs, applied after the weights are loaded."""
+
 
 def build_vit(
     name: str,
@@ -81,11 +93,15 @@ def build_vit(
         weights: Local checkpoint file (safetensors, or .pth/.bin torch state dict);
             takes precedence over ``pretrained``.
         **model_kwargs: Passed to ``timm.create_model`` (e.g. ``depth`` for tiny tests);
-            layer names are resolved with :func:`resolve_layers`.
+            layer names are resolved with :func:`resolve_layers`; ``pooling`` (:data:`POOLINGS`)
+            is medpeft's.
     """
+    preset = presets.find_preset(name)
+    name, model_kwargs = presets.resolve(name, model_kwargs)
     if img_size is not None:
         model_kwargs["img_size"] = img_size
     check_backbone(name, **model_kwargs)
+    pooling = model_kwargs.pop("pooling", None)
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     try:
         model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
@@ -98,6 +114,11 @@ def build_vit(
                 f"could not fetch the architecture of {name!r} from the hub ({error}); "
                 "hf-hub ids need the hub or its local cache (HF_HOME)"
             ) from error
+        if preset is not None:
+            raise WeightsError(
+                f"could not fetch the {preset.name} weights from the hub ({type(error).__name__}): "
+                f"{preset.access_hint()}; or download them and pass the file with model.weights"
+            ) from error
         raise WeightsError(
             f"could not fetch pretrained weights for {name!r} from the hub ({error}). "
             "Offline? Download the checkpoint elsewhere and pass it with "
@@ -106,7 +127,45 @@ def build_vit(
     check_model(model, name)
     if weights is not None:
         load_backbone_weights(model, weights)
+    if pooling is not None:
+        apply_pooling(model, pooling)
     return model
+
+
+def apply_pooling(model: nn.Module, pooling: str) -> None:
+    """Give a timm ``VisionTransformer`` one of medpeft's poolings (:data:`POOLINGS`), in place.
+
+    ``cls_mean`` makes the model's class a subclass whose ``pool`` concatenates [CLS] and the
+    mean of the patch tokens (twice the width: the head is rebuilt for it); ``mae_avg`` swaps
+    the final norm for a new LayerNorm after timm's mean of the patch tokens (``global_pool avg``).
+    """
+    if pooling == "cls_mean":
+        base = type(model)
+        model.__class__ = _CLS_MEAN.setdefault(base, type(f"ClsMean{base.__name__}", (ClsMeanPooling, base), {}))
+        model.head_hidden_size = 2 * model.embed_dim
+        model.reset_classifier(getattr(model.head, "out_features", 0))
+    elif pooling == "mae_avg":
+        model.fc_norm = nn.LayerNorm(model.embed_dim, eps=1e-6)
+        model.norm = nn.Identity()
+        model.global_pool = "avg"
+
+
+class ClsMeanPooling:
+    """Mixin before a timm ``VisionTransformer`` class: pooled features are [CLS, mean of the patches]."""
+
+    num_prefix_tokens: int
+    head_hidden_size: int
+    head: nn.Module
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        device = next((p.device for p in self.head.parameters()), None)  # a meta build stays on meta
+        self.head = nn.Linear(self.head_hidden_size, num_classes, device=device) if num_classes else nn.Identity()
+
+
+_CLS_MEAN: dict[type, type] = {}
 
 
 def resolve_layers(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,6 +210,8 @@ def patch_multiple(name: str, img_size: int, **model_kwargs) -> int:
         img_size: Wanted input side in pixels.
         **model_kwargs: ``timm.create_model`` arguments (a ``patch_size`` override counts).
     """
+    name, model_kwargs = presets.resolve(name, model_kwargs)
+    model_kwargs.pop("pooling", None)
     if name.startswith(HUB_PREFIX):
         return img_size
     embed = getattr(_meta_model(_arch(name), **resolve_layers(model_kwargs)), "patch_embed", None)
@@ -166,6 +227,11 @@ def check_backbone(name: str, **model_kwargs) -> None:
     ``hf-hub:`` ids are checked by :func:`build_vit` once the model exists (their
     architecture is in a config on the hub).
     """
+    name, model_kwargs = presets.resolve(name, model_kwargs)
+    pooling = model_kwargs.pop("pooling", None)
+    if pooling is not None and pooling not in POOLINGS:
+        raise ConfigError(f"model.kwargs.pooling: {pooling!r} is not one of {', '.join(POOLINGS)} "
+                          "(timm's own poolings are model.kwargs.global_pool)")
     if name.startswith(HUB_PREFIX):
         return
     arch = _arch(name)

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from medpeft.backbones.presets import find_preset, preset_kind
 from medpeft.data.imageio import MAX_PIXELS, ReadOptions
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.train.settings import TrainSettings
 
 TASKS = Literal["multiclass", "multilabel"]
+DEFAULT_IMG_SIZE = 224
 
 
 @dataclass
@@ -27,10 +29,14 @@ class ModelSettings:
     """Backbone choice, where its weights come from, and text handling.
 
     Attributes:
-        kind: ``timm`` (image modalities, any timm ViT) or ``vilt`` (image + text).
+        kind: ``timm`` (image modalities, any timm ViT), ``transformers``, ``open_clip`` or
+            ``vilt`` (image + text); ``null``: the preset's, else ``timm``.
         backbone: timm model name or ViLT hub id / folder (``null``: the kind's default,
-            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
-        img_size: input resolution; timm position embeddings are interpolated to it.
+            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``), or a preset name
+            (``uni``, ``rad-dino``; ``medpeft backbones`` lists them): it sets ``kind``, the
+            architecture arguments (``kwargs`` override them) and the default ``img_size``.
+        img_size: input resolution; timm position embeddings are interpolated to it
+            (``null``: the preset's recommended size, else 224).
         pretrained: fetch the backbone's pretrained weights from the hub (needs internet).
         weights: local checkpoint file (ViLT: also a ``save_pretrained`` folder); wins
             over ``pretrained``.
@@ -45,9 +51,9 @@ class ModelSettings:
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
     """
 
-    kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
+    kind: Literal["timm", "transformers", "open_clip", "vilt"] | None = None
     backbone: str | None = None
-    img_size: int | None = 224
+    img_size: int | None = None
     pretrained: bool = True
     weights: str | None = None
     tokenizer: str = "bert-base-uncased"
@@ -58,6 +64,10 @@ class ModelSettings:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.kind = preset_kind(self.backbone, self.kind)
+        if self.img_size is None:
+            preset = find_preset(self.backbone)
+            self.img_size = preset.img_size if preset else DEFAULT_IMG_SIZE
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout}")
         if self.img_size is not None and self.img_size < 1:
