@@ -51,7 +51,7 @@ from torch import nn
 from medpeft.adapters_io.config import AdapterConfig
 from medpeft.adapters_io.folder import load_adapter
 from medpeft.atomic import atomic_write_text
-from medpeft.backbones.base import Backbone, CapabilityError
+from medpeft.backbones.base import Backbone, CapabilityError, describe
 from medpeft.backbones.timm_vit import TimmViT
 from medpeft.data.records import Record
 from medpeft.errors import ConfigError, DataError, did_you_mean
@@ -111,21 +111,17 @@ def streams_of(model: nn.Module) -> list[Stream]:
         ConfigError: a fusion explain does not read (ViLT, early intervention), or a
             backbone without a feature map for Grad-CAM.
     """
-    # The timm fusions hold timm ViTs, viewed directly: describe() does not recognise a ViT
-    # whose blocks a method wrapped (MoRA).
-    if isinstance(model, SingleStream):
-        view = TimmViT(model)
-        streams = [Stream(view, [_span(model, model.modalities[0], view.num_prefix_tokens)])]
-    elif isinstance(model, PooledClassifier):
-        streams = [Stream(model.view, [Span(model.modalities[0], model.view.num_prefix_tokens)])]
+    if isinstance(model, (SingleStream, PooledClassifier)):
+        view = _view(model) if isinstance(model, SingleStream) else model.view
+        streams = [Stream(view, [Span(model.modalities[0], view.num_prefix_tokens)])]
     elif isinstance(model, MultiStreamViT):
         spans, start = [], model.vit.num_prefix_tokens
         for modality in model.modalities:
             spans.append(_span(model.vit, modality, start))
             start = spans[-1].stop
-        streams = [Stream(TimmViT(model.vit), spans)]
+        streams = [Stream(_view(model.vit), spans)]
     elif isinstance(model, LateFusion):
-        streams = [Stream(TimmViT(vit), [_span(vit, m, vit.num_prefix_tokens)])
+        streams = [Stream(_view(vit), [_span(vit, m, vit.num_prefix_tokens)])
                    for m, vit in model.encoders.items()]
     else:
         raise ConfigError(
@@ -139,6 +135,12 @@ def streams_of(model: nn.Module) -> list[Stream]:
                 f"on a grid over the image, for Grad-CAM); {stream.view.describe()} has none"
             )
     return streams
+
+
+def _view(timm_model: nn.Module) -> Backbone:
+    """The family view of a timm fusion's model; ViTs are viewed directly, as describe() does
+    not recognise a ViT whose blocks a method wrapped (MoRA)."""
+    return TimmViT(timm_model) if isinstance(timm_model, TimmViT.reads) else describe(timm_model)
 
 
 def _span(vit: nn.Module, modality: str, start: int) -> Span:

@@ -206,8 +206,10 @@ class Backbone(ABC):
         return CapabilityError(f"{self.describe()} has no {what}")
 
     def describe(self) -> str:
-        """``ClassName (library)`` for messages."""
-        return f"{type(self.module).__name__} ({self.library})"
+        """``ClassName (library)`` for messages: the library's class, also under medpeft's
+        subclass of it (:func:`~medpeft.fusion.single.as_single_stream`)."""
+        native = next(c for c in type(self.module).__mro__ if not c.__module__.startswith("medpeft."))
+        return f"{native.__name__} ({self.library})"
 
 
 def grid_shape(count: int, height: int, width: int) -> tuple[int, int]:
