@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import math
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -320,13 +321,16 @@ class TimmViT(TimmBackbone):
     def pools_class_token(self) -> bool:
         return self.module.global_pool == "token"
 
-    @contextlib.contextmanager
-    def attention_weights(self) -> Iterator[list[torch.Tensor]]:
+    def attention_weights(self) -> AbstractContextManager[list[torch.Tensor]]:
         """timm computes attention with fused SDPA, which hides the weights: each block runs its
         explicit softmax path (``fused_attn = False``, restored on exit) and the output of its
-        ``attn_drop`` (the weights; identity in eval mode) is recorded."""
+        ``attn_drop`` (the weights; identity in eval mode) is recorded. EVA: none."""
         if not self.capabilities.attention_maps:
             raise self.missing("attention maps")
+        return self._recording_attention()
+
+    @contextlib.contextmanager
+    def _recording_attention(self) -> Iterator[list[torch.Tensor]]:
         weights: list[torch.Tensor] = []
         layers = [_attention_layer(block) for block in self.blocks()]
         fused = [layer.fused_attn for layer in layers]
