@@ -131,7 +131,7 @@ def streams_of(model: nn.Module) -> list[Stream]:
     else:
         raise ConfigError(
             f"explain supports one image modality on any backbone, and timm ViT token concatenation "
-            f"or late fusion; this adapter builds a {type(model).__name__}"
+            f"or late fusion; this adapter builds {type(model).__name__}"
         )
     for stream in streams:
         if not stream.view.capabilities.feature_map:
