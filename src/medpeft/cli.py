@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("explain", help="attention rollout and Grad-CAM overlays of a prediction")
-    p.add_argument("adapter", help="adapter folder of a timm ViT run")
+    p.add_argument("adapter", help="adapter folder (any backbone family; several modalities: a timm ViT run)")
     p.add_argument(
         "files", nargs="+",
         help="image files (one modality: each explained alone) or modality=path pairs (several)",

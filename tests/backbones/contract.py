@@ -85,3 +85,31 @@ def check_perturbation_reaches_output(backbone: Backbone, images: torch.Tensor, 
     finally:
         handle.remove()
     assert (after - before).abs().max() > 1e-3
+
+
+def check_attention_weights(backbone: Backbone, images: torch.Tensor, tokens: int) -> None:
+    """Recording attention keeps the features and gives one row-stochastic ``[B, heads, T, T]``
+    map per block; nothing is recorded after the context."""
+    with torch.no_grad():
+        before = backbone.features(images)
+        with backbone.attention_weights() as weights:
+            during = backbone.features(images)
+        backbone.features(images)
+    torch.testing.assert_close(during, before, atol=1e-5, rtol=0)
+    assert len(weights) == len(backbone.block_names())
+    for weight in weights:
+        assert weight.shape[0] == len(images) and weight.shape[2:] == (tokens, tokens)
+        torch.testing.assert_close(weight.sum(-1), torch.ones(weight.shape[:-1]))
+
+
+def check_token_feature_map(backbone: Backbone, images: torch.Tensor, grid: tuple[int, int]) -> None:
+    """The patch tokens lie on the image's grid, row by row, after the prefix tokens."""
+    with torch.no_grad():
+        tokens = backbone.embed(images)
+    features = backbone.feature_map(tokens, tuple(images.shape[-2:]))
+    rows, cols = grid
+    prefix = backbone.num_prefix_tokens
+    assert backbone.capabilities.feature_map
+    assert features.shape == (len(images), tokens.shape[-1], rows, cols)
+    torch.testing.assert_close(features[:, :, 0, 1], tokens[:, prefix + 1])
+    torch.testing.assert_close(features[:, :, 1, 0], tokens[:, prefix + cols])

@@ -22,9 +22,11 @@ from transformers import (
 from medpeft.backbones.base import describe
 from medpeft.errors import ConfigError
 from tests.backbones.contract import (
+    check_attention_weights,
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
     check_prepare,
+    check_token_feature_map,
     check_token_stream,
     projection_linears,
 )
@@ -138,6 +140,17 @@ def test_attention_maps_come_per_block_with_eager_attention(name, images):
     maps = model(images, output_attentions=True).attentions
     tokens = describe(model).num_prefix_tokens + 16
     assert [m.shape for m in maps] == [(2, 2, tokens, tokens)] * 2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_attention_weights_are_recorded_under_eager_attention_then_sdpa_is_back(name):
+    backbone = describe(BUILDERS[name]())
+    assert backbone.module.config._attn_implementation == "sdpa"
+    images = torch.randn(2, 3, 32, 48)  # 4 x 6 patches
+    check_attention_weights(backbone, images, tokens=backbone.num_prefix_tokens + 24)
+    assert backbone.module.config._attn_implementation == "sdpa"
+    check_token_feature_map(backbone, images, grid=(4, 6))
+    assert backbone.pools_class_token
 
 
 def test_transformers_4_layout_is_one_clear_error():

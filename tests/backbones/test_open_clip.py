@@ -11,12 +11,13 @@ from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import Projection, describe
+from medpeft.backbones.base import CapabilityError, Projection, describe
 from medpeft.backbones.open_clip import PackedAttention
 from tests.backbones.contract import (
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
     check_prepare,
+    check_token_feature_map,
     check_token_stream,
     projection_linears,
 )
@@ -79,6 +80,15 @@ def test_token_stream_pools_to_the_tower_output(name, images):
     check_token_stream(backbone, images, patches=16)
     backbone.prepare()
     check_token_stream(backbone, images, patches=16)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_feature_maps_but_no_attention_maps(name, images):
+    backbone = describe(BUILDERS[name]())
+    check_token_feature_map(backbone, images, grid=(4, 4))
+    assert backbone.pools_class_token == (name in ("clip", "layer_scale", "direct"))
+    with pytest.raises(CapabilityError, match=r"^VisionTransformer \(open_clip\) has no attention maps$"):
+        backbone.attention_weights()
 
 
 def test_roles_are_in_proj_rows_out_proj_and_the_mlp():

@@ -10,7 +10,9 @@ import torch
 from timm.layers import GluMlp
 from torch import nn
 
-from medpeft.backbones.base import CapabilityError, describe
+from medpeft.backbones.base import CapabilityError, describe, grid_shape
+from medpeft.errors import ConfigError
+from tests.backbones.contract import check_attention_weights, check_token_feature_map
 
 CASES = {
     "vit": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 2),
@@ -194,11 +196,33 @@ def test_swin_blocks_are_numbered_over_stages():
 
 
 @pytest.mark.parametrize("case", ["swin", "convnext"])
-def test_hierarchical_models_offer_pooled_features_only(case):
+def test_hierarchical_models_offer_pooled_features_and_feature_maps_only(case):
     backbone = describe(tiny(case)[0])
-    assert backbone.capabilities == type(backbone.capabilities)(False, False, False, False)
+    assert backbone.capabilities == type(backbone.capabilities)(False, False, False, False, feature_map=True)
     with pytest.raises(CapabilityError, match="token stream"):
         backbone.embed(torch.randn(1, 3, 64, 64))
+    with pytest.raises(CapabilityError, match="has no attention maps"):
+        backbone.attention_weights()
+
+
+@pytest.mark.parametrize(("case", "side"), [("swin", 64), ("convnext", 64), ("convnext", 96)])
+def test_the_last_blocks_output_is_a_channels_first_map_at_stride_32(case, side):
+    model, _ = tiny(case)
+    backbone = describe(model)
+    images = torch.randn(2, 3, 64, side)
+    outputs = []
+    handle = backbone.blocks()[-1].register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    with torch.no_grad():
+        pooled = backbone.features(images)
+    handle.remove()
+    features = backbone.feature_map(outputs[0], (64, side))
+    assert features.shape == (2, model.num_features, 2, side // 32)
+    # the pooled features are this map's channels, normed per position (Swin) or after the mean (ConvNeXt)
+    if case == "swin":
+        expected = model.norm(features.permute(0, 2, 3, 1)).mean((1, 2))
+    else:
+        expected = model.head.norm(features.mean((2, 3), keepdim=True)).flatten(1)
+    torch.testing.assert_close(expected, pooled, atol=1e-5, rtol=0)
 
 
 def test_convnext_has_no_attention_and_conv_mlps_are_not_named():
@@ -208,3 +232,28 @@ def test_convnext_has_no_attention_and_conv_mlps_are_not_named():
     assert backbone.mlp(3)["fc1"].module == "stages.2.blocks.1.mlp.fc1"
     conv = describe(timm.create_model("convnext_tiny", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), conv_mlp=True))
     assert conv.mlp(0) == {}  # 1x1 convolutions: nothing a Linear adapter can wrap
+
+
+@pytest.mark.parametrize("case", ["vit", "deit_distilled", "dinov2_reg4", "virchow_like"])
+def test_vit_attention_weights_and_patch_grid(case):
+    model, images = tiny(case)
+    backbone = describe(model)
+    side = images.shape[-1] // model.patch_embed.patch_size[0]
+    check_attention_weights(backbone, images, tokens=backbone.num_prefix_tokens + side**2)
+    assert all(block.attn.fused_attn for block in model.blocks)  # timm's fused kernel is back
+    check_token_feature_map(backbone, images, grid=(side, side))
+
+
+def test_eva_has_a_feature_map_but_no_attention_maps():
+    model, images = tiny("eva02_qv_bias")
+    backbone = describe(model)
+    check_token_feature_map(backbone, images, grid=(2, 2))
+    with pytest.raises(CapabilityError, match=r"^Eva \(timm\) has no attention maps$"):
+        backbone.attention_weights()
+
+
+def test_grid_shape_follows_the_aspect_ratio():
+    assert grid_shape(16, 32, 32) == (4, 4)
+    assert grid_shape(6, 64, 96) == (2, 3) and grid_shape(6, 96, 64) == (3, 2)
+    with pytest.raises(ConfigError, match="7 patch tokens do not tile a 64x96 image"):
+        grid_shape(7, 64, 96)

@@ -17,8 +17,10 @@ output; parameter names and outputs stay those of the library.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -58,7 +60,11 @@ class Capabilities:
             intervention, several modalities in one stream).
         cls_token: The first token is a class token.
         patch_grid: The tokens after the prefix are the patches of a 2-D grid.
-        attention_maps: Attention weights can be read per block (attention rollout).
+        attention_maps: Attention weights can be read per block (attention rollout),
+            :meth:`Backbone.attention_weights`.
+        feature_map: A block's output lies on a 2-D grid over the image (the patches of
+            a token stream, or a hierarchical model's feature map), :meth:`Backbone.feature_map`;
+            Grad-CAM reads it.
         masked_stream: :meth:`Backbone.run_block` takes a key mask (tokens other tokens
             must not attend to; early intervention's missing references).
     """
@@ -67,6 +73,7 @@ class Capabilities:
     cls_token: bool
     patch_grid: bool
     attention_maps: bool
+    feature_map: bool = False
     masked_stream: bool = False
 
 
@@ -173,6 +180,32 @@ class Backbone(ABC):
         """Pooled features ``[B, width]`` of the tokens after the last block (final norm included)."""
         raise self.missing("token stream")
 
+    @property
+    def pools_class_token(self) -> bool:
+        """The pooled features read the first token alone (not a mean or attention pooling of the tokens)."""
+        return False
+
+    def attention_weights(self) -> AbstractContextManager[list[torch.Tensor]]:
+        """A context in which every forward appends each block's attention weights
+        ``[B, heads, T, T]`` (softmax over the keys, in the autograd graph) to the list it yields.
+
+        Outputs are the same as outside it; whatever the family switches (a fused kernel
+        that hides the weights) is restored on exit.
+        """
+        raise self.missing("attention maps")
+
+    def feature_map(self, activation: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """A block's input or output as a map ``[B, C, h, w]`` over an image of ``image_size``.
+
+        Token streams with a patch grid: the patch tokens (prefix dropped) on the grid of
+        the image's aspect ratio. Hierarchical families override this.
+        """
+        if not (self.capabilities.token_stream and self.capabilities.patch_grid):
+            raise self.missing("feature map")
+        patches = activation[:, self.num_prefix_tokens :]
+        rows, cols = grid_shape(patches.shape[1], *image_size)
+        return patches.transpose(1, 2).unflatten(2, (rows, cols))
+
     def blocks(self) -> list[nn.Module]:
         """The block modules, in forward order."""
         return [self.module.get_submodule(name) for name in self.block_names()]
@@ -206,8 +239,22 @@ class Backbone(ABC):
             raise self.missing("masked token stream (early intervention needs timm ViT blocks)")
 
     def describe(self) -> str:
-        """``ClassName (library)`` for messages."""
-        return f"{type(self.module).__name__} ({self.library})"
+        """``ClassName (library)`` for messages: the library's class, also under medpeft's
+        subclass of it (:func:`~medpeft.fusion.single.as_single_stream`)."""
+        native = next(c for c in type(self.module).__mro__ if not c.__module__.startswith("medpeft."))
+        return f"{native.__name__} ({self.library})"
+
+
+def grid_shape(count: int, height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of ``count`` square patches tiling a ``height`` x ``width`` image.
+
+    Raises:
+        ConfigError: ``count`` patches do not tile an image of that aspect ratio.
+    """
+    rows = max(1, round(math.sqrt(count * height / width)))
+    if count % rows:
+        raise ConfigError(f"{count} patch tokens do not tile a {height}x{width} image in a grid")
+    return rows, count // rows
 
 
 _FAMILIES: list[type[Backbone]] = []

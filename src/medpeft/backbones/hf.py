@@ -25,12 +25,14 @@ features are the normed CLS token); the family therefore pools the CLS token of
 
 Images of any size multiple of the patch go through: the position embeddings are
 interpolated (``interpolate_pos_encoding=True``; DINOv2 always interpolates). Attention
-weights can be read per block with eager attention
-(``model.set_attn_implementation("eager")``, ``model(x, output_attentions=True)``).
+weights are read per block with eager attention (:meth:`TransformersBackbone.attention_weights`:
+``model.set_attn_implementation("eager")``, the attention modules' second output).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -122,12 +124,35 @@ class TransformersBackbone(Backbone):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(token_stream=True, cls_token=True, patch_grid=True, attention_maps=True)
+        return Capabilities(
+            token_stream=True, cls_token=True, patch_grid=True, attention_maps=True, feature_map=True
+        )
 
     @property
     def num_prefix_tokens(self) -> int:
         """The CLS token and DINOv2's register tokens."""
         return 1 + getattr(self.module.config, "num_register_tokens", 0)
+
+    @property
+    def pools_class_token(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def attention_weights(self) -> Iterator[list[torch.Tensor]]:
+        """The model runs eager attention (restored on exit), whose attention modules return
+        their weights as the second output; those are recorded."""
+        weights: list[torch.Tensor] = []
+        layers = [self.module.get_submodule(f"{name}.{self.layout.attention}") for name in self.block_names()]
+        handles = [layer.register_forward_hook(lambda _m, _i, out: weights.append(out[1]))
+                   for layer in layers]
+        previous = self.module.config._attn_implementation
+        self.module.set_attn_implementation("eager")
+        try:
+            yield weights
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.module.set_attn_implementation(previous)
 
     def block_names(self) -> list[str]:
         count = len(self.module.get_submodule(self.layout.layers))

@@ -26,6 +26,7 @@ Nothing here imports open_clip: the family recognises towers by class name.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 import torch
@@ -156,11 +157,17 @@ class OpenClipBackbone(Backbone):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(token_stream=True, cls_token=True, patch_grid=True, attention_maps=False)
+        return Capabilities(
+            token_stream=True, cls_token=True, patch_grid=True, attention_maps=False, feature_map=True
+        )
 
     @property
     def num_prefix_tokens(self) -> int:
         return 1
+
+    @property
+    def pools_class_token(self) -> bool:
+        return self.module.attn_pool is None and self.module.pool_type == "tok"
 
     def block_names(self) -> list[str]:
         return [f"transformer.resblocks.{i}" for i in range(len(self.module.transformer.resblocks))]
@@ -244,6 +251,16 @@ class OpenClipTimmBackbone(Backbone):
     @property
     def num_prefix_tokens(self) -> int:
         return self.trunk.num_prefix_tokens
+
+    @property
+    def pools_class_token(self) -> bool:
+        return self.trunk.pools_class_token
+
+    def attention_weights(self) -> AbstractContextManager[list[torch.Tensor]]:
+        return self.trunk.attention_weights()
+
+    def feature_map(self, activation: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        return self.trunk.feature_map(activation, image_size)
 
     def block_names(self) -> list[str]:
         return [f"trunk.{name}" for name in self.trunk.block_names()]

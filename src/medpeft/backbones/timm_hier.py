@@ -7,6 +7,7 @@ numbered over all stages in forward order (``blocks=[1]`` is the second block).
 
 from __future__ import annotations
 
+import torch
 from timm.models.convnext import ConvNeXt
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from torch import nn
@@ -37,7 +38,13 @@ class TimmHierarchical(TimmBackbone):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(token_stream=False, cls_token=False, patch_grid=False, attention_maps=False)
+        return Capabilities(
+            token_stream=False, cls_token=False, patch_grid=False, attention_maps=False, feature_map=True
+        )
+
+    def feature_map(self, activation: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """A block's output as it is (ConvNeXt: ``[B, C, h, w]``), or Swin's ``[B, h, w, C]`` channels first."""
+        return activation.permute(0, 3, 1, 2) if isinstance(self.module, SwinTransformer) else activation
 
     def block_names(self) -> list[str]:
         stages = "layers" if isinstance(self.module, SwinTransformer) else "stages"

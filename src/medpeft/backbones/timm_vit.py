@@ -29,9 +29,11 @@ so parameter names and outputs stay timm's and an adapter around ``qkv`` is call
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -380,14 +382,44 @@ class TimmViT(TimmBackbone):
         return Capabilities(
             token_stream=is_vit or self._fixed_rope(),
             cls_token=self.module.cls_token is not None,
-            patch_grid=not self.module.dynamic_img_size and not self._drops_patches(),
+            patch_grid=self._has_grid(),
             attention_maps=is_vit,
             masked_stream=True,
+            feature_map=self._has_grid(),
         )
 
     @property
     def num_prefix_tokens(self) -> int:
         return self.module.num_prefix_tokens
+
+    @property
+    def pools_class_token(self) -> bool:
+        return self.module.global_pool == "token"
+
+    def attention_weights(self) -> AbstractContextManager[list[torch.Tensor]]:
+        """timm computes attention with fused SDPA, which hides the weights: each block runs its
+        explicit softmax path (``fused_attn = False``, restored on exit) and the output of its
+        ``attn_drop`` (the weights; identity in eval mode) is recorded. EVA: none."""
+        if not self.capabilities.attention_maps:
+            raise self.missing("attention maps")
+        return self._recording_attention()
+
+    @contextlib.contextmanager
+    def _recording_attention(self) -> Iterator[list[torch.Tensor]]:
+        weights: list[torch.Tensor] = []
+        layers = [_attention_layer(block) for block in self.blocks()]
+        fused = [layer.fused_attn for layer in layers]
+        handles = [layer.attn_drop.register_forward_hook(lambda _m, _i, out: weights.append(out))
+                   for layer in layers]
+        try:
+            for layer in layers:
+                layer.fused_attn = False
+            yield weights
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer, value in zip(layers, fused):
+                layer.fused_attn = value
 
     def block_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(len(self.module.blocks))]
@@ -433,6 +465,9 @@ class TimmViT(TimmBackbone):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.module.forward_head(self.module.norm(tokens), pre_logits=True)
 
+    def _has_grid(self) -> bool:
+        return not self.module.dynamic_img_size and not self._drops_patches()
+
     def _drops_patches(self) -> bool:
         drop = self.module.patch_drop
         return drop is not None and not isinstance(drop, nn.Identity)
@@ -466,3 +501,8 @@ class TimmViT(TimmBackbone):
         if patches % cells:
             raise self.missing(f"stream of {patches} patch tokens (not whole {grid[0]}x{grid[1]} grids)")
         return embed.repeat(*[1] * (embed.dim() - 2), patches // cells, 1)
+
+
+def _attention_layer(block: nn.Module) -> Attention:
+    """The timm ``Attention`` of a block, also inside a method's wrapper around the block (MoRA's)."""
+    return next(module for module in block.modules() if isinstance(module, Attention))
