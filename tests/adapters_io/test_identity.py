@@ -128,3 +128,13 @@ def test_cli_export_refuses_other_weights(adapter, backbone_file, tmp_path, caps
     assert not (tmp_path / "merged").exists() and not (tmp_path / "peft").exists()
     with pytest.warns(UserWarning, match="runs on other backbone weights"):
         assert main(["export", str(adapter), "--merged", str(tmp_path / "merged"), "--allow-other-weights"]) == 0
+
+
+def test_unidentifiable_weights_warn_that_they_are_not_checked(adapter) -> None:
+    config_file = adapter / CONFIG_NAME
+    data = json.loads(config_file.read_text())
+    hub = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    config_file.write_text(json.dumps({**data, "backbone_sha256": None, "backbone_hub": hub}))
+    with pytest.warns(UserWarning, match=f"tb: the backbone weights loaded now cannot be compared with those "
+                      f"the adapter records \\(hub repo {hub}\\); they are not checked"):
+        load_adapter(adapter)
