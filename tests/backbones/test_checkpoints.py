@@ -76,3 +76,17 @@ def test_mismatches_compare_what_both_sides_know() -> None:
     assert identity_mismatch(BackboneIdentity(hub="timm/x@1"), BackboneIdentity(hub="timm/x@2")) is not None
     assert identity_mismatch(BackboneIdentity(hub="timm/x"), BackboneIdentity(hub="timm/y")) is not None
     assert identity_mismatch(BackboneIdentity(a), BackboneIdentity(hub="timm/x")) is None  # nothing to compare
+
+
+def test_transformers_hub_weights_are_named_by_their_repo(monkeypatch) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("dinov2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, image_size=32, patch_size=8)
+    model = AutoModel.from_config(config)
+    assert backbone_identity("transformers", "facebook/dinov2-small", None, True, model) == BackboneIdentity()
+    model.config._name_or_path = "facebook/dinov2-small"  # as from_pretrained sets it
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    identity = backbone_identity("transformers", "facebook/dinov2-small", None, True, model)
+    assert identity == BackboneIdentity(hub="facebook/dinov2-small")
+    assert backbone_identity("open_clip", "ViT-B-16", None, True, model) == BackboneIdentity()  # unknown

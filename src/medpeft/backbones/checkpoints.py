@@ -85,21 +85,22 @@ def backbone_identity(
     if local is not None:
         return BackboneIdentity(sha256=weights_sha256(local), source=str(local.resolve()))
     if pretrained and model is not None:
-        return hub_identity(model)
+        return hub_identity(kind, model)
     return BackboneIdentity()
 
 
-def hub_identity(model: nn.Module) -> BackboneIdentity:
-    """Repo id of the hub weights a model holds (timm ``pretrained_cfg``, transformers config)."""
+def hub_identity(kind: str, model: nn.Module) -> BackboneIdentity:
+    """Repo id of the hub weights a model holds: timm's ``pretrained_cfg``, a transformers
+    (ViLT) config's name and commit; unknown for open_clip."""
     for module in model.modules():
         cfg = getattr(module, "pretrained_cfg", None)
-        if isinstance(cfg, dict) and cfg.get("hf_hub_id"):
+        if kind == "timm" and isinstance(cfg, dict) and cfg.get("hf_hub_id"):
             files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else TIMM_HUB_FILES
             return cached_hub_identity(cfg["hf_hub_id"], files)
         config = getattr(module, "config", None)
         repo = getattr(config, "_name_or_path", None)
-        if repo and not Path(repo).is_dir() and hasattr(config, "_commit_hash"):
-            return cached_hub_identity(repo, TRANSFORMERS_HUB_FILES, config._commit_hash)
+        if kind in ("transformers", "vilt") and repo:  # transformers < 5 also kept the commit
+            return cached_hub_identity(repo, TRANSFORMERS_HUB_FILES, getattr(config, "_commit_hash", None))
     return BackboneIdentity()
 
 
