@@ -305,9 +305,9 @@ def verify_weights(
     Raises:
         WeightsError: naming the weights file and both sha256 (or both hub repos).
     """
-    recorded = config.recorded_identity
     if get_method(config.method).trains_everything:
         return  # the adapter holds every weight
+    recorded = config.recorded_identity
     mismatch = identity_mismatch(recorded, actual)
     if mismatch is None:
         if recorded.known and not _comparable(recorded, actual):
