@@ -27,6 +27,7 @@ from transformers import ViltConfig
 
 from medpeft.backbones.vilt import build_tokenizer
 from medpeft.data.recipes.odir import LABELS
+from medpeft.hashing import HASH_CACHE_ENV
 
 TINY_VILT = dict(
     hidden_size=32,
@@ -41,6 +42,14 @@ TINY_VILT = dict(
 SENTENCES = ["left eye lesion", "normal", "right eye no lesion yes", "yes"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [*SPECIAL, "left", "right", "eye", "normal", "lesion", "no", "yes"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache(tmp_path_factory) -> Path:
+    """The weights-hash cache of the session (`medpeft.hashing`), never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("hash_cache") / "sha256.json"
+    os.environ[HASH_CACHE_ENV] = str(path)
+    return path
 
 
 @pytest.fixture

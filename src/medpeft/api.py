@@ -160,6 +160,7 @@ def load_adapter(
     weights: str | Path | None = None,
     pretrained: bool = False,
     adapter_name: str | None = None,
+    allow_other_weights: bool = False,
 ) -> AdaptedModel:
     """Load an adapter folder onto its backbone.
 
@@ -172,10 +173,13 @@ def load_adapter(
         weights: Backbone checkpoint when rebuilding.
         pretrained: Load the library's pretrained backbone when rebuilding.
         adapter_name: Name inside the model (default: the folder's name).
+        allow_other_weights: When rebuilding, accept backbone weights other than those the
+            adapter records (another sha256) with a warning; refused otherwise. A ``backbone``
+            module passed in is not checked.
     """
     if backbone is None:
         model, config = load_adapter_folder(folder, adapter_name=adapter_name, weights=weights,
-                                            pretrained=pretrained)
+                                            pretrained=pretrained, allow_other_weights=allow_other_weights)
         name = adapter_name or Path(folder).resolve().name
         recorded = str(weights) if weights else (HUB if pretrained else config.backbone_weights)
         return AdaptedModel(model, config.to_spec(), name, recorded)

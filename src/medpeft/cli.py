@@ -62,7 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from medpeft.runs.evaluate import evaluate_run, format_evaluation
 
     evaluation = evaluate_run(
-        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True, data=args.data
+        args.run, args.overrides, args.adapter, args.split, args.weights, progress=True, data=args.data,
+        allow_other_weights=args.allow_other_weights,
     )
     print(format_evaluation(evaluation))
     print(f"results in {evaluation.folder}")
@@ -82,6 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     common = dict(
         weights=args.weights, pretrained=args.pretrained, batch_size=args.batch_size,
         device=args.device, progress=not args.quiet, allow_random_backbone=args.random_backbone,
+        allow_other_weights=args.allow_other_weights,
     )
     if args.adapters:
         del common["progress"]
@@ -125,7 +127,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if not (args.output or args.merged or args.onnx):
         raise MedpeftError("export: give --output (PEFT), --merged DIR and/or --onnx FILE")
-    plain = dict(weights=args.weights, allow_random_backbone=args.random_backbone)
+    plain = dict(weights=args.weights, allow_random_backbone=args.random_backbone,
+                 allow_other_weights=args.allow_other_weights)
     if args.merged:
         print(f"wrote {export_merged(args.adapter, args.merged, **plain)} (timm: local-dir:{args.merged})")
     if args.onnx:
@@ -139,7 +142,8 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"{args.adapter}: a {method!r} adapter has no Hugging Face PEFT equivalent; "
             "only LoRA adapters export"
         )
-    model, _ = load_adapter(args.adapter, adapter_name="default", weights=args.weights)
+    model, _ = load_adapter(args.adapter, adapter_name="default", weights=args.weights,
+                            allow_other_weights=args.allow_other_weights)
     print(f"wrote {export_peft(model, args.output, 'default')}")
 
 
@@ -173,7 +177,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
     for explanation in explain_files(
         args.adapter, args.files, args.out, weights=args.weights, target=args.target,
-        allow_random_backbone=args.random_backbone,
+        allow_random_backbone=args.random_backbone, allow_other_weights=args.allow_other_weights,
     ):
         print(explanation.describe())
 
@@ -188,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb, token=token_from(args.token, args.no_auth), **limits,
     )
     serve(args.directory, settings, args.host, args.port, args.device, args.max_loaded,
-          args.weights, args.random_backbone)
+          args.weights, args.random_backbone, args.allow_other_weights)
 
 
 def cmd_configs(_: argparse.Namespace) -> None:
@@ -259,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="other data: a CSV manifest (data.manifest) or a folder (data.root); "
         "results go to RUN/evals/<name>/, as for --adapter, --weights and other settings",
     )
+    _allow_other_weights(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files or a manifest with a saved adapter")
@@ -280,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-backbone", action="store_true",
         help="run an adapter that records no backbone weights on a random backbone (meaningless outputs)",
     )
+    _allow_other_weights(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--output", help="CSV file to write (default: stdout)")
@@ -296,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-backbone", action="store_true",
         help="export an adapter that records no backbone weights on a random backbone (tests only)",
     )
+    _allow_other_weights(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-lora-vit", help="convert a published LoRA-ViT/MeLo .safetensors file")
@@ -338,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="backbone checkpoint file (default: the adapter's record)")
     p.add_argument("--random-backbone", action="store_true",
                    help="allow an adapter that records no backbone weights (meaningless maps)")
+    _allow_other_weights(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="HTTP server for the task adapters of a directory (one backbone)")
@@ -364,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-backbone", action="store_true",
         help="serve adapters that record no backbone weights on a random backbone (meaningless outputs)",
     )
+    _allow_other_weights(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("backbones", help="list the foundation-model presets (model.backbone=NAME)")
@@ -373,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("configs", help="list the built-in recipe configs")
     p.set_defaults(func=cmd_configs)
     return parser
+
+
+def _allow_other_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-other-weights", action="store_true",
+        help="load adapters onto backbone weights other than those they record (another sha256), "
+        "with a warning instead of an error",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -333,6 +333,7 @@ def explain_files(
     weights: str | None = None,
     target: str | None = None,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> list[Explanation]:
     """Explain image files (one modality) or one ``modality=path`` sample; write PNGs and JSON.
 
@@ -344,8 +345,10 @@ def explain_files(
         weights: Backbone checkpoint (default: the one the adapter records).
         target: Class to explain (default: the predicted one).
         allow_random_backbone: Accept an adapter that records no backbone weights.
+        allow_other_weights: Accept backbone weights other than those the adapter records.
     """
-    model, config = load_adapter(adapter, weights=weights, allow_random_backbone=allow_random_backbone)
+    model, config = load_adapter(adapter, weights=weights, allow_random_backbone=allow_random_backbone,
+                                 allow_other_weights=allow_other_weights)
     index = _target_index(config, target)
     records = _records(config, files)
     folder = Path(out)

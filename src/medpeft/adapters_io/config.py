@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from medpeft import __version__
 from medpeft.atomic import atomic_write_text
+from medpeft.backbones.checkpoints import BackboneIdentity
 from medpeft.config.tools import from_dict
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
@@ -27,6 +29,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2
 _REQUIRED = ("backbone", "labels", "task", "preprocessing", "method")
 _V1_LORA_FIELDS = ("targets", "blocks", "rank", "alpha", "dropout")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -66,7 +69,11 @@ class AdapterConfig:
     ``backbone_weights`` records where the frozen backbone's weights came from in
     training: a checkpoint path (relative paths are resolved from the adapter
     folder), ``"hub"`` (pretrained weights from the hub) or ``None`` (random init).
-    ``backbone_seed`` is the seed a random backbone was drawn with, so it is rebuilt
+    ``backbone_sha256`` is the sha256 of those weights (a local file or folder, or the
+    hub's file when it was in the local hub cache) and ``backbone_hub`` the hub repo
+    (``repo@commit`` when known): loading onto other weights is refused
+    (`medpeft.adapters_io.folder.verify_weights`); adapters saved before medpeft recorded
+    them have None. ``backbone_seed`` is the seed a random backbone was drawn with, so it is rebuilt
     exactly. ``modalities`` maps each modality, in presence-mask order, to ``image`` or
     ``text``; ``inputs`` holds how samples were read (``missing_image``,
     ``combine``, ``tokenizer``, ``max_text_len``). ``positive_class`` is the class a
@@ -89,6 +96,8 @@ class AdapterConfig:
     fusion: Literal["auto", "early_intervention", "late"] = "auto"
     inputs: dict = field(default_factory=dict)
     backbone_weights: str | None = None
+    backbone_sha256: str | None = None
+    backbone_hub: str | None = None
     backbone_seed: int | None = None
     positive_class: str | None = None
     medpeft_version: str = __version__
@@ -106,10 +115,17 @@ class AdapterConfig:
             raise ValueError(f"modalities must map names to 'image'/'text', got {self.modalities}")
         if self.positive_class is not None and self.positive_class not in self.labels:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of the labels {self.labels}")
+        if self.backbone_sha256 is not None and not _SHA256.fullmatch(self.backbone_sha256):
+            raise ValueError(f"backbone_sha256: expected 64 hex digits, got {self.backbone_sha256!r}")
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def recorded_identity(self) -> BackboneIdentity:
+        """The backbone weights recorded at save time (unknown parts None)."""
+        return BackboneIdentity(sha256=self.backbone_sha256, hub=self.backbone_hub)
 
     @property
     def text_modality(self) -> str | None:

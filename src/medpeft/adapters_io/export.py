@@ -24,7 +24,7 @@ from torch import nn
 
 from medpeft.adapters_io.config import AdapterConfig
 from medpeft.adapters_io.folder import load_adapter
-from medpeft.atomic import atomic_write_text
+from medpeft.atomic import atomic_folder, atomic_write_text
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError, WeightsError
@@ -41,8 +41,11 @@ def merged_model(
     weights: str | Path | None = None,
     pretrained: bool = False,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> tuple[nn.Module, AdapterConfig]:
     """The task as a plain timm model (adapter merged into the backbone), in eval mode.
+
+    Backbone arguments as :func:`medpeft.adapters_io.folder.load_adapter`.
 
     Raises:
         ConfigError: the adapter is not a single-image timm adapter, or its method adds
@@ -50,7 +53,7 @@ def merged_model(
     """
     model, config = load_adapter(
         adapter, adapter_name="default", weights=weights, pretrained=pretrained,
-        allow_random_backbone=allow_random_backbone,
+        allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
     )
     if config.kind != "timm" or len(config.modalities) != 1 or config.fusion != "auto" or config.missing_token:
         raise ConfigError(f"{adapter}: only single-image timm adapters export as a plain timm model")
@@ -80,13 +83,15 @@ def export_merged(
     weights: str | Path | None = None,
     pretrained: bool = False,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> Path:
-    """Write the merged task as ``model.safetensors`` + timm ``config.json`` into ``out_dir``."""
-    model, config = merged_model(adapter, weights, pretrained, allow_random_backbone)
-    out = Path(out_dir)
-    write_state_dict(out / MERGED_WEIGHTS, model.state_dict())
-    atomic_write_text(out / MERGED_CONFIG, json.dumps(timm_config(model, config), indent=2) + "\n")
-    return out
+    """Write the merged task as ``model.safetensors`` + timm ``config.json`` into ``out_dir``
+    (both or neither: `medpeft.atomic.atomic_folder`)."""
+    model, config = merged_model(adapter, weights, pretrained, allow_random_backbone, allow_other_weights)
+    with atomic_folder(out_dir) as folder:
+        write_state_dict(folder / MERGED_WEIGHTS, model.state_dict())
+        atomic_write_text(folder / MERGED_CONFIG, json.dumps(timm_config(model, config), indent=2) + "\n")
+    return Path(out_dir)
 
 
 def timm_config(model: nn.Module, config: AdapterConfig) -> dict:
@@ -118,6 +123,7 @@ def export_onnx(
     weights: str | Path | None = None,
     pretrained: bool = False,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
     opset: int = 17,
     tolerance: float = ONNX_TOLERANCE,
 ) -> float:
@@ -126,7 +132,7 @@ def export_onnx(
     Raises:
         WeightsError: onnxruntime's logits differ by more than ``tolerance``.
     """
-    model, config = merged_model(adapter, weights, pretrained, allow_random_backbone)
+    model, config = merged_model(adapter, weights, pretrained, allow_random_backbone, allow_other_weights)
     size = config.preprocessing.size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out_file)

@@ -38,6 +38,8 @@ from medpeft.adapters_io.config import (
     write_adapter_config,
 )
 from medpeft.adapters_io.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
+from medpeft.atomic import atomic_folder
+from medpeft.backbones.checkpoints import BackboneIdentity, backbone_identity, identity_mismatch
 from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
@@ -88,8 +90,13 @@ def save_adapter(
     backbone_seed: int | None = None,
     spec_rebuilds: bool = True,
     positive_class: str | None = None,
+    backbone: BackboneIdentity | None = None,
 ) -> Path:
     """Write one adapter as ``adapter_model.safetensors`` + ``adapter_config.json``.
+
+    Both are written into a temporary folder that then takes the place of ``out_dir``
+    (`medpeft.atomic.atomic_folder`): a failed save leaves no half adapter, and an
+    adapter already there intact.
 
     Args:
         model: Model holding the adapter.
@@ -109,6 +116,8 @@ def save_adapter(
             a backbone module passed in whose architecture arguments are unknown (loading then
             needs that module again).
         positive_class: The class a two-class task's sensitivity and ROC are about.
+        backbone: The identity of the backbone weights (sha256, hub repo), as taken when
+            training started; default: that of ``backbone_weights`` now.
 
     Returns:
         The output folder.
@@ -124,13 +133,17 @@ def save_adapter(
         preprocessing = default_preprocessing(model, spec.img_size)
     if backbone_weights not in (None, HUB):
         backbone_weights = str(Path(backbone_weights).resolve())
+    if backbone is None and spec_rebuilds:
+        local = None if backbone_weights == HUB else backbone_weights
+        backbone = backbone_identity(spec.kind, spec.backbone, local, backbone_weights == HUB, model)
     config = make_config(spec, labels, task, preprocessing, kinds, inputs, backbone_weights)
     config.backbone_seed = backbone_seed if backbone_weights is None else None
+    config.backbone_sha256, config.backbone_hub = (backbone.sha256, backbone.hub) if backbone else (None, None)
     config.positive_class = positive_class
-    out_dir = Path(out_dir)
-    write_state_dict(out_dir / WEIGHTS_NAME, tensors)
-    write_adapter_config(config, out_dir)
-    return out_dir
+    with atomic_folder(out_dir) as folder:
+        write_state_dict(folder / WEIGHTS_NAME, tensors)
+        write_adapter_config(config, folder)
+    return Path(out_dir)
 
 
 def _head_outputs(head: nn.Module) -> int:
@@ -179,6 +192,7 @@ def load_adapter(
     weights: str | Path | None = None,
     pretrained: bool = False,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> tuple[nn.Module, AdapterConfig]:
     """Load a saved adapter, building its model or adding it to a given one.
 
@@ -194,10 +208,16 @@ def load_adapter(
         allow_random_backbone: Build a random backbone when the adapter records
             neither weights nor the seed of its random backbone (outputs are then
             meaningless; tests and demos only).
+        allow_other_weights: Build on backbone weights other than those the adapter
+            records (another sha256 or hub repo) with a warning, instead of refusing.
 
     Returns:
         The model and the adapter's config. A call serves the adapter it routes
         (:func:`medpeft.routing.route`), else the model's first adapter.
+
+    Raises:
+        WeightsError: the backbone weights differ from those the adapter records
+            (`verify_weights`).
     """
     folder = config_path(path).parent
     config, state, source = read_adapter_folder(folder)
@@ -207,6 +227,8 @@ def load_adapter(
         if weights is None and not pretrained:
             weights, pretrained = recorded_backbone(config, folder, allow_random_backbone)
         model = build_adapter_model(config, weights, pretrained, name)
+        actual = backbone_identity(config.kind, config.backbone, weights, pretrained, model)
+        verify_weights(config, folder, actual, allow_other_weights)
         copy_weights(adapter_parameters(model, name, method), state, source)
         return model, config
     if not method.adapter_dicts:
@@ -274,6 +296,40 @@ def recorded_backbone(
             "pass that checkpoint with --weights (Python: weights=...)"
         )
     return str(path), False
+
+
+def verify_weights(
+    config: AdapterConfig, folder: str | Path, actual: BackboneIdentity, allow_other_weights: bool = False
+) -> None:
+    """Refuse backbone weights other than those the adapter records (a warning with
+    ``allow_other_weights``); adapters that record none (saved by an older medpeft, or on a
+    random backbone) are not checked.
+
+    Raises:
+        WeightsError: naming the weights file and both sha256 (or both hub repos).
+    """
+    if get_method(config.method).trains_everything:
+        return  # the adapter holds every weight
+    recorded = config.recorded_identity
+    mismatch = identity_mismatch(recorded, actual)
+    if mismatch is None:
+        if recorded.known and not _comparable(recorded, actual):
+            what = f"sha256 {recorded.sha256}" if recorded.sha256 else f"hub repo {recorded.hub}"
+            warnings.warn(f"{folder}: the backbone weights loaded now cannot be compared with those "
+                          f"the adapter records ({what}); they are not checked", stacklevel=3)
+        return
+    if not allow_other_weights:
+        raise WeightsError(
+            f"{folder} was trained on other backbone weights: {mismatch}. Pass the checkpoint it "
+            "was trained on with --weights, or --allow-other-weights (Python: "
+            "allow_other_weights=True) to run it on these anyway"
+        )
+    warnings.warn(f"{folder} runs on other backbone weights than it was trained on ({mismatch}); "
+                  "its outputs may be wrong", stacklevel=3)
+
+
+def _comparable(recorded: BackboneIdentity, actual: BackboneIdentity) -> bool:
+    return bool((recorded.sha256 and actual.sha256) or (recorded.hub and actual.hub))
 
 
 def build_adapter_model(

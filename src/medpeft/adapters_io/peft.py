@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME
-from medpeft.atomic import atomic_write_text
+from medpeft.atomic import atomic_folder, atomic_write_text
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError
 from medpeft.heads import HEAD_NAME, head_of
@@ -47,10 +47,10 @@ def export_peft(model: nn.Module, out_dir: str | Path, adapter_name: str = "defa
         tensors[f"{_PEFT_PREFIX}{HEAD_NAME}.{key}"] = value
     dropout = getattr(next(iter(layers.values())).lora_dropout[adapter_name], "p", 0.0)
     config = _peft_config(model, ranks, alphas, dropout)
-    out_dir = Path(out_dir)
-    write_state_dict(out_dir / WEIGHTS_NAME, tensors)
-    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    return out_dir
+    with atomic_folder(out_dir) as folder:  # weights and config together or not at all
+        write_state_dict(folder / WEIGHTS_NAME, tensors)
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return Path(out_dir)
 
 
 def peft_pair(layer: LoRALinear, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:

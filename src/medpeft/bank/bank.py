@@ -35,7 +35,9 @@ from medpeft.adapters_io.folder import (
     add_adapter_weights,
     build_adapter_model,
     recorded_backbone,
+    verify_weights,
 )
+from medpeft.backbones.checkpoints import BackboneIdentity, backbone_identity
 from medpeft.backbones.weights import read_state_dict
 from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
@@ -64,6 +66,8 @@ class AdapterBank:
         max_loaded: int | None = None,
         max_bytes: int | None = None,
         explicit_backbone: bool = False,
+        weights_identity: BackboneIdentity | None = None,
+        allow_other_weights: bool = False,
     ) -> None:
         if max_loaded is not None and max_loaded < 1:
             raise ConfigError(f"max_loaded: expected an integer >= 1 or None, got {max_loaded}")
@@ -76,6 +80,8 @@ class AdapterBank:
         self._reference = reference
         self._backbone_id = backbone_id
         self._explicit_backbone = explicit_backbone
+        self._weights_identity = weights_identity or BackboneIdentity()
+        self._allow_other_weights = allow_other_weights
         self._backbone_bytes = _module_bytes(self.model)
         self._folders: dict[str, Path] = {}
         self._configs: dict[str, AdapterConfig] = {}
@@ -96,6 +102,7 @@ class AdapterBank:
         weights: str | Path | None = None,
         pretrained: bool = False,
         allow_random_backbone: bool = False,
+        allow_other_weights: bool = False,
     ) -> AdapterBank:
         """A bank of every subfolder of ``directory`` holding ``adapter_config.json``.
 
@@ -110,10 +117,13 @@ class AdapterBank:
             weights: Backbone checkpoint for every task (default: the one they record).
             pretrained: Use the backbone's hub weights for every task.
             allow_random_backbone: Run tasks that record neither weights nor a seed.
+            allow_other_weights: Serve tasks trained on other backbone weights (another
+                sha256) with a warning, instead of refusing them.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
             weights=weights, pretrained=pretrained, allow_random_backbone=allow_random_backbone,
+            allow_other_weights=allow_other_weights,
         )
 
     @classmethod
@@ -127,6 +137,7 @@ class AdapterBank:
         weights: str | Path | None = None,
         pretrained: bool = False,
         allow_random_backbone: bool = False,
+        allow_other_weights: bool = False,
     ) -> AdapterBank:
         """A bank of the given ``{task name: adapter folder}``; arguments as :meth:`from_directory`."""
         if not folders:
@@ -138,9 +149,12 @@ class AdapterBank:
         if not explicit:
             weights, pretrained = recorded_backbone(reference, first, allow_random_backbone)
         base = dataclasses.replace(reference, method="linear", settings={})
-        model = build_adapter_model(base, None if weights is None else str(weights), pretrained, BASE_HEAD)
+        weights = None if weights is None else str(weights)
+        model = build_adapter_model(base, weights, pretrained, BASE_HEAD)
+        identity = backbone_identity(base.kind, base.backbone, weights, pretrained, model)
         backbone_id = _backbone_id(reference, first, explicit)
-        bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit)
+        bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit, identity,
+                   allow_other_weights)
         for name, folder in folders.items():
             bank.register(name, folder)
         return bank
@@ -163,7 +177,8 @@ class AdapterBank:
         Raises:
             ConfigError: the name is unsafe or taken, or the adapter cannot be served
                 by the bank (another method or fusion).
-            WeightsError: the adapter was trained on another backbone.
+            WeightsError: the adapter was trained on another backbone, or on other weights
+                than the bank's (another sha256; a warning with ``allow_other_weights``).
         """
         check_task_name(name)
         folder = config_path(folder).parent
@@ -175,6 +190,7 @@ class AdapterBank:
                 f"{folder}: trained on another backbone than the bank's ({_describe(config)} vs "
                 f"{_describe(self._reference)}); a bank serves tasks of one backbone"
             )
+        verify_weights(config, folder, self._weights_identity, self._allow_other_weights)
         size = tensor_bytes(folder)
         with self._lock:
             if name in self._configs:

@@ -103,14 +103,16 @@ def evaluate_run(
     weights: str | Path | None = None,
     progress: bool = False,
     data: str | Path | None = None,
+    allow_other_weights: bool = False,
 ) -> Evaluation:
     """Evaluate a finished run's adapter on ``split`` (and the grid); write the reports.
 
     The run's own adapter on its own data with its own settings writes into the run
     folder, after checking that the data are those it was trained on (`check_fingerprint`).
     Anything else (another adapter or backbone checkpoint, data named by ``data`` or a
-    ``data.*`` override, other settings) writes into a new ``RUN/evals/<name>/`` folder,
-    never over the run's own results.
+    ``data.*`` override, other settings, ``allow_other_weights``) writes into a new
+    ``RUN/evals/<name>/`` folder, never over the run's own results. Backbone weights other
+    than those the adapter records (another sha256) are refused unless ``allow_other_weights``.
 
     Args:
         run_dir: Run folder (``config.yaml``, ``adapter/``).
@@ -120,6 +122,7 @@ def evaluate_run(
         weights: Backbone checkpoint (default: the run's ``model.weights``).
         progress: Show progress bars.
         data: Other data: a CSV manifest (``data.manifest``) or a folder (``data.root``).
+        allow_other_weights: Evaluate on other backbone weights than the adapter's (a warning).
     """
     layout = RunLayout.at(run_dir)
     overrides = [*overrides, *named_inputs(data, weights)]
@@ -138,14 +141,16 @@ def evaluate_run(
     model, adapter_config = load_adapter(
         adapter, weights=backbone, pretrained=config.model.pretrained and not backbone,
         allow_random_backbone=not backbone and not config.model.pretrained,
+        allow_other_weights=allow_other_weights,
     )
     model.to(resolve_device(config.train.device))
     run = run_data(config, source, model)
     check_adapter_fits(adapter, adapter_config, source, run.pre.size)
     other_adapter = adapter.resolve() != layout.adapter.resolve()
     out = layout
-    if other_data or other_adapter or settings_changed(layout, config, keys):
-        record = {"adapter": str(adapter.resolve()), "split": split, "overrides": overrides}
+    if other_data or other_adapter or allow_other_weights or settings_changed(layout, config, keys):
+        record = {"adapter": str(adapter.resolve()), "split": split, "overrides": overrides,
+                  "allow_other_weights": allow_other_weights}
         name = eval_name(adapter if other_adapter else None, config.data if other_data else None)
         out = new_eval_folder(layout, name, config, record)
     return evaluate_split(model, run, config, split, tables[split], out, progress)

@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 from medpeft.atomic import atomic_write_text
 from medpeft.config import DataSettings
 from medpeft.data.records import Source
 from medpeft.errors import DataError
+from medpeft.hashing import stream_sha256
 from medpeft.runs.layout import RunLayout
 
 GENERATED_SOURCES = ("synthetic",)
 MAX_NAMED = 3
-CHUNK = 1 << 20
 
 Fingerprint = dict
 
@@ -32,17 +31,8 @@ def data_fingerprint(data: DataSettings, source: Source) -> Fingerprint | None:
     """The fingerprint of ``source`` as ``data`` read it (None for generated data)."""
     if data.source in GENERATED_SOURCES:
         return None
-    manifest = {"path": data.manifest, "sha256": file_sha256(data.manifest)} if data.manifest else None
+    manifest = {"path": data.manifest, "sha256": stream_sha256(data.manifest)} if data.manifest else None
     return {"manifest": manifest, "samples": samples_sha256(source), "files": file_stats(source)}
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def samples_sha256(source: Source) -> str:

@@ -142,10 +142,12 @@ def predict_files(
     device: str = "auto",
     progress: bool = False,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> Predictions:
     """Scores of image files (a folder: the image files under it) with an adapter of one image modality."""
     model, config = load_adapter(adapter, weights=weights, pretrained=pretrained,
-                                 allow_random_backbone=allow_random_backbone)
+                                 allow_random_backbone=allow_random_backbone,
+                                 allow_other_weights=allow_other_weights)
     if len(config.modalities) != 1:
         raise ConfigError(
             f"{adapter} reads modalities {list(config.modalities)}: pass a manifest with one "
@@ -166,10 +168,12 @@ def predict_manifest(
     progress: bool = False,
     root: str | Path | None = None,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> Predictions:
     """Scores of the rows of a manifest with one column per modality of the adapter."""
     model, config = load_adapter(adapter, weights=weights, pretrained=pretrained,
-                                 allow_random_backbone=allow_random_backbone)
+                                 allow_random_backbone=allow_random_backbone,
+                                 allow_other_weights=allow_other_weights)
     records = read_inputs(manifest, config.modalities, root=root)
     return _predict(model, config, records, batch_size, device, progress)
 
@@ -245,6 +249,7 @@ def predict_tasks(
     batch_size: int = 16,
     device: str = "auto",
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> TaskPredictions:
     """Scores of samples of several tasks on one backbone, in mixed-task batches.
 
@@ -258,7 +263,7 @@ def predict_tasks(
     """
     bank = AdapterBank.from_folders(
         adapters, device=resolve_device(device), weights=weights, pretrained=pretrained,
-        allow_random_backbone=allow_random_backbone,
+        allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
     )
     infos = {t.name: t for t in bank.tasks()}
     if manifest is not None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from medpeft.adapters_io.folder import HUB, save_adapter
+from medpeft.backbones.checkpoints import backbone_identity
 from medpeft.backbones.timm_vit import check_backbone, patch_multiple
 from medpeft.config import RunConfig, save_config
 from medpeft.config.paths import with_absolute_paths
@@ -63,6 +64,7 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     positive_class: str | None = None
+    backbone: dict = field(default_factory=dict)  # weights, sha256, hub (None when unknown)
 
     @property
     def test_metrics(self) -> dict[str, float]:
@@ -81,6 +83,7 @@ class RunReport:
                      "metric": self.test.metric},
             "skipped_samples": {"count": len(self.skipped), "samples": self.skipped},
             "timing": {key: round(seconds, 3) for key, seconds in self.timing.items()},
+            "backbone": self.backbone,
         }
 
     @classmethod
@@ -99,6 +102,7 @@ class RunReport:
             skipped=data.get("skipped_samples", {}).get("samples", []),
             timing=data.get("timing", {}),
             positive_class=data.get("positive_class"),
+            backbone=data.get("backbone", {}),
         )
 
 
@@ -228,6 +232,9 @@ def train_source(
     set_backbone_dropout(model, config.model.dropout)
     data = run_data(config, source, model)
     positive = run_positive_class(config, source)
+    weights = config.model.weights or (HUB if config.model.pretrained else None)
+    m = config.model
+    backbone = backbone_identity(m.kind, spec.backbone, m.weights, m.pretrained, model)  # before training
     result = fit(
         model, data.loader("train", tables["train"], train=True), data.loader("val", tables["val"]),
         source.task, config.train, layout.root, class_names=source.labels, resume=resume,
@@ -238,9 +245,8 @@ def train_source(
     start = time.perf_counter()
     adapter_dir = save_adapter(
         model, own.adapter, spec, source.labels, source.task, data.pre,
-        backbone_weights=config.model.weights or (HUB if config.model.pretrained else None),
-        kinds=source.kinds, inputs=_inputs(config, source), backbone_seed=config.train.seed,
-        positive_class=positive,
+        backbone_weights=weights, kinds=source.kinds, inputs=_inputs(config, source),
+        backbone_seed=config.train.seed, positive_class=positive, backbone=backbone,
     )
     timing["checkpoint_s"] = timing.get("checkpoint_s", 0.0) + time.perf_counter() - start
     start = time.perf_counter()
@@ -259,6 +265,7 @@ def train_source(
         skipped=list(data.skipped),
         timing=timing,
         positive_class=positive,
+        backbone={"weights": weights, "sha256": backbone.sha256, "hub": backbone.hub},
     )
     write_report(own, {"epochs": config.train.epochs, **report.to_dict()})
     distributed.barrier()  # the run folder is complete for every process

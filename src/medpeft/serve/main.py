@@ -21,6 +21,7 @@ def serve(
     max_loaded: int | None = None,
     weights: str | Path | None = None,
     allow_random_backbone: bool = False,
+    allow_other_weights: bool = False,
 ) -> None:
     """Serve every task folder of ``directory`` until interrupted.
 
@@ -33,6 +34,7 @@ def serve(
         max_loaded: Most adapters on the backbone at once (None: no limit).
         weights: Backbone checkpoint for every task (default: the one they record).
         allow_random_backbone: Serve tasks that record neither weights nor a seed.
+        allow_other_weights: Serve tasks trained on other backbone weights (a warning each).
     """
     try:
         import uvicorn
@@ -44,7 +46,7 @@ def serve(
 
     bank = AdapterBank.from_directory(
         directory, device=resolve_device(device), max_loaded=max_loaded, weights=weights,
-        allow_random_backbone=allow_random_backbone,
+        allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
     )
     if settings.token is None and not _is_loopback(host):
         logger.warning(f"serving on {host} without a token: anyone who reaches it can predict "
