@@ -37,7 +37,7 @@ from medpeft.adapters_io.config import AdapterConfig
 from medpeft.adapters_io.folder import load_adapter, read_config
 from medpeft.adapters_io.head_file import HEAD_WEIGHTS, task_linear, write_head
 from medpeft.adapters_io.peft import native_view
-from medpeft.atomic import atomic_write_text
+from medpeft.atomic import atomic_write, atomic_write_text
 from medpeft.backbones.timm_vit import build_vit, check_rebuilds, classifier_prefixes, config_layers
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError, WeightsError
@@ -170,8 +170,9 @@ def timm_config(model: nn.Module, config: AdapterConfig) -> dict:
     """timm's Hugging Face ``config.json`` of the merged model, plus the task type.
 
     ``model_args`` are what plain timm needs to build ``model``: a ``hf-hub:`` model's own
-    arguments, the input size and the adapter's model arguments (activations by timm's
-    name); checked by building the architecture from them on the meta device.
+    arguments, the input size (architectures of a fixed input size) and the adapter's model
+    arguments (activations by timm's name); checked by building the architecture from them
+    on the meta device.
 
     Raises:
         ConfigError: an argument a timm config cannot hold (``mlp_layer`` classes), or
@@ -180,7 +181,8 @@ def timm_config(model: nn.Module, config: AdapterConfig) -> dict:
     pre = config.preprocessing
     architecture = model.pretrained_cfg.get("architecture") or config.backbone.split(".")[0]
     hub_args = {k: v for k, v in getattr(model, "pretrained_model_args", {}).items() if k != "num_classes"}
-    size = {"img_size": config.img_size} if config.img_size else {}
+    fixed = bool(model.pretrained_cfg.get("fixed_input_size"))  # the architecture takes img_size
+    size = {"img_size": config.img_size or pre.size} if fixed else {}
     model_args = {**hub_args, **size, **config_layers(config.model_kwargs)}
     check_rebuilds(architecture, {**model_args, "num_classes": config.num_classes}, model)
     return {
@@ -191,7 +193,7 @@ def timm_config(model: nn.Module, config: AdapterConfig) -> dict:
         "model_args": model_args,
         "pretrained_cfg": {
             "input_size": [3, pre.size, pre.size],
-            "fixed_input_size": True,
+            "fixed_input_size": fixed,
             "mean": list(pre.mean),
             "std": list(pre.std),
             "interpolation": pre.interpolation,
@@ -219,22 +221,36 @@ def export_onnx(
     """
     model, config = merged_model(adapter, weights, pretrained, allow_random_backbone)
     size = config.preprocessing.size
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example, check = (torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(n)) for n in (2, 3))
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and exporter notices
-        torch.onnx.export(
-            model, (example,), str(out), input_names=["image"], output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-            dynamo=False,
-        )
-    difference = onnx_difference(model, out, example)
+    try:
+        atomic_write(out, lambda tmp: write_onnx(model, example, tmp, opset))
+    except OSError:
+        raise
+    except Exception as error:  # the tracer and exporter raise TypeError, RuntimeError, their own errors...
+        backbone = type(model.backbone if isinstance(model, PooledClassifier) else model).__name__
+        reason = (str(error).splitlines() or [""])[0]
+        raise ConfigError(
+            f"{adapter}: torch.onnx cannot export the {backbone} ({config.kind}) backbone "
+            f"({type(error).__name__}: {reason}); export the merged model (--merged) instead"
+        ) from error
+    difference = onnx_difference(model, out, check)  # another batch size than traced: the axis is dynamic
     if difference > tolerance:
         raise WeightsError(
             f"{out}: onnxruntime logits differ from PyTorch by {difference:.2e} (> {tolerance:g})"
         )
     return difference
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int) -> None:
+    """``torch.onnx.export`` of ``model`` traced on ``example``: input ``image``, output ``logits``, dynamic batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and exporter notices
+        torch.onnx.export(
+            model, (example,), str(path), input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+            dynamo=False,
+        )
 
 
 def onnx_difference(model: nn.Module, path: str | Path, images: torch.Tensor) -> float:

@@ -49,11 +49,12 @@ from medpeft.backbones.open_clip import PackedAttention
 from medpeft.backbones.timm_vit import classifier_prefixes
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError
+from medpeft.fusion.pooled import PooledClassifier
+from medpeft.fusion.single import SingleStream
 from medpeft.heads import head_of
 from medpeft.methods.dora.layer import DoraLinear
 from medpeft.methods.lora.attach import lora_layers
 from medpeft.methods.lora.layer import LoRALinear
-from medpeft.methods.targets import backbone_views
 
 PEFT_METHODS = ("lora", "dora")
 """Methods whose adapters have a PEFT equivalent."""
@@ -72,18 +73,18 @@ class PeftModule:
 
 
 def native_view(model: nn.Module) -> Backbone:
-    """The family view of the one backbone inside ``model`` (its ``module`` is the native model).
+    """The family view of a one-image model's backbone (its ``module`` is the native model).
 
     Raises:
-        ConfigError: the model has no backbone view (ViLT) or several (multimodal fusions).
+        ConfigError: the model holds more than one image backbone and a head (several
+            modalities, fusion layers, ViLT).
     """
-    views = backbone_views(model)
-    if len(views) != 1:
+    if not isinstance(model, (SingleStream, PooledClassifier)):
         raise ConfigError(
-            f"export needs a model of one image backbone; {type(model).__name__} has "
-            f"{len(views) or 'no'} backbone(s) a library could load on its own"
+            f"export needs a model of one image backbone and a head; a {type(model).__name__} holds "
+            "more (several modalities or fusion layers)"
         )
-    return next(iter(views.values()))
+    return next(iter(model.backbone_views().values()))
 
 
 def export_peft(
