@@ -13,9 +13,9 @@ vision tower), and gives the same features. Module names are the native model's 
   elsewhere; ``lora_alpha = 2r * scale``.
 - open_clip's ``nn.MultiheadAttention`` (which medpeft runs as
   :class:`~medpeft.backbones.open_clip.PackedAttention`): PEFT's LoRA for
-  ``MultiheadAttention`` on ``attn``, one pair on the packed q/k/v projection and one on
-  ``out_proj`` (zeros where medpeft adapts only one). The two share PEFT's rank (the
-  larger, zero-padded) and ``lora_alpha`` equals it; medpeft's scales are folded into ``B``.
+  ``MultiheadAttention`` on ``attn``, medpeft's pair on the packed q/k/v projection and a
+  zero pair on ``out_proj``. An adapted ``out_proj`` is refused: PEFT 0.21 adds its update
+  twice (huggingface/peft pull request 3774).
 - DoRA: ``use_dora: true`` and a ``lora_magnitude_vector`` per Linear over all its output
   rows: medpeft's magnitudes on the adapted rows, the base weight's row norms elsewhere
   (a scale of exactly 1: those rows are unchanged, as in medpeft). PEFT has no DoRA on
@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from timm.models.eva import EvaAttention
 from torch import nn
 
@@ -198,26 +197,31 @@ def peft_magnitude(layer: DoraLinear, adapter_name: str) -> torch.Tensor:
 def attention_module(
     attention: PackedAttention, parts: Mapping[str, LoRALinear], adapter_name: str, name: str
 ) -> PeftModule:
-    """PEFT's LoRA of an ``nn.MultiheadAttention``: a pair on ``in_proj`` and on ``out_proj``.
+    """PEFT's LoRA of an ``nn.MultiheadAttention``: medpeft's pair on the packed q/k/v projection
+    and a zero pair of the same rank on ``out_proj`` (PEFT adapts both).
 
-    Both get the larger rank (zero-padded), ``alpha`` = that rank (PEFT's scale 1) and
-    medpeft's scale folded into ``B``; a Linear medpeft does not adapt gets a zero pair.
+    Raises:
+        ConfigError: DoRA (PEFT has none for this module), or an adapted ``out_proj``, whose
+            update PEFT 0.21 adds twice (huggingface/peft pull request 3774).
     """
     if any(isinstance(layer, DoraLinear) for layer in parts.values()):
         raise ConfigError(
             f"{name}: PEFT has no DoRA for nn.MultiheadAttention (open_clip attention); export the "
             "merged model (--merged) instead, or adapt only the MLP (targets fc1, fc2)"
         )
-    pairs = {leaf: peft_pair(layer, adapter_name) for leaf, layer in parts.items()}
-    scaled = {leaf: (a, b * parts[leaf].scaling[adapter_name]) for leaf, (a, b) in pairs.items()}
-    rank = max(a.shape[0] for a, _ in pairs.values())
-    tensors = {}
-    for leaf, key in (("in_proj", ""), ("out_proj", _MHA_OUT)):
-        linear = attention.get_submodule(leaf)
-        a, b = scaled.get(leaf, (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0)))
-        tensors[f"{key}lora_A.weight"] = F.pad(a, (0, 0, 0, rank - a.shape[0]))
-        tensors[f"{key}lora_B.weight"] = F.pad(b, (0, rank - b.shape[1]))
-    return PeftModule(tensors, rank, float(rank))
+    if "out_proj" in parts:
+        raise ConfigError(
+            f"{name}.out_proj: PEFT adds the LoRA update of an nn.MultiheadAttention's out_proj twice "
+            "(huggingface/peft pull request 3774); export the merged model (--merged) instead, or "
+            "adapt q, k, v and the MLP only"
+        )
+    inner = linear_module(parts["in_proj"], adapter_name)
+    out = attention.out_proj
+    zeros = {
+        f"{_MHA_OUT}lora_A.weight": torch.zeros(inner.rank, out.in_features),
+        f"{_MHA_OUT}lora_B.weight": torch.zeros(out.out_features, inner.rank),
+    }
+    return PeftModule({**inner.tensors, **zeros}, inner.rank, inner.alpha)
 
 
 def _peft_config(
