@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from medpeft.errors import MedpeftError
+from medpeft.errors import ConfigError, MedpeftError
 
 
 def builtin_configs() -> dict[str, Path]:
@@ -119,7 +119,7 @@ def _named_adapters(values: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from medpeft.adapters_io.export import export_merged, export_onnx, how_to_load
+    from medpeft.adapters_io.export import check_one_backbone, export_merged, export_onnx, how_to_load
     from medpeft.adapters_io.folder import load_adapter, read_config
     from medpeft.adapters_io.peft import PEFT_METHODS, export_peft
 
@@ -139,8 +139,12 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"{args.adapter}: a {config.method!r} adapter has no Hugging Face PEFT equivalent; "
             "only LoRA and DoRA adapters export to PEFT"
         )
+    check_one_backbone(args.adapter, config)
     model, _ = load_adapter(args.adapter, adapter_name="default", **plain)
-    folder = export_peft(model, args.output, "default", config.labels, config.task)
+    try:
+        folder = export_peft(model, args.output, "default", config.labels, config.task)
+    except ConfigError as error:
+        raise ConfigError(f"{args.adapter}: {error}") from None
     print(f"wrote {folder} (peft: PeftModel.from_pretrained(native_model, \"{folder}\"))")
 
 

@@ -20,13 +20,14 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel
 
-from medpeft.adapters_io.config import Preprocessing
+from medpeft.adapters_io.config import AdapterConfig, Preprocessing
 from medpeft.adapters_io.export import (
     MERGED_CONFIG,
     OPEN_CLIP_WEIGHTS,
     export_merged,
     export_onnx,
     merged_model,
+    timm_config,
 )
 from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.adapters_io.head_file import HEAD_CONFIG, HEAD_WEIGHTS
@@ -166,6 +167,16 @@ def test_timm_config_names_activations_as_timm_does(tmp_path):
         torch.testing.assert_close(plain(x), model(x), atol=1e-5, rtol=0)
 
 
+def test_a_hub_models_own_arguments_are_written_for_plain_timm():
+    model = timm.create_model(BACKBONE, num_classes=2, img_size=32, **TINY)
+    model.pretrained_model_args = {**TINY, "num_classes": 0}  # what timm keeps of an hf-hub config.json
+    config = AdapterConfig("hf-hub:org/tiny-vit", ["a", "b"], "multilabel", Preprocessing(size=32), img_size=32)
+    saved = timm_config(model, config)
+    assert (saved["architecture"], saved["num_classes"]) == (BACKBONE, 2)
+    assert saved["model_args"] == {**TINY, "img_size": 32}
+    assert saved["pretrained_cfg"]["fixed_input_size"] is True and saved["medpeft_task"] == "multilabel"
+
+
 def test_an_mlp_class_plain_timm_cannot_read_is_refused(tmp_path):
     spec = ModelSpec(BACKBONE, 2, img_size=32, model_kwargs={**TINY, "mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"})
     folder = save_adapter(build_model(spec), tmp_path / "task", spec, ["a", "b"], "multiclass", backbone_seed=0)
@@ -207,3 +218,25 @@ def test_cli_exports_a_transformers_dora_adapter_three_ways(tmp_path, capsys):
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["use_dora"] is True and config["target_modules"] == ["fc1", "q_proj", "v_proj"]
     assert json.loads((tmp_path / "peft" / HEAD_CONFIG).read_text())["labels"] == ["no", "yes"]
+
+
+def test_cli_refusals_are_one_line_naming_the_adapter(tmp_path, capsys):
+    spec = ModelSpec(BACKBONE, 2, img_size=32, model_kwargs=dict(TINY), modalities=("fundus", "oct"))
+    multi = save_adapter(build_model(spec), tmp_path / "multi", spec, ["a", "b"], "multiclass", backbone_seed=0)
+    spec = ModelSpec(*FAMILIES["open_clip"][:1], 2, "dora", DoraSettings(), kind="open_clip",
+                     model_kwargs=dict(TINY_CLIP))
+    dora = save_adapter(build_model(spec), tmp_path / "dora", spec, ["a", "b"], "multiclass",
+                        Preprocessing(size=32), backbone_seed=0)
+    one_backbone = (f"medpeft export: error: {multi}: only adapters of one image backbone and a head export; "
+                    "this one is a timm model over ['fundus', 'oct'] (fusion 'auto')")
+    cases = [
+        ([str(multi), "--output", str(tmp_path / "p")], one_backbone),
+        ([str(multi), "--merged", str(tmp_path / "m")], one_backbone),
+        ([str(dora), "--output", str(tmp_path / "p")],
+         f"medpeft export: error: {dora}: transformer.resblocks.0.attn: PEFT has no DoRA for nn.MultiheadAttention"),
+    ]
+    for argv, message in cases:
+        assert main(["export", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m").exists()

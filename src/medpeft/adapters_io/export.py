@@ -84,11 +84,7 @@ def merged_model(
 
 def check_mergeable(adapter: str | Path, config: AdapterConfig) -> None:
     """ConfigError unless the adapter is one of a single image backbone whose method folds into it."""
-    if config.kind == "vilt" or len(config.modalities) != 1 or config.fusion != "auto" or config.missing_token:
-        raise ConfigError(
-            f"{adapter}: only adapters of one image backbone export as a plain model; this one is a "
-            f"{config.kind} model over {list(config.modalities)} (fusion {config.fusion!r})"
-        )
+    check_one_backbone(adapter, config)
     method = get_method(config.method)
     if method.markers and not method.mergeable:
         mergeable = [n for n in method_names() if get_method(n).mergeable]
@@ -97,6 +93,16 @@ def check_mergeable(adapter: str | Path, config: AdapterConfig) -> None:
             f"{adapter}: method {config.method!r} is not mergeable (its layers do not fold into the "
             f"backbone's weights); merged and ONNX export take {', '.join(mergeable)} adapters and "
             f"those that add no layers ({', '.join(plain)})"
+        )
+
+
+def check_one_backbone(adapter: str | Path, config: AdapterConfig) -> None:
+    """ConfigError unless the adapter's model is one image backbone and a head (what every export writes)."""
+    if config.kind == "vilt" or len(config.modalities) != 1 or config.fusion != "auto" or config.missing_token:
+        token = ", learned missing-image tokens" if config.missing_token else ""
+        raise ConfigError(
+            f"{adapter}: only adapters of one image backbone and a head export; this one is a "
+            f"{config.kind} model over {list(config.modalities)} (fusion {config.fusion!r}{token})"
         )
 
 
