@@ -24,7 +24,7 @@ from medpeft.backbones.base import describe
 from medpeft.errors import ConfigError
 from medpeft.model import ModelSpec, build_model
 from tests.methods.conftest import BACKBONE, TINY
-from tests.test_api import FAMILIES, build, images, train_step
+from tests.test_api import FAMILIES, build, train_step
 
 EVA_SEPARATE_QKV = dict(img_size=28, embed_dim=32, depth=2, num_heads=2, qkv_fused=False)
 TARGETS = ("q", "v", "fc1")
