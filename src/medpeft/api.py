@@ -26,7 +26,7 @@ from torch import nn
 
 from medpeft.adapters_io.folder import HUB, adapter_parameters, read_adapter_folder, read_config, save_adapter
 from medpeft.adapters_io.folder import load_adapter as load_adapter_folder
-from medpeft.backbones.base import describe
+from medpeft.backbones.base import describe, native_name
 from medpeft.backbones.weights import copy_weights
 from medpeft.errors import ConfigError
 from medpeft.methods import method_for_settings
@@ -199,17 +199,8 @@ def load_adapter(
 def module_spec(module: nn.Module, num_classes: int, method: str, settings: Any) -> ModelSpec:
     """The spec recorded for a backbone module passed in (its name as its library knows it)."""
     view = describe(module)
-    name = _module_name(module) or type(module).__name__
+    name = native_name(module) or type(module).__name__
     return ModelSpec(name, num_classes, method, settings, kind=view.library)
-
-
-def _module_name(module: nn.Module) -> str | None:
-    """timm's architecture name or a transformers model's ``name_or_path``, if known."""
-    cfg = getattr(module, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("architecture"):
-        return cfg["architecture"]
-    config = getattr(module, "config", None)
-    return getattr(config, "_name_or_path", None) or None
 
 
 def _weights_record(weights: str | Path | None, pretrained: bool) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from medpeft.errors import MedpeftError
+from medpeft.errors import ConfigError, MedpeftError
 
 
 def builtin_configs() -> dict[str, Path]:
@@ -121,30 +121,34 @@ def _named_adapters(values: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from medpeft.adapters_io.export import export_merged, export_onnx
+    from medpeft.adapters_io.export import check_one_backbone, export_merged, export_onnx, how_to_load
     from medpeft.adapters_io.folder import load_adapter, read_config
-    from medpeft.adapters_io.peft import export_peft
+    from medpeft.adapters_io.peft import PEFT_METHODS, export_peft
 
     if not (args.output or args.merged or args.onnx):
         raise MedpeftError("export: give --output (PEFT), --merged DIR and/or --onnx FILE")
+    config = read_config(args.adapter)
     plain = dict(weights=args.weights, allow_random_backbone=args.random_backbone,
                  allow_other_weights=args.allow_other_weights)
     if args.merged:
-        print(f"wrote {export_merged(args.adapter, args.merged, **plain)} (timm: local-dir:{args.merged})")
+        print(f"wrote {export_merged(args.adapter, args.merged, **plain)} ({how_to_load(config, args.merged)})")
     if args.onnx:
         difference = export_onnx(args.adapter, args.onnx, **plain)
         print(f"wrote {args.onnx} (onnxruntime vs PyTorch: max abs logit difference {difference:.1e})")
     if not args.output:
         return
-    method = read_config(args.adapter).method
-    if method != "lora":
+    if config.method not in PEFT_METHODS:
         raise MedpeftError(
-            f"{args.adapter}: a {method!r} adapter has no Hugging Face PEFT equivalent; "
-            "only LoRA adapters export"
+            f"{args.adapter}: a {config.method!r} adapter has no Hugging Face PEFT equivalent; "
+            "only LoRA and DoRA adapters export to PEFT"
         )
-    model, _ = load_adapter(args.adapter, adapter_name="default", weights=args.weights,
-                            allow_other_weights=args.allow_other_weights)
-    print(f"wrote {export_peft(model, args.output, 'default')}")
+    check_one_backbone(args.adapter, config)
+    model, _ = load_adapter(args.adapter, adapter_name="default", **plain)
+    try:
+        folder = export_peft(model, args.output, "default", config.labels, config.task)
+    except ConfigError as error:
+        raise ConfigError(f"{args.adapter}: {error}") from None
+    print(f"wrote {folder} (peft: PeftModel.from_pretrained(native_model, \"{folder}\"))")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -292,10 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export an adapter: PEFT format, merged timm model, ONNX")
+    p = sub.add_parser("export", help="export an adapter: PEFT format, merged model, ONNX")
     p.add_argument("adapter", help="medpeft adapter folder")
-    p.add_argument("--output", help="folder for the Hugging Face PEFT adapter (LoRA)")
-    p.add_argument("--merged", metavar="DIR", help="folder for the merged timm model (safetensors + config.json)")
+    p.add_argument("--output", help="folder for the Hugging Face PEFT adapter (LoRA, DoRA)")
+    p.add_argument(
+        "--merged", metavar="DIR",
+        help="folder for the merged model in its library's format (timm folder, transformers "
+        "save_pretrained, open_clip state dict; task head beside)",
+    )
     p.add_argument("--onnx", metavar="FILE", help="ONNX file of the merged model (checked with onnxruntime)")
     p.add_argument("--weights", help="backbone checkpoint file")
     p.add_argument(

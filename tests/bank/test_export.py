@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import timm
@@ -44,8 +45,15 @@ def test_export_needs_a_target(bank_dir, capsys):
     assert "--merged" in capsys.readouterr().err
 
 
-def test_methods_that_do_not_fold_are_refused(tmp_path):
-    spec = ModelSpec(BACKBONE, 2, method="mor", img_size=32, model_kwargs=dict(TINY))
-    folder = save_adapter(build_model(spec), tmp_path / "mor", spec, ["a", "b"], "multiclass", backbone_seed=0)
-    with pytest.raises(ConfigError, match="'mor' adds parameters that do not fold"):
-        export_merged(folder, tmp_path / "out")
+@pytest.mark.parametrize("method", ["mor", "mora"])
+def test_methods_that_are_not_mergeable_are_refused_in_one_line(tmp_path, method):
+    spec = ModelSpec(BACKBONE, 2, method=method, img_size=32, model_kwargs=dict(TINY))
+    folder = save_adapter(build_model(spec), tmp_path / method, spec, ["a", "b"], "multiclass", backbone_seed=0)
+    message = (
+        f"^{re.escape(str(folder))}: method '{method}' is not mergeable \\(its layers do not fold into the backbone's weights\\); "
+        "merged and ONNX export take lora, dora adapters and those that add no layers \\(linear, full\\)$"
+    )
+    for export in (export_merged, export_onnx):
+        with pytest.raises(ConfigError, match=message):
+            export(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

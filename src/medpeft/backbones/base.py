@@ -142,6 +142,11 @@ class Backbone(ABC):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, width]``, equal to the library's own pooled output."""
 
+    @property
+    def features_call(self) -> str:
+        """The library's own expression whose value :meth:`features` is (written beside exported heads)."""
+        return "model(images)"
+
     def prepare(self) -> None:
         """Make every :class:`Projection` a Linear the forward really calls (idempotent).
 
@@ -255,6 +260,15 @@ def grid_shape(count: int, height: int, width: int) -> tuple[int, int]:
     if count % rows:
         raise ConfigError(f"{count} patch tokens do not tile a {height}x{width} image in a grid")
     return rows, count // rows
+
+
+def native_name(module: nn.Module) -> str | None:
+    """The name a module's library knows it by: timm's architecture, a transformers ``name_or_path``."""
+    cfg = getattr(module, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture"):
+        return cfg["architecture"]
+    config = getattr(module, "config", None)
+    return getattr(config, "_name_or_path", None) or None
 
 
 _FAMILIES: list[type[Backbone]] = []

@@ -173,6 +173,12 @@ class TransformersBackbone(Backbone):
         output = self.module(pixel_values=images, **self._interpolation())
         return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
 
+    @property
+    def features_call(self) -> str:
+        flag = ", interpolate_pos_encoding=True" if self.layout.interpolation_flag else ""
+        output = "last_hidden_state[:, 0]" if self.layout.cls_pooled else "pooler_output"
+        return f"model(pixel_values=images{flag}).{output}"
+
     def embed(
         self, images: torch.Tensor, patches: PatchEdit | None = None, positioned: PatchEdit | None = None
     ) -> torch.Tensor:

@@ -191,6 +191,47 @@ def _layer(key: str, value: str) -> Callable[..., nn.Module]:
     return layer
 
 
+ACTIVATION_NAMES: dict[Callable[..., nn.Module], str] = {
+    nn.SiLU: "silu", nn.GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", nn.ReLU: "relu",
+}
+"""timm's own names (``timm.layers.get_act_layer``) of the activations in :data:`LAYER_NAMES`."""
+
+
+def config_layers(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` as a timm ``config.json`` can hold them: activations by timm's own name.
+
+    Raises:
+        ConfigError: a layer a timm config cannot name (``mlp_layer``: timm takes the
+            class itself, so plain timm would build another MLP).
+    """
+    named = {}
+    for key, value in model_kwargs.items():
+        if key in LAYER_NAMES and isinstance(value, str):
+            layer = _layer(key, value)
+            if layer not in ACTIVATION_NAMES:
+                raise ConfigError(
+                    f"model.kwargs.{key}: {value!r} is a layer class, which a timm config.json cannot "
+                    "name (timm reads activations by name only), so plain timm would build another model"
+                )
+            value = ACTIVATION_NAMES[layer]
+        named[key] = value
+    return named
+
+
+def check_rebuilds(arch: str, model_args: Mapping[str, Any], model: nn.Module) -> None:
+    """ConfigError unless ``timm.create_model(arch, **model_args)`` has ``model``'s tensors
+    (names and shapes; built on the meta device)."""
+    try:
+        plain = _meta_model(arch, **model_args)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"plain timm cannot build {arch} from model_args {dict(model_args)}: {error}") from error
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    built = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    if built != expected:
+        differ = sorted(set(built.items()) ^ set(expected.items()))[:3]
+        raise ConfigError(f"timm builds another {arch} from model_args {dict(model_args)}: {differ}")
+
+
 def _plain(name: str) -> str:
     """``torch.nn.SiLU`` -> ``silu``, ``quick_gelu`` -> ``quickgelu``."""
     return name.rsplit(".", 1)[-1].lower().replace("_", "")
@@ -353,6 +394,10 @@ class TimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.module.forward_head(self.module.forward_features(images), pre_logits=True)
+
+    @property
+    def features_call(self) -> str:
+        return "model.forward_head(model.forward_features(images), pre_logits=True)"
 
 
 @register_family
