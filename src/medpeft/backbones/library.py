@@ -88,6 +88,7 @@ def _open_clip_tower(name: str, pretrained: bool, preset: Preset | None, **model
 
     vision_cfg = model_kwargs.pop("vision_cfg", None)
     if vision_cfg is not None:
+        model_kwargs.pop("text_cfg", None)  # a whole CLIP config: the tower needs its vision part only
         return _build_vision_tower(model_kwargs.pop("embed_dim", 512), CLIPVisionCfg(**vision_cfg), **model_kwargs)
     try:
         return open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs).visual
