@@ -40,7 +40,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, families, register_family
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.weights import NON_ENCODER_KEYS, fit_state_dict, read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
 HUB_PREFIX = "hf-hub:"
@@ -207,32 +207,28 @@ def _kind(model: nn.Module) -> str:
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into a timm model, ignoring its classifier.
+    """Load a local checkpoint into a timm model, all of its encoder or nothing; its classifier stays.
 
     The checkpoint filter of the model's timm module converts original layouts
     (DINOv2, CLIP, DeiT, EVA, Swin, ConvNeXt) and interpolates position embeddings
-    to the model's image size.
+    to the model's image size. Tensors of no encoder (an MAE decoder and ``mask_token``
+    as RETFound ships them, DINO heads, classifiers, CLIP's text tower) are left out and
+    logged by name; see :func:`~medpeft.backbones.weights.fit_state_dict`.
+
+    Raises:
+        WeightsError: an encoder tensor the checkpoint lacks, a tensor the model lacks
+            that is no known non-encoder one, or a tensor of another shape.
     """
-    state = read_state_dict(path)
+    raw = read_state_dict(path)
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
     try:
-        state = filter_fn(state, model) if filter_fn is not None else state
+        state = filter_fn(dict(raw), model) if filter_fn is not None else raw
     except Exception as error:
         raise WeightsError(f"{path} does not fit {type(model).__name__}: {error}") from error
-    classifier = classifier_prefixes(model)
-    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-        raise WeightsError(f"{path}: tensor shapes do not match the model: {details}")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
-    if missing or result.unexpected_keys:
-        raise WeightsError(
-            f"{path} does not match the backbone: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]} (is it a checkpoint of this architecture?)"
-        )
+    converted_away = [k for k in raw if k not in state and k not in own and k.startswith(NON_ENCODER_KEYS["timm"])]
+    state = fit_state_dict(state, own, path, "timm", classifier_prefixes(model), converted_away)
+    model.load_state_dict(state, strict=False)
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
