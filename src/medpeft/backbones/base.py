@@ -125,6 +125,11 @@ class Backbone(ABC):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, width]``, equal to the library's own pooled output."""
 
+    def size_problem(self, size: int) -> str | None:
+        """Why the backbone cannot take square images of ``size`` px, starting with its name
+        (``ViTModel (transformers) takes multiples of its 16 px patches``); None: it can."""
+        return None
+
     def prepare(self) -> None:
         """Make every :class:`Projection` a Linear the forward really calls (idempotent).
 
@@ -175,6 +180,13 @@ class Backbone(ABC):
     def describe(self) -> str:
         """``ClassName (library)`` for messages."""
         return f"{type(self.module).__name__} ({self.library})"
+
+
+def patch_problem(model: str, size: int, patch: int, pads: bool = False) -> str | None:
+    """``model`` takes multiples of its ``patch`` px patches only (unless it ``pads`` the image)."""
+    if size % patch == 0 or pads:
+        return None
+    return f"{model} takes multiples of its {patch} px patches (the rest of each row and column would be dropped)"
 
 
 _FAMILIES: list[type[Backbone]] = []

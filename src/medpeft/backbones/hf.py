@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, register_family
+from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, patch_problem, register_family
 from medpeft.errors import ConfigError
 
 LIBRARY_PREFIX = "transformers."
@@ -133,6 +133,10 @@ class TransformersBackbone(Backbone):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         output = self.module(pixel_values=images, **self._interpolation())
         return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
+
+    def size_problem(self, size: int) -> str | None:
+        """Any multiple of the patch size (position embeddings are interpolated)."""
+        return patch_problem(self.describe(), size, self.module.config.patch_size)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens after CLS (and registers), positions interpolated to the image size."""

@@ -39,7 +39,15 @@ from timm.models.eva import Eva, EvaAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, families, register_family
+from medpeft.backbones.base import (
+    Backbone,
+    Capabilities,
+    Projection,
+    Role,
+    families,
+    patch_problem,
+    register_family,
+)
 from medpeft.backbones.weights import NON_ENCODER_KEYS, fit_state_dict, read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
@@ -273,6 +281,16 @@ class TimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.module.forward_head(self.module.forward_features(images), pre_logits=True)
+
+    def size_problem(self, size: int) -> str | None:
+        """A patch embedding built for one size (``strict_img_size``) takes that size only, else
+        multiples of its patch (unless it pads); models without one (ConvNeXt) take any size."""
+        embed = getattr(self.module, "patch_embed", None)
+        if embed is None:
+            return None
+        if getattr(embed, "strict_img_size", False) and embed.img_size is not None and embed.img_size != (size, size):
+            return f"{self.describe()} takes {embed.img_size[0]} px images only (the img_size it was built at)"
+        return patch_problem(self.describe(), size, embed.patch_size[0], getattr(embed, "dynamic_img_pad", False))
 
 
 @register_family
