@@ -264,6 +264,25 @@ def test_cli_import_lora_vit_writes_a_loadable_adapter(tmp_path, images, capsys)
     assert "2 labels given" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_cli_import_lora_vit_replaces_an_adapter_only_with_force(tmp_path, capsys) -> None:
+    path = tmp_path / "melo_lora_4_8.safetensors"
+    save_file(lora_vit_state(depth=12, dim=192), str(path))
+    out = tmp_path / "adapter"
+    common = ["import-lora-vit", str(path), "--backbone", "vit_tiny_patch16_224", "--img-size", "32",
+              "--output", str(out)]
+    assert main(common) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*common, "--labels", *LABELS]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"medpeft import-lora-vit: error: --output: {out} already holds an adapter (adapter_config.json, "
+                   "adapter_model.safetensors); refusing to overwrite it. Choose another folder, or pass --force "
+                   "to replace it (Python: overwrite=True)\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*common, "--labels", *LABELS, "--force"]) == 0
+    assert read_adapter_config(out).labels == LABELS
+
+
 @pytest.mark.parametrize(
     "edit, file_name, culprit",
     [
