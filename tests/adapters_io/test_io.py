@@ -20,6 +20,7 @@ from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.heads import TaskHeads
 from medpeft.methods.layers import adapter_names
+from medpeft.methods import MoraSettings
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 
@@ -167,6 +168,22 @@ def test_invalid_config_names_file_and_field(saved, edit, culprit) -> None:
     with pytest.raises(ConfigError, match=culprit) as error:
         read_adapter_config(folder)
     assert CONFIG_NAME in str(error.value)
+
+
+@pytest.mark.parametrize("method", ["lora", "mora"])
+def test_an_edited_preprocessing_size_is_refused_naming_the_field(tmp_path, tiny_spec, method) -> None:
+    spec = tiny_spec() if method == "lora" else ModelSpec(
+        "vit_tiny_patch16_224", 3, "mora", MoraSettings(rank=4, blocks=(0,)), img_size=32, modalities=("a", "b"),
+        model_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
+    folder = save_adapter(build_model(spec), tmp_path / method, spec, LABELS, "multiclass", backbone_seed=0)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["preprocessing"]["size"] = 40  # a MoRA model's blocks are wrapped: no family reads them
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as error:
+        load_adapter(folder)
+    assert str(error.value) == (f"{folder / CONFIG_NAME}: preprocessing.size 40 does not fit the model: "
+                                "VisionTransformer (timm) takes 32 px images only (the img_size it was built at)")
 
 
 def test_unreadable_config(tmp_path) -> None:

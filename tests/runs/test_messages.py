@@ -155,5 +155,5 @@ def test_an_edited_preprocessing_size_is_one_line_naming_the_field(image_run, im
     assert main(["predict", str(adapter), str(image), "--quiet"]) == 2
     assert one_line(capsys.readouterr().err) == (
         f"medpeft predict: error: {adapter / 'adapter_config.json'}: preprocessing.size {size} does not fit "
-        "the model: SingleStreamVisionTransformer (timm) takes 32 px images only (the img_size it was built at)"
+        "the model: VisionTransformer (timm) takes 32 px images only (the img_size it was built at)"
     )
