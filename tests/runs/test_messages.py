@@ -157,3 +157,24 @@ def test_an_edited_preprocessing_size_is_one_line_naming_the_field(image_run, im
         f"medpeft predict: error: {adapter / 'adapter_config.json'}: preprocessing.size {size} does not fit "
         "the model: VisionTransformer (timm) takes 32 px images only (the img_size it was built at)"
     )
+
+
+def test_an_mae_checkpoint_as_model_weights_trains_and_names_what_it_leaves_out(tmp_path, train_image, image_argv, capsys):
+    from medpeft.backbones import build_vit
+
+    encoder = build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_pred.weight": torch.zeros(192, 16)}
+    torch.save({"model": {**state, **decoder}}, tmp_path / "mae.pth")
+    run = train_image(tmp_path / "run", "train.epochs=1", f"model.weights={tmp_path / 'mae.pth'}")
+    assert (f"{tmp_path / 'mae.pth'}: left out 2 tensor(s) that are not part of the encoder: decoder_pred.* (1), "
+            "mask_token (1)") in capsys.readouterr().err
+    assert (run / "adapter" / "adapter_config.json").is_file()
+
+    torch.save({"model": {**state, "projector.weight": torch.zeros(8, 32)}}, tmp_path / "odd.pth")
+    assert main(image_argv(tmp_path / "odd", "train.epochs=1", f"model.weights={tmp_path / 'odd.pth'}")) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"medpeft train: error: {tmp_path / 'odd.pth'} does not match the backbone: 1 of its tensors is not in the "
+        "model (projector.weight). Is it a checkpoint of this architecture and size (model.backbone, model.kind, "
+        "model.kwargs)?"
+    )
