@@ -73,8 +73,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medpeft.train import distributed
     from medpeft.train.settings import resolve_device
 
-    distributed.setup()
-    resolve_device(args.device, "--device")  # before any model is loaded  # under `accelerate launch`: each process scores a slice
+    distributed.setup()  # under `accelerate launch`: each process scores a slice
+    resolve_device(args.device, "--device")  # before any model is loaded
     if args.adapters and args.adapter:  # with --adapter, the first positional is an image
         args.images, args.adapter = [args.adapter, *args.images], None
     if not args.adapters and not args.adapter:

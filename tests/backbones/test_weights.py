@@ -105,6 +105,27 @@ def test_a_classifier_norm_the_model_does_not_pool_with_is_left_out_but_one_it_u
     assert kept.keys() == {"norm.weight"} and "fc_norm.* (1)" in _dropped_line(caplog)
 
 
+def test_timm_pretrained_weights_are_all_or_error_too(tmp_path, caplog):
+    """timm loads hub weights without ``strict`` when the classifier is new: what it leaves at
+    init is an error. A local file as the pretrained source (``pretrained_cfg_overlay``) takes
+    timm's hub loading path offline."""
+    source = build_vit("vit_base_patch16_224", 1000, img_size=32, **TINY)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file({**state, "decoder_pred.weight": torch.zeros(4, 4)}, str(tmp_path / "hub.safetensors"))
+    hub = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "hub.safetensors")), **TINY)
+    with caplog.at_level(logging.INFO, logger="medpeft"):
+        model = build_vit("vit_base_patch16_224", 2, img_size=32, **hub)
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+    assert "vit_base_patch16_224 (pretrained weights): left out 1 tensor(s)" in _dropped_line(caplog)
+    with pytest.raises(WeightsError) as error:  # avg pooling adds fc_norm and drops the trained norm
+        build_vit("vit_base_patch16_224", 2, img_size=32, global_pool="avg", **hub)
+    assert ("2 of the model's 32 tensors are not in it (fc_norm.bias, fc_norm.weight); 2 of its tensors are "
+            "not in the model (norm.bias, norm.weight)") in str(error.value)
+    with pytest.raises(WeightsError, match="do not match the model .*size mismatch for cls_token") as error:
+        build_vit("vit_base_patch16_224", 2, img_size=32, **{**hub, "embed_dim": 48})
+    assert "\n" not in str(error.value)
+
+
 def test_vilt_given_a_dinov2_folder_is_refused_naming_both_kinds(tmp_path):
     Dinov2Model(Dinov2Config(**HF_TINY)).save_pretrained(tmp_path / "dinov2")
     with pytest.raises(WeightsError) as error:

@@ -32,6 +32,7 @@ from medpeft.backbones.weights import (
     check_complete,
     check_loading_info,
     fit_state_dict,
+    load_error_line,
     read_state_dict,
 )
 from medpeft.errors import ConfigError, WeightsError
@@ -77,6 +78,9 @@ def build_open_clip(
     try:
         model = open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs)
     except RuntimeError as error:
+        mismatch = load_error_line(error)
+        if mismatch is not None:  # open_clip loads hub weights strictly
+            raise WeightsError(f"the pretrained weights of {name!r} do not match the model: {mismatch}") from error
         raise ConfigError(f"model.backbone: {error}") from error
     tower = model.visual
     if weights is not None:

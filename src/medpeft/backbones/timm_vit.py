@@ -26,8 +26,11 @@ so parameter names and outputs stay timm's and an adapter around ``qkv`` is call
 from __future__ import annotations
 
 import importlib
+import logging
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +51,14 @@ from medpeft.backbones.base import (
     patch_problem,
     register_family,
 )
-from medpeft.backbones.weights import NON_ENCODER_KEYS, fit_state_dict, read_state_dict
+from medpeft.backbones.weights import (
+    NON_ENCODER_KEYS,
+    check_complete,
+    fit_state_dict,
+    load_error_line,
+    read_state_dict,
+    report_dropped,
+)
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
 HUB_PREFIX = "hf-hub:"
@@ -88,11 +98,18 @@ def build_vit(
     check_backbone(name, **model_kwargs)
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     try:
-        model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
-                                  **resolve_layers(model_kwargs))
+        with timm_load_report() as report:
+            model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
+                                      **resolve_layers(model_kwargs))
     except (OSError, RuntimeError, ValueError) as error:
         if not use_hub:
             raise
+        mismatch = load_error_line(error)
+        if mismatch is not None:  # timm loads hub weights strictly
+            raise WeightsError(
+                f"the pretrained weights of {name!r} do not match the model (do model.kwargs change "
+                f"its architecture?): {mismatch}"
+            ) from error
         if not pretrained:
             raise WeightsError(
                 f"could not fetch the architecture of {name!r} from the hub ({error}); "
@@ -104,9 +121,59 @@ def build_vit(
             "--weights path/to/model.safetensors (config key model.weights)."
         ) from error
     check_model(model, name)
+    check_hub_load(model, name, report)
     if weights is not None:
         load_backbone_weights(model, weights)
     return model
+
+
+class _LoadReport(logging.Handler):
+    """Collects the missing and unexpected keys timm logs when it loads pretrained weights
+    without ``strict`` (always when the classifier is new)."""
+
+    PATTERNS: ClassVar[dict[str, re.Pattern]] = {
+        "missing": re.compile(r"Missing keys \((.*)\) discovered while loading pretrained weights"),
+        "unexpected": re.compile(r"Unexpected keys \((.*)\) found while loading pretrained weights"),
+    }
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: dict[str, list[str]] = {kind: [] for kind in self.PATTERNS}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for kind, pattern in self.PATTERNS.items():
+            match = pattern.match(record.getMessage())
+            if match:
+                self.keys[kind] = match.group(1).split(", ")
+
+
+@contextmanager
+def timm_load_report() -> Iterator[dict[str, list[str]]]:
+    """The keys timm reports missing or unexpected while it loads pretrained weights inside the
+    block; its builder's log stays out of the user's handlers (the keys are checked instead)."""
+    logger = logging.getLogger("timm.models._builder")
+    report = _LoadReport()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(report)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield report.keys
+    finally:
+        logger.removeHandler(report)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def check_hub_load(model: nn.Module, name: str, report: Mapping[str, list[str]]) -> None:
+    """All-or-error for pretrained weights timm loaded: an encoder tensor left at its init, or an
+    unexpected tensor of no known non-encoder kind, is a WeightsError; known ones are logged."""
+    known = NON_ENCODER_KEYS["timm"]
+    missing = [k for k in report["missing"] if not k.startswith(classifier_prefixes(model))]
+    unknown = [k for k in report["unexpected"] if not k.startswith(known)]
+    source = f"{name} (pretrained weights)"
+    check_complete(source, missing, unknown, len(model.state_dict()))
+    report_dropped(source, [k for k in report["unexpected"] if k.startswith(known)], known)
 
 
 def resolve_layers(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:

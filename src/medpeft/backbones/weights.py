@@ -139,6 +139,16 @@ def copy_weights(
             param.copy_(state[key])
 
 
+def load_error_line(error: BaseException, limit: int = 400) -> str | None:
+    """A torch ``load_state_dict`` error (missing, unexpected or misshapen tensors) as one line of
+    at most ``limit`` characters; None for any other error."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or "Error(s) in loading state_dict" not in text:
+        return None
+    line = " ".join(part.strip() for part in text.splitlines())
+    return line if len(line) <= limit else f"{line[:limit]} ..."
+
+
 def fit_state_dict(
     state: Mapping[str, torch.Tensor],
     own: Mapping[str, torch.Tensor],
