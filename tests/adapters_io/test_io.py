@@ -19,8 +19,8 @@ from medpeft.adapters_io.peft import export_peft
 from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.heads import TaskHeads
-from medpeft.methods.layers import adapter_names
 from medpeft.methods import MoraSettings
+from medpeft.methods.layers import adapter_names
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
 
