@@ -72,8 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from medpeft.runs.predict import predict_files, predict_manifest, predict_tasks
     from medpeft.train import distributed
+    from medpeft.train.settings import resolve_device
 
     distributed.setup()  # under `accelerate launch`: each process scores a slice
+    resolve_device(args.device, "--device")  # before any model is loaded
     if args.adapters and args.adapter:  # with --adapter, the first positional is an image
         args.images, args.adapter = [args.adapter, *args.images], None
     if not args.adapters and not args.adapter:
@@ -155,7 +157,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     from medpeft.adapters_io.lora_vit import convert_lora_vit
 
     folder = convert_lora_vit(
-        args.file, args.backbone, args.output, args.img_size, args.labels, args.weights
+        args.file, args.backbone, args.output, args.img_size, args.labels, args.weights, overwrite=args.force
     )
     print(f"wrote {folder}")
 
@@ -189,7 +191,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from medpeft.serve.main import serve
     from medpeft.serve.settings import ServeSettings, token_from
+    from medpeft.train.settings import resolve_device
 
+    resolve_device(args.device, "--device")  # before any model is loaded
     limits = {name: getattr(args, name) for name in ("max_pixels", "max_decodes") if getattr(args, name) is not None}
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
@@ -323,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", help="class names in head order (default: class_0 ...)")
     p.add_argument("--output", required=True, help="medpeft adapter folder to write")
     p.add_argument("--weights", help="backbone checkpoint file (checked against the adapter)")
+    p.add_argument("--force", action="store_true", help="replace an adapter --output already holds")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")

@@ -148,6 +148,16 @@ def check_token_stream(model: nn.Module, method: str) -> None:
         )
 
 
+def input_size_problem(model: nn.Module, size: int) -> str | None:
+    """Why ``model`` cannot take square images of ``size`` px (None: it can): its own answer
+    (ViLT), that of its first backbone that cannot, or a bare backbone's."""
+    own = getattr(model, "size_problem", None)
+    if own is not None:
+        return own(size)
+    views = model.backbone_views().values() if hasattr(model, "backbone_views") else [describe(model)]
+    return next((problem for view in views if (problem := view.size_problem(size))), None)
+
+
 def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image") -> nn.Module:
     """The one-modality fusion model around a native backbone module, with a new head.
 

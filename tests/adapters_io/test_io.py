@@ -19,6 +19,7 @@ from medpeft.adapters_io.peft import export_peft
 from medpeft.cli import main
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.heads import TaskHeads
+from medpeft.methods import MoraSettings
 from medpeft.methods.layers import adapter_names
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
@@ -169,6 +170,22 @@ def test_invalid_config_names_file_and_field(saved, edit, culprit) -> None:
     assert CONFIG_NAME in str(error.value)
 
 
+@pytest.mark.parametrize("method", ["lora", "mora"])
+def test_an_edited_preprocessing_size_is_refused_naming_the_field(tmp_path, tiny_spec, method) -> None:
+    spec = tiny_spec() if method == "lora" else ModelSpec(
+        "vit_tiny_patch16_224", 3, "mora", MoraSettings(rank=4, blocks=(0,)), img_size=32, modalities=("a", "b"),
+        model_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
+    folder = save_adapter(build_model(spec), tmp_path / method, spec, LABELS, "multiclass", backbone_seed=0)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["preprocessing"]["size"] = 40  # a MoRA model's blocks are wrapped: no family reads them
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as error:
+        load_adapter(folder)
+    assert str(error.value) == (f"{folder / CONFIG_NAME}: preprocessing.size 40 does not fit the model: "
+                                "VisionTransformer (timm) takes 32 px images only (the img_size it was built at)")
+
+
 def test_unreadable_config(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         read_adapter_config(tmp_path)
@@ -262,6 +279,25 @@ def test_cli_import_lora_vit_writes_a_loadable_adapter(tmp_path, images, capsys)
     assert read_adapter_config(tmp_path / "plain").labels == ["class_0", "class_1", "class_2"]
     assert main([*common, "--labels", "a", "b", "--output", str(tmp_path / "bad")]) == 2
     assert "2 labels given" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_import_lora_vit_replaces_an_adapter_only_with_force(tmp_path, capsys) -> None:
+    path = tmp_path / "melo_lora_4_8.safetensors"
+    save_file(lora_vit_state(depth=12, dim=192), str(path))
+    out = tmp_path / "adapter"
+    common = ["import-lora-vit", str(path), "--backbone", "vit_tiny_patch16_224", "--img-size", "32",
+              "--output", str(out)]
+    assert main(common) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*common, "--labels", *LABELS]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"medpeft import-lora-vit: error: --output: {out} already holds an adapter (adapter_config.json, "
+                   "adapter_model.safetensors); refusing to overwrite it. Choose another folder, or pass --force "
+                   "to replace it (Python: overwrite=True)\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*common, "--labels", *LABELS, "--force"]) == 0
+    assert read_adapter_config(out).labels == LABELS
 
 
 @pytest.mark.parametrize(

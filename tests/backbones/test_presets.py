@@ -114,7 +114,6 @@ def test_a_timm_safetensors_checkpoint_loads_every_tensor(name, side, tmp_path):
         torch.testing.assert_close(model.features(images(side)), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="MAE keys: weights14 branch")
 def test_a_retfound_mae_checkpoint_loads_its_encoder(tmp_path):
     torch.manual_seed(2)
     # RETFound's models_vit.VisionTransformer(global_pool=True): timm's ViT-L/16 without the final

@@ -67,3 +67,32 @@ def test_intervention_reads_the_cls_token_not_a_register():
         steered = EarlyIntervention.intervened(view, x, tokens, torch.ones(2, 1, dtype=torch.bool))
     torch.testing.assert_close(masked, plain, rtol=0, atol=1e-7)  # a masked-out token is no token
     assert (steered - plain).norm() > 1e-3 * plain.norm()  # an attended one steers the [CLS]
+
+
+def test_each_family_says_which_image_sizes_it_takes(vilt_config):
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from transformers import Dinov2Config, Dinov2Model, ViltModel
+
+    from medpeft.backbones.base import describe
+    from medpeft.fusion.vilt import ViltClassifier
+    from medpeft.model import input_size_problem
+
+    fixed = describe(build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, **TINY))
+    assert fixed.size_problem(32) is None
+    assert fixed.size_problem(64) == ("VisionTransformer (timm) takes 32 px images only "
+                                      "(the img_size it was built at)")
+    dynamic = describe(build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, dynamic_img_size=True, **TINY))
+    assert dynamic.size_problem(64) is None
+    assert dynamic.size_problem(36) == ("VisionTransformer (timm) takes multiples of its 8 px patches (the rest "
+                                        "of each row and column would be dropped)")
+    convnext = describe(build_vit("convnext_tiny", 2, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)))
+    assert convnext.size_problem(37) is None
+    dinov2 = describe(Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                               image_size=28, patch_size=14)))
+    assert dinov2.size_problem(56) is None and "multiples of its 14 px patches" in dinov2.size_problem(64)
+    tower = describe(_build_vision_tower(16, CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
+                                                             image_size=32)))
+    assert tower.size_problem(32) is None and tower.size_problem(64).endswith("takes 32x32 px images only")
+    vilt = ViltClassifier(ViltModel(vilt_config), 2)
+    assert input_size_problem(vilt, 64) is None
+    assert input_size_problem(vilt, 36).startswith("ViltModel takes multiples of its 8 px patches")

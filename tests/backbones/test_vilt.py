@@ -33,7 +33,7 @@ def test_weights_from_file_folder_and_missing_hub(vilt_config, tmp_path: Path):
             torch.testing.assert_close(loaded.state_dict()[key], value)
     wider = copy.deepcopy(vilt_config)
     wider.hidden_size = 48
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(WeightsError, match="shapes do not match the model.*pass the matching config"):
         build_vilt(config=wider, weights=tmp_path / "vilt.safetensors")
     with pytest.raises(WeightsError, match="Offline"):
         build_vilt(str(tmp_path / "absent"), pretrained=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -117,6 +118,17 @@ def test_a_task_on_another_backbone_is_refused_naming_its_folder(bank_dir, tmp_p
     write_task(mixed, "tb", other, seed=1)
     with pytest.raises(WeightsError, match=r"mixed/tb.*another backbone"):
         AdapterBank.from_directory(mixed)
+
+
+def test_a_task_whose_preprocessing_size_does_not_fit_the_backbone_is_refused(bank_dir, tmp_path):
+    edited = shutil.copytree(bank_dir, tmp_path / "edited")
+    file = edited / "blood" / "adapter_config.json"
+    config = json.loads(file.read_text())
+    config["preprocessing"]["size"] = 48  # the bank's backbone is built at 32 px
+    file.write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as error:
+        AdapterBank.from_directory(edited)
+    assert str(error.value).startswith(f"{file}: preprocessing.size 48 does not fit the model: ")
 
 
 def _png(rgb) -> bytes:

@@ -79,4 +79,5 @@ def test_an_unreadable_file_fails_alone_in_every_task(bank_dir, tmp_path, capsys
     assert [float(v.split("=")[1]) for v in rows[0]["scores"].split(";")] == pytest.approx(expected.tolist(), abs=1e-4)
     assert rows[2]["scores"] == rows[2]["prediction"] == ""
     assert "modality 'image': cannot read image" in rows[2]["error"] and "img1.png" in rows[2]["error"]
-    assert capsys.readouterr().err.startswith("medpeft predict: 2 of 4 sample(s) could not be read")
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medpeft predict:")]
+    assert len(summary) == 1 and summary[0].startswith("medpeft predict: 2 of 4 sample(s) could not be read")

@@ -6,6 +6,7 @@ Each case below once ended with a traceback or, worse, a silent wrong result.
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_a_label_typo_is_flagged_with_the_class_counts(tmp_path, manifest, image
         ("model.backbone=resnet50", "model.backbone: 'resnet50' is a ResNet"),
         ("train.monitor=aucroc", "did you mean 'auroc'?"),
         ("lora.rnk=3", "did you mean 'rank'?"),
+        ("lora.rank=33", "lora.rank: 33 is larger than the layer blocks.0.attn.qkv (32 inputs, 32 adapted outputs)"),
+        ("train.device=cuda:99", "train.device: 'cuda:99' is not a device of this machine; valid: auto, cpu"),
     ],
 )
 def test_bad_values_are_refused_before_anything_runs(tmp_path, image_argv, capsys, override, key):
@@ -130,3 +133,48 @@ def test_predict_rejects_a_nan_npy_image(tmp_path, train_image, capsys):
     assert main(["predict", str(run / "adapter"), str(image)]) == 1  # the sample is an error row
     assert "scan.npy: 1024 of 1024 pixels are NaN or infinite" in one_line(capsys.readouterr().err)
     shutil.rmtree(run)
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_an_unknown_device_is_one_line_listing_the_valid_ones(image_run, image_manifest, command, capsys):
+    image = next((image_manifest.parent / "images").glob("*.png"))
+    argv = ["predict", str(image_run / "adapter"), str(image)] if command == "predict" else ["serve", str(image_run)]
+    assert main([*argv, "--device", "bogus"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"medpeft {command}: error: --device: 'bogus' is not a device of this machine; "
+                           "valid: auto, cpu")
+
+
+@pytest.mark.parametrize("size", [33, 64])
+def test_an_edited_preprocessing_size_is_one_line_naming_the_field(image_run, image_manifest, tmp_path, capsys, size):
+    adapter = shutil.copytree(image_run / "adapter", tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["preprocessing"]["size"] = size  # the model is built at img_size 32
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    image = next((image_manifest.parent / "images").glob("*.png"))
+    assert main(["predict", str(adapter), str(image), "--quiet"]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"medpeft predict: error: {adapter / 'adapter_config.json'}: preprocessing.size {size} does not fit "
+        "the model: VisionTransformer (timm) takes 32 px images only (the img_size it was built at)"
+    )
+
+
+def test_an_mae_checkpoint_as_model_weights_trains_and_names_what_it_leaves_out(tmp_path, train_image, image_argv, capsys):
+    from medpeft.backbones import build_vit
+
+    encoder = build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_pred.weight": torch.zeros(192, 16)}
+    torch.save({"model": {**state, **decoder}}, tmp_path / "mae.pth")
+    run = train_image(tmp_path / "run", "train.epochs=1", f"model.weights={tmp_path / 'mae.pth'}")
+    assert (f"{tmp_path / 'mae.pth'}: left out 2 tensor(s) that are not part of the encoder: decoder_pred.* (1), "
+            "mask_token (1)") in capsys.readouterr().err
+    assert (run / "adapter" / "adapter_config.json").is_file()
+
+    torch.save({"model": {**state, "projector.weight": torch.zeros(8, 32)}}, tmp_path / "odd.pth")
+    assert main(image_argv(tmp_path / "odd", "train.epochs=1", f"model.weights={tmp_path / 'odd.pth'}")) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"medpeft train: error: {tmp_path / 'odd.pth'} does not match the backbone: 1 of its tensors is not in the "
+        "model (projector.weight). Is it a checkpoint of this architecture and size (model.backbone, model.kind, "
+        "model.kwargs)?"
+    )

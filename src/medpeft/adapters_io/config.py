@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from torch import nn
+
 from medpeft import __version__
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.checkpoints import BackboneIdentity
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.config.tools import from_dict
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
-from medpeft.model import ModelSpec
+from medpeft.model import ModelSpec, input_size_problem
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -198,6 +202,22 @@ def write_adapter_config(config: AdapterConfig, out_dir: str | Path) -> Path:
     except TypeError as error:
         raise ConfigError(f"adapter config: model_kwargs must be JSON values: {error}") from error
     return atomic_write_text(Path(out_dir) / CONFIG_NAME, text + "\n")
+
+
+def check_input_size(model: nn.Module, config: AdapterConfig, folder: str | Path) -> None:
+    """ConfigError naming ``adapter_config.json`` unless ``model`` takes its ``preprocessing.size``
+    (an edited size would end in an error deep inside the model, or drop pixels silently).
+
+    timm models are judged on a bare copy of the backbone built on the meta device (no
+    memory), as a method may have wrapped blocks (MoRA) so that no family reads them.
+    """
+    size = config.preprocessing.size
+    if config.kind == "timm":
+        with torch.device("meta"):
+            model = build_vit(config.backbone, config.num_classes, config.img_size, **config.model_kwargs)
+    problem = input_size_problem(model, size)
+    if problem is not None:
+        raise ConfigError(f"{config_path(folder)}: preprocessing.size {size} does not fit the model: {problem}")
 
 
 def config_path(path: str | Path) -> Path:

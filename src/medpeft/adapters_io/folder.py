@@ -32,6 +32,7 @@ from medpeft.adapters_io.config import (
     WEIGHTS_NAME,
     AdapterConfig,
     Preprocessing,
+    check_input_size,
     config_path,
     make_config,
     read_adapter_config,
@@ -229,11 +230,13 @@ def load_adapter(
         model = build_adapter_model(config, weights, pretrained, name)
         actual = backbone_identity(config.kind, config.backbone, weights, pretrained, model)
         verify_weights(config, folder, actual, allow_other_weights)
+        check_input_size(model, config, folder)
         copy_weights(adapter_parameters(model, name, method), state, source)
         return model, config
     if not method.adapter_dicts:
         raise ConfigError(f"{folder}: {config.method!r} adapters cannot join a given model")
     check_backbone(model, config, folder)
+    check_input_size(model, config, folder)
     add_adapter_weights(model, name, method, config.method_settings(), state, source)
     return model, config
 

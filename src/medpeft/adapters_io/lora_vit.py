@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.adapters_io.folder import adapter_parameters, add_adapter_weights, save_adapter
 from medpeft.backbones.weights import copy_weights, read_state_dict
 from medpeft.errors import ConfigError, WeightsError
@@ -88,6 +89,7 @@ def convert_lora_vit(
     img_size: int | None = None,
     labels: Sequence[str] | None = None,
     weights: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a LoRA-ViT/MeLo ``.safetensors`` file into a medpeft adapter folder.
 
@@ -99,11 +101,14 @@ def convert_lora_vit(
         img_size: Input resolution the adapter was trained at (default: the backbone's).
         labels: Class names in head order; default ``class_0 .. class_{C-1}``.
         weights: Backbone checkpoint to build the model from (checks that it fits).
+        overwrite: Replace an adapter ``out_dir`` already holds.
 
     Raises:
-        ConfigError: if the number of labels differs from the file's head classes.
+        ConfigError: if the number of labels differs from the file's head classes, or
+            ``out_dir`` holds an adapter and ``overwrite`` is False.
     """
     path = Path(path)
+    check_free(out_dir, overwrite)
     state = read_state_dict(path)
     _, num_classes = _head_key(state, path)
     labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
@@ -113,6 +118,16 @@ def convert_lora_vit(
     spec = ModelSpec(backbone, num_classes, img_size=img_size, settings=lora_vit_settings(path, state))
     model = import_lora_vit(path, spec, adapter_name="default", weights=weights)
     return save_adapter(model, out_dir, spec, labels, "multiclass", backbone_weights=weights)
+
+
+def check_free(out_dir: str | Path, overwrite: bool) -> None:
+    """ConfigError if ``out_dir`` holds an adapter (its config or tensors) and ``overwrite`` is False."""
+    held = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (Path(out_dir) / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(
+            f"--output: {out_dir} already holds an adapter ({', '.join(held)}); refusing to overwrite "
+            "it. Choose another folder, or pass --force to replace it (Python: overwrite=True)"
+        )
 
 
 def lora_vit_settings(path: Path, state: dict[str, torch.Tensor]) -> LoraSettings:

@@ -147,6 +147,11 @@ class Backbone(ABC):
         """The library's own expression whose value :meth:`features` is (written beside exported heads)."""
         return "model(images)"
 
+    def size_problem(self, size: int) -> str | None:
+        """Why the backbone cannot take square images of ``size`` px, starting with its name
+        (``ViTModel (transformers) takes multiples of its 16 px patches``); None: it can."""
+        return None
+
     def prepare(self) -> None:
         """Make every :class:`Projection` a Linear the forward really calls (idempotent).
 
@@ -269,6 +274,13 @@ def native_name(module: nn.Module) -> str | None:
         return cfg["architecture"]
     config = getattr(module, "config", None)
     return getattr(config, "_name_or_path", None) or None
+
+
+def patch_problem(model: str, size: int, patch: int, pads: bool = False) -> str | None:
+    """``model`` takes multiples of its ``patch`` px patches only (unless it ``pads`` the image)."""
+    if size % patch == 0 or pads:
+        return None
+    return f"{model} takes multiples of its {patch} px patches (the rest of each row and column would be dropped)"
 
 
 _FAMILIES: list[type[Backbone]] = []

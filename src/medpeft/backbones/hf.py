@@ -45,6 +45,7 @@ from medpeft.backbones.base import (
     Projection,
     Role,
     edit_conv_patches,
+    patch_problem,
     register_family,
 )
 from medpeft.errors import ConfigError
@@ -172,6 +173,11 @@ class TransformersBackbone(Backbone):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         output = self.module(pixel_values=images, **self._interpolation())
         return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
+
+    def size_problem(self, size: int) -> str | None:
+        """Any multiple of the patch size (position embeddings are interpolated)."""
+        return patch_problem(self.describe(), size, self.module.config.patch_size)
+
 
     @property
     def features_call(self) -> str:

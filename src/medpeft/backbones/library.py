@@ -16,20 +16,38 @@ A preset name (``rad-dino``, ``phikon``, ``biomedclip``: :mod:`medpeft.backbones
 builds that model: its hub id online, its exact architecture at random offline; the
 module gets the preset's ``pretrained_cfg`` (input size, mean, std) for the adapter's
 preprocessing.
+
+Every load is all-or-error (:mod:`medpeft.backbones.weights`): a checkpoint that leaves
+an encoder tensor at its random init is refused, and the tensors left out that belong
+to no encoder (a classifier, CLIP's text tower) are named in the log.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from medpeft.backbones.presets import Preset, find_preset
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.weights import (
+    NON_ENCODER_KEYS,
+    check_complete,
+    check_loading_info,
+    fit_state_dict,
+    load_error_line,
+    read_state_dict,
+)
 from medpeft.errors import ConfigError, WeightsError
 
 VISUAL_PREFIX = "visual."
+UNUSED_POOLER = ("pooler.",)
+"""transformers tensors that may stay at their init: the families pool without ``ViTModel``'s
+tanh pooler, and ViLT trains its pooler with the adapter."""
 
 
 def build_transformers(
@@ -43,7 +61,7 @@ def build_transformers(
     source = weights if weights is not None else name
     if Path(source).is_dir() or pretrained:
         try:
-            return _with_preset(AutoModel.from_pretrained(str(source), **model_kwargs), preset)
+            return _with_preset(from_pretrained_checked(AutoModel, source, "transformers", **model_kwargs), preset)
         except (OSError, ValueError) as error:
             hint = f"{preset.access_hint()}; offline, download" if preset else "Offline? Download"
             raise WeightsError(
@@ -71,13 +89,7 @@ def build_open_clip(
         model_kwargs = {**preset.model_kwargs, **model_kwargs}
     tower = _open_clip_tower(preset.backbone if preset else name, pretrained, preset, **model_kwargs)
     if weights is not None:
-        state = read_state_dict(weights)
-        if any(k.startswith(VISUAL_PREFIX) for k in state):
-            state = {k.removeprefix(VISUAL_PREFIX): v for k, v in state.items() if k.startswith(VISUAL_PREFIX)}
-        result = tower.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(f"{weights} does not fit the {name} vision tower: missing "
-                               f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        load_tower_weights(tower, weights)
     return _with_preset(tower, preset)
 
 
@@ -93,6 +105,9 @@ def _open_clip_tower(name: str, pretrained: bool, preset: Preset | None, **model
     try:
         return open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs).visual
     except RuntimeError as error:
+        mismatch = load_error_line(error)
+        if mismatch is not None:  # open_clip loads hub weights strictly
+            raise WeightsError(f"the pretrained weights of {name!r} do not match the model: {mismatch}") from error
         raise ConfigError(f"model.backbone: {error}") from error
     except OSError as error:
         hint = preset.access_hint() if preset else "hf-hub ids need the hub or its local cache (HF_HOME)"
@@ -105,3 +120,57 @@ def _with_preset(module: nn.Module, preset: Preset | None) -> nn.Module:
     if preset is not None:
         module.pretrained_cfg = preset.pretrained_cfg()
     return module
+
+
+def load_tower_weights(tower: nn.Module, path: str | Path) -> None:
+    """Load a whole open_clip checkpoint (``visual.*``; its text tower is left out and logged)
+    or the tower's own into ``tower``, all of it or nothing."""
+    state, own, text = read_state_dict(path), tower.state_dict(), []
+    if any(k.startswith(VISUAL_PREFIX) for k in state):
+        text = [k for k in state if not k.startswith(VISUAL_PREFIX)]
+        check_complete(path, [], [k for k in text if not k.startswith(NON_ENCODER_KEYS["open_clip"])], len(own))
+        state = {k.removeprefix(VISUAL_PREFIX): v for k, v in state.items() if k.startswith(VISUAL_PREFIX)}
+    tower.load_state_dict(fit_state_dict(state, own, path, "open_clip", dropped_before=text))
+
+
+def from_pretrained_checked(model_class: Any, source: str | Path, kind: str, **kwargs: Any) -> nn.Module:
+    """``model_class.from_pretrained(source)`` (a transformers class), all of its tensors or a WeightsError.
+
+    transformers loads what matches and leaves the rest at random init; here a missing
+    or misshapen tensor is an error naming them (and the checkpoint's ``model_type``
+    when it is not the model's), and the unexpected ones that belong to no encoder are
+    logged (see :data:`~medpeft.backbones.weights.NON_ENCODER_KEYS` of ``kind``).
+    """
+    try:
+        with _quiet("transformers"):  # its load report would repeat what is checked here
+            model, info = model_class.from_pretrained(
+                str(source), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+    except RuntimeError as error:
+        raise WeightsError(f"cannot load {source}: {str(error).splitlines()[0]}") from error
+    checkpoint_type = _model_type(source)
+    hint = "" if checkpoint_type in (None, type(model.config).model_type) else (
+        f"a {checkpoint_type} checkpoint given to model.kind {kind}"
+    )
+    check_loading_info(info, source, kind, len(model.state_dict()), UNUSED_POOLER, hint)
+    return model
+
+
+def _model_type(source: str | Path) -> str | None:
+    """``model_type`` of a local folder's ``config.json`` (None if there is none)."""
+    try:
+        return json.loads((Path(source) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from the logger ``logger_name`` (and its children) inside the block."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

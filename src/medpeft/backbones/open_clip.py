@@ -189,6 +189,11 @@ class OpenClipBackbone(Backbone):
         output = self.module(images)
         return output[0] if isinstance(output, tuple) else output  # output_tokens=True adds the tokens
 
+    def size_problem(self, size: int) -> str | None:
+        """The tower's own image size only (its position embeddings are not interpolated)."""
+        height, width = self.module.image_size
+        return None if (size, size) == (height, width) else f"{self.describe()} takes {height}x{width} px images only"
+
     def prepare(self) -> None:
         """Replace each block's ``nn.MultiheadAttention`` by a :class:`PackedAttention`."""
         for block in self.blocks():
@@ -273,6 +278,9 @@ class OpenClipTimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images)
+
+    def size_problem(self, size: int) -> str | None:
+        return self.trunk.size_problem(size)
 
     def prepare(self) -> None:
         self.trunk.prepare()

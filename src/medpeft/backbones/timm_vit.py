@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,9 +55,17 @@ from medpeft.backbones.base import (
     Projection,
     Role,
     families,
+    patch_problem,
     register_family,
 )
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.weights import (
+    NON_ENCODER_KEYS,
+    check_complete,
+    fit_state_dict,
+    load_error_line,
+    read_state_dict,
+    report_dropped,
+)
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
 HUB_PREFIX = "hf-hub:"
@@ -106,11 +116,18 @@ def build_vit(
     pooling = model_kwargs.pop("pooling", None)
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     try:
-        model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
-                                  **resolve_layers(model_kwargs))
+        with timm_load_report() as report:
+            model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
+                                      **resolve_layers(model_kwargs))
     except (OSError, RuntimeError, ValueError) as error:
         if not use_hub:
             raise
+        mismatch = load_error_line(error)
+        if mismatch is not None:  # timm loads hub weights strictly
+            raise WeightsError(
+                f"the pretrained weights of {name!r} do not match the model (do model.kwargs change "
+                f"its architecture?): {mismatch}"
+            ) from error
         if not pretrained:
             raise WeightsError(
                 f"could not fetch the architecture of {name!r} from the hub ({error}); "
@@ -127,6 +144,7 @@ def build_vit(
             "--weights path/to/model.safetensors (config key model.weights)."
         ) from error
     check_model(model, name)
+    check_hub_load(model, name, report)
     if weights is not None:
         load_backbone_weights(model, weights)
     if pooling is not None:
@@ -168,6 +186,55 @@ class ClsMeanPooling:
 
 
 _CLS_MEAN: dict[type, type] = {}
+
+
+class _LoadReport(logging.Handler):
+    """Collects the missing and unexpected keys timm logs when it loads pretrained weights
+    without ``strict`` (always when the classifier is new)."""
+
+    PATTERNS: ClassVar[dict[str, re.Pattern]] = {
+        "missing": re.compile(r"Missing keys \((.*)\) discovered while loading pretrained weights"),
+        "unexpected": re.compile(r"Unexpected keys \((.*)\) found while loading pretrained weights"),
+    }
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: dict[str, list[str]] = {kind: [] for kind in self.PATTERNS}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for kind, pattern in self.PATTERNS.items():
+            match = pattern.match(record.getMessage())
+            if match:
+                self.keys[kind] = match.group(1).split(", ")
+
+
+@contextmanager
+def timm_load_report() -> Iterator[dict[str, list[str]]]:
+    """The keys timm reports missing or unexpected while it loads pretrained weights inside the
+    block; its builder's log stays out of the user's handlers (the keys are checked instead)."""
+    logger = logging.getLogger("timm.models._builder")
+    report = _LoadReport()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(report)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield report.keys
+    finally:
+        logger.removeHandler(report)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def check_hub_load(model: nn.Module, name: str, report: Mapping[str, list[str]]) -> None:
+    """All-or-error for pretrained weights timm loaded: an encoder tensor left at its init, or an
+    unexpected tensor of no known non-encoder kind, is a WeightsError; known ones are logged."""
+    known = NON_ENCODER_KEYS["timm"]
+    missing = [k for k in report["missing"] if not k.startswith(classifier_prefixes(model))]
+    unknown = [k for k in report["unexpected"] if not k.startswith(known)]
+    source = f"{name} (pretrained weights)"
+    check_complete(source, missing, unknown, len(model.state_dict()))
+    report_dropped(source, [k for k in report["unexpected"] if k.startswith(known)], known)
 
 
 def resolve_layers(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,32 +391,28 @@ def _kind(model: nn.Module) -> str:
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into a timm model, ignoring its classifier.
+    """Load a local checkpoint into a timm model, all of its encoder or nothing; its classifier stays.
 
     The checkpoint filter of the model's timm module converts original layouts
     (DINOv2, CLIP, DeiT, EVA, Swin, ConvNeXt) and interpolates position embeddings
-    to the model's image size.
+    to the model's image size. Tensors of no encoder (an MAE decoder and ``mask_token``
+    as RETFound ships them, DINO heads, classifiers, CLIP's text tower) are left out and
+    logged by name; see :func:`~medpeft.backbones.weights.fit_state_dict`.
+
+    Raises:
+        WeightsError: an encoder tensor the checkpoint lacks, a tensor the model lacks
+            that is no known non-encoder one, or a tensor of another shape.
     """
-    state = read_state_dict(path)
+    raw = read_state_dict(path)
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
     try:
-        state = filter_fn(state, model) if filter_fn is not None else state
+        state = filter_fn(dict(raw), model) if filter_fn is not None else raw
     except Exception as error:
         raise WeightsError(f"{path} does not fit {type(model).__name__}: {error}") from error
-    classifier = classifier_prefixes(model)
-    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-        raise WeightsError(f"{path}: tensor shapes do not match the model: {details}")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
-    if missing or result.unexpected_keys:
-        raise WeightsError(
-            f"{path} does not match the backbone: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]} (is it a checkpoint of this architecture?)"
-        )
+    converted_away = [k for k in raw if k not in state and k not in own and k.startswith(NON_ENCODER_KEYS["timm"])]
+    state = fit_state_dict(state, own, path, "timm", classifier_prefixes(model), converted_away)
+    model.load_state_dict(state, strict=False)
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -398,6 +461,16 @@ class TimmBackbone(Backbone):
     @property
     def features_call(self) -> str:
         return "model.forward_head(model.forward_features(images), pre_logits=True)"
+
+    def size_problem(self, size: int) -> str | None:
+        """A patch embedding built for one size (``strict_img_size``) takes that size only, else
+        multiples of its patch (unless it pads); models without one (ConvNeXt) take any size."""
+        embed = getattr(self.module, "patch_embed", None)
+        if embed is None:
+            return None
+        if getattr(embed, "strict_img_size", False) and embed.img_size is not None and embed.img_size != (size, size):
+            return f"{self.describe()} takes {embed.img_size[0]} px images only (the img_size it was built at)"
+        return patch_problem(self.describe(), size, embed.patch_size[0], getattr(embed, "dynamic_img_pad", False))
 
 
 @register_family

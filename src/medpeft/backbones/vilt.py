@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizerFast, ViltConfig, ViltModel
 
-from medpeft.backbones.weights import read_state_dict
+from medpeft.backbones.library import from_pretrained_checked
+from medpeft.backbones.weights import fit_state_dict, read_state_dict
 from medpeft.errors import ConfigError, WeightsError
 
 DEFAULT_VILT = "dandelin/vilt-b32-mlm"
@@ -58,8 +59,10 @@ def build_vilt(
 
 
 def _from_pretrained(source: str | Path) -> ViltModel:
+    """``ViltModel.from_pretrained(source)``, every tensor from the checkpoint but the pooler
+    (trained with the adapter); task heads (``mlm_score``, ...) are left out and logged."""
     try:
-        return ViltModel.from_pretrained(str(source))
+        return from_pretrained_checked(ViltModel, source, "vilt")
     except pickle.UnpicklingError as error:
         raise WeightsError(
             f"{source}: refused to unpickle a Python object other than tensors (it could run "
@@ -74,23 +77,15 @@ def _from_pretrained(source: str | Path) -> ViltModel:
 
 
 def load_vilt_weights(model: ViltModel, path: str | Path) -> None:
-    """Load a local ViLT state dict, dropping a ``vilt.`` prefix and task heads."""
+    """Load a local ViLT state dict (keys with or without ``vilt.``), all of it or nothing;
+    task heads (``mlm_score``, ``classifier``, ...) are left out and logged."""
     state = {k.removeprefix("vilt."): v for k, v in read_state_dict(path).items()}
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own}
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if v.shape != own[k].shape
-    ]
-    missing = sorted(set(own) - set(state))
-    if wrong or missing:
+    try:
+        model.load_state_dict(fit_state_dict(state, model.state_dict(), path, "vilt"))
+    except WeightsError as error:
         raise WeightsError(
-            f"{path} does not fit this ViltConfig: shape mismatches {wrong[:3]}, "
-            f"missing {missing[:5]} "
-            "(Hugging Face ViltModel/ViltFor* keys expected; pass the matching config=...)"
-        )
-    model.load_state_dict(state)
+            f"{error} (Hugging Face ViltModel/ViltFor* keys expected; pass the matching config=...)"
+        ) from error
 
 
 def resize_text_positions(vilt: ViltModel, max_text_len: int) -> ViltModel:

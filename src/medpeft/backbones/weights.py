@@ -1,11 +1,21 @@
 """Model weights in local files: read (safetensors, or torch pickles loaded safely),
-write (safetensors, atomically) and copy into a model's tensors with checks."""
+write (safetensors, atomically) and copy into a model's tensors with checks.
+
+Backbone loads are all-or-error (:func:`fit_state_dict`, :func:`check_loading_info`):
+a checkpoint tensor that is part of no encoder is dropped only when its name is a
+known one of the family (:data:`NON_ENCODER_KEYS`: an MAE decoder, DINO heads, a
+classifier the model does not use, CLIP's text tower, ViLT's task heads), and the
+log names those prefixes and counts; any other tensor the model lacks, and any
+encoder tensor the checkpoint lacks, is a :class:`WeightsError` listing them.
+"""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +25,27 @@ from medpeft.atomic import atomic_write
 from medpeft.errors import WeightsError
 
 _NESTED_KEYS = ("state_dict", "model", "module", "teacher")
+_LISTED = 5  # keys named in an error
+
+log = logging.getLogger(__name__)
+
+MAE_DECODER = ("mask_token", "decoder_embed.", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.",
+               "decoder_pred.")
+DINO_HEADS = ("dino_head.", "ibot_head.")
+CLASSIFIERS = ("head.", "head_dist.", "fc_norm.", "pre_logits.", "classifier.")
+CLIP_TEXT = ("text.", "transformer.", "token_embedding.", "positional_embedding", "ln_final.",
+             "text_projection", "logit_scale", "logit_bias")
+VILT_HEADS = ("mlm_score.", "itm_score.", "mpp_score.", "rank_output.", "classifier.")
+NON_ENCODER_KEYS: dict[str, tuple[str, ...]] = {
+    "timm": MAE_DECODER + DINO_HEADS + CLASSIFIERS + CLIP_TEXT,
+    "transformers": CLASSIFIERS,
+    "open_clip": CLIP_TEXT,
+    "vilt": VILT_HEADS,
+}
+"""Per family, name prefixes of checkpoint tensors that belong to no encoder: dropped (and
+logged) when the model has no tensor of that name, so ConvNeXt's ``head.norm`` or a ViT's
+``fc_norm`` the model pools with still load. timm's list covers what its checkpoint
+conversions drop themselves (DINOv2's ``mask_token``, CLIP's text tower)."""
 
 
 def load_torch_file(path: str | Path) -> Any:
@@ -106,3 +137,121 @@ def copy_weights(
     with torch.no_grad():
         for key, param in params.items():
             param.copy_(state[key])
+
+
+def load_error_line(error: BaseException, limit: int = 400) -> str | None:
+    """A torch ``load_state_dict`` error (missing, unexpected or misshapen tensors) as one line of
+    at most ``limit`` characters; None for any other error."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or "Error(s) in loading state_dict" not in text:
+        return None
+    line = " ".join(part.strip() for part in text.splitlines())
+    return line if len(line) <= limit else f"{line[:limit]} ..."
+
+
+def fit_state_dict(
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    source: str | Path,
+    family: str,
+    fresh: tuple[str, ...] = (),
+    dropped_before: Iterable[str] = (),
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` to load into a model whose state dict is ``own``: every one.
+
+    Args:
+        state: The checkpoint's tensors (converted to the model's names).
+        own: The model's state dict.
+        source: The checkpoint, for messages.
+        family: Key of :data:`NON_ENCODER_KEYS` naming the tensors that may be dropped.
+        fresh: Prefixes of model tensors not loaded (a new classifier): the checkpoint's
+            tensors there are dropped, the model's may be absent from it.
+        dropped_before: Checkpoint keys a conversion already left out, for the log line.
+
+    Raises:
+        WeightsError: an encoder tensor missing from ``state``, a tensor of ``state`` the
+            model lacks whose name is not a known non-encoder one, or a shape that differs.
+    """
+    known = NON_ENCODER_KEYS[family]
+    dropped = {k for k in state if k.startswith(fresh) or (k not in own and k.startswith(known))}
+    kept = {k: v for k, v in state.items() if k not in dropped}
+    missing = [k for k in own if k not in kept and not k.startswith(fresh)]
+    check_complete(source, missing, [k for k in kept if k not in own], len(own))
+    wrong = [k for k, v in kept.items() if own[k].shape != v.shape]
+    if wrong:
+        details = ", ".join(f"{k} {tuple(kept[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+        raise WeightsError(f"{source}: tensor shapes do not match the model: {details}")
+    report_dropped(source, [*dropped_before, *dropped], (*fresh, *known))
+    return kept
+
+
+def check_loading_info(
+    info: Mapping[str, list[str]],
+    source: str | Path,
+    family: str,
+    expected: int,
+    optional: tuple[str, ...] = (),
+    hint: str = "",
+) -> None:
+    """All-or-error for a transformers ``from_pretrained(..., output_loading_info=True)``.
+
+    Args:
+        info: The loading info (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``).
+        source: The folder or hub id loaded.
+        family: Key of :data:`NON_ENCODER_KEYS` naming unexpected tensors that may be dropped.
+        expected: How many tensors the model has (for the message).
+        optional: Prefixes of model tensors that may stay at their init (not used, or trained).
+        hint: What the message says first (e.g. the checkpoint's model type).
+
+    Raises:
+        WeightsError: a missing, unknown unexpected or misshapen tensor.
+    """
+    known = NON_ENCODER_KEYS[family]
+    unexpected = list(info.get("unexpected_keys", []))
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(optional)]
+    check_complete(source, missing, [k for k in unexpected if not k.startswith(known)], expected, hint)
+    mismatched = [str(k[0]) if isinstance(k, (tuple, list)) else str(k) for k in info.get("mismatched_keys", [])]
+    if mismatched:
+        raise WeightsError(f"{source}: tensor shapes do not match the model: {_listed(mismatched)}")
+    report_dropped(source, unexpected, known)
+
+
+def check_complete(
+    source: str | Path, missing: Collection[str], unexpected: Collection[str], expected: int, hint: str = ""
+) -> None:
+    """WeightsError naming (up to 5 of) the model tensors ``source`` lacks and the ones it has
+    that the model lacks, with their counts; nothing when both are empty."""
+    if not missing and not unexpected:
+        return
+    parts = [f"{len(missing)} of the model's {expected} tensors {_are(missing)} not in it ({_listed(missing)})"
+             ] if missing else []
+    if unexpected:
+        parts.append(f"{len(unexpected)} of its tensors {_are(unexpected)} not in the model ({_listed(unexpected)})")
+    lead = f"{hint}; " if hint else ""
+    raise WeightsError(
+        f"{source} does not match the backbone: {lead}{'; '.join(parts)}. Is it a checkpoint of "
+        "this architecture and size (model.backbone, model.kind, model.kwargs)?"
+    )
+
+
+def report_dropped(source: str | Path, keys: Iterable[str], prefixes: Iterable[str]) -> None:
+    """Log one line naming the prefixes of the checkpoint tensors left out, with their counts."""
+    prefixes = sorted(prefixes, key=len, reverse=True)  # the most specific prefix names a key
+    counts = Counter(next((p for p in prefixes if k.startswith(p)), k) for k in keys)
+    if counts:
+        groups = ", ".join(f"{_pattern(p)} ({n})" for p, n in sorted(counts.items()))
+        log.info("%s: left out %d tensor(s) that are not part of the encoder: %s",
+                 source, sum(counts.values()), groups)
+
+
+def _pattern(prefix: str) -> str:
+    return f"{prefix}*" if prefix.endswith(".") else prefix
+
+
+def _are(keys: Collection[str]) -> str:
+    return "is" if len(keys) == 1 else "are"
+
+
+def _listed(keys: Collection[str]) -> str:
+    shown = ", ".join(sorted(keys)[:_LISTED])
+    return f"{shown}, ..." if len(keys) > _LISTED else shown

@@ -29,7 +29,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medpeft.adapters_io.config import WEIGHTS_NAME, AdapterConfig, config_path, read_adapter_config
+from medpeft.adapters_io.config import (
+    WEIGHTS_NAME,
+    AdapterConfig,
+    check_input_size,
+    config_path,
+    read_adapter_config,
+)
 from medpeft.adapters_io.folder import (
     HUB,
     add_adapter_weights,
@@ -184,6 +190,7 @@ class AdapterBank:
         folder = config_path(folder).parent
         config = read_adapter_config(folder)
         _check_servable(config, folder)
+        check_input_size(self.model, config, folder)
         explicit = self._explicit_backbone
         if _backbone_id(config, folder, explicit) != self._backbone_id:
             raise WeightsError(

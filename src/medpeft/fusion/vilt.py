@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ViltModel
 
+from medpeft.backbones.base import patch_problem
 from medpeft.errors import ConfigError, DataError
 from medpeft.fusion.base import routed
 from medpeft.methods.prompts.layer import split_key_value
@@ -127,6 +128,10 @@ class ViltClassifier(nn.Module):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.vilt.encoder.layer
+
+    def size_problem(self, size: int) -> str | None:
+        """Images of any multiple of the patch size go through (positions are interpolated)."""
+        return patch_problem(type(self.vilt).__name__, size, self.vilt.config.patch_size)
 
     def text_tokens(self, text: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """BERT embeddings of the token ids plus the text type embedding."""

@@ -143,7 +143,7 @@ def evaluate_run(
         allow_random_backbone=not backbone and not config.model.pretrained,
         allow_other_weights=allow_other_weights,
     )
-    model.to(resolve_device(config.train.device))
+    model.to(resolve_device(config.train.device, "train.device"))
     run = run_data(config, source, model)
     check_adapter_fits(adapter, adapter_config, source, run.pre.size)
     other_adapter = adapter.resolve() != layout.adapter.resolve()

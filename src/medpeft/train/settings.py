@@ -22,6 +22,7 @@ from medpeft.train.distributed import is_distributed, process_device
 from medpeft.train.schedules import OPTIMIZERS, SCHEDULES
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+ACCELERATORS = ("cuda", "xpu", "mps")
 
 
 @dataclass
@@ -189,16 +190,49 @@ def autocast_dtype(settings: TrainSettings) -> torch.dtype | None:
     return AMP_DTYPES[settings.amp_dtype] if settings.amp else None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
     """``"auto"`` -> CUDA if available else CPU; other names as torch devices. Under a
     launcher, ``"auto"`` and ``"cuda"`` mean the process's own device.
 
+    Args:
+        name: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...
+        key: The setting or option ``name`` comes from, for the message (``train.device``, ``--device``).
+
     Raises:
-        ConfigError: if a CUDA device is asked for but none is available.
+        ConfigError: ``name`` is no device this machine has (not a torch device name, no
+            CUDA, a GPU index beyond the count), listing the ones it has.
     """
     if name == "auto" or (name == "cuda" and is_distributed()):
         return process_device()
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or not _present(device):
+        raise ConfigError(f"{key}: {name!r} is not a device of this machine; valid: {', '.join(available_devices())}")
     return device
+
+
+def available_devices() -> list[str]:
+    """The device names this machine takes: ``auto``, ``cpu``, then ``cuda`` and ``cuda:<i>`` per
+    GPU (likewise ``xpu``) and ``mps`` where present."""
+    names = ["auto", "cpu"]
+    for kind in ACCELERATORS:
+        count = _device_count(kind)
+        if count:
+            names += [kind, *(f"{kind}:{i}" for i in range(count))]
+    return names
+
+
+def _present(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    count = _device_count(device.type) if device.type in ACCELERATORS else 0
+    return count > 0 and (device.index is None or device.index < count)
+
+
+def _device_count(kind: str) -> int:
+    """GPUs of an accelerator kind (``cuda``, ``xpu``, ``mps``) this machine has; 0 if none."""
+    backend = getattr(torch, kind, None)
+    available = getattr(backend, "is_available", None)
+    return backend.device_count() if available is not None and available() else 0

@@ -185,7 +185,7 @@ class _Run:
         self.checkpoint_path = out_dir / CHECKPOINT
         self.device = (
             distributed.process_device() if distributed.is_distributed()
-            else resolve_device(settings.device)
+            else resolve_device(settings.device, "train.device")
         )
         self.dtype = autocast_dtype(settings)
         self.state = Progress()

@@ -81,10 +81,11 @@ def add_lora(
 
     Raises:
         ConfigError: if a target matches nothing, already holds ``adapter_name``,
-            is already adapted on other segments or by another wrapper type; the
-            model is left unchanged.
+            is already adapted on other segments or by another wrapper type, or is
+            narrower than ``rank``; the model is left unchanged.
     """
     targets_found = find_linears(model, targets, blocks, section)
+    check_rank(model, targets_found, rank, section)
     for name, segments in targets_found.items():
         layer = model.get_submodule(name)
         if not isinstance(layer, LoRALinear):
@@ -106,6 +107,29 @@ def add_lora(
         layer.add_adapter(adapter_name, rank=rank, alpha=alpha, dropout=dropout)
     check_on_first_forward(model, targets_found)
     return list(targets_found)
+
+
+def check_rank(
+    model: nn.Module, targets_found: dict[str, list[Segment] | None], rank: int, section: str = "lora"
+) -> None:
+    """ConfigError naming the narrowest target Linear if ``rank`` exceeds its width: the smaller of
+    its inputs and the outputs of one adapted segment, the largest rank ``B @ A`` can have there."""
+    widths = {name: _width(model.get_submodule(name), segments) for name, segments in targets_found.items()}
+    if not widths:
+        return
+    name = min(widths, key=lambda n: widths[n][0])
+    width, inputs, outputs = widths[name]
+    if rank > width:
+        raise ConfigError(
+            f"{section}.rank: {rank} is larger than the layer {name} ({inputs} inputs, {outputs} adapted "
+            f"outputs), so the update cannot have rank {rank}; use {section}.rank <= {width}"
+        )
+
+
+def _width(layer: nn.Module, segments: list[Segment] | None) -> tuple[int, int, int]:
+    """``(width, inputs, outputs)`` of a target: outputs of one segment, else of the whole Linear."""
+    outputs = segments[0][1] - segments[0][0] if segments else layer.out_features
+    return min(layer.in_features, outputs), layer.in_features, outputs
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
