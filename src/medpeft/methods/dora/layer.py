@@ -96,7 +96,7 @@ class DoraLinear(LoRALinear):
     @torch.no_grad()
     def merge(self, name: str | None = None) -> None:
         """Replace the adapted rows of the base weight by ``W'`` of adapter ``name`` (default: the first)."""
-        name = name or next(iter(self.lora_A), None)
+        name = self.adapter_or_first(name)
         if name is None or name in self.merged_adapters:
             return
         if self.merged_adapters:
@@ -113,7 +113,7 @@ class DoraLinear(LoRALinear):
     @torch.no_grad()
     def unmerge(self, name: str | None = None) -> None:
         """Restore the base weight's rows saved by :meth:`merge` (exactly)."""
-        name = name or next(iter(self.lora_A), None)
+        name = self.adapter_or_first(name)
         if name not in self.merged_adapters:
             return
         weight = self.base.weight

@@ -92,6 +92,10 @@ class LoRALinear(WrappedLinear):
         del self.scaling[name]
         self._stack_cache = None
 
+    def adapter_or_first(self, name: str | None) -> str | None:
+        """``name``, or the first adapter added to the layer (None: no adapter)."""
+        return name or next(iter(self.lora_A), None)
+
     @property
     def adapter_names(self) -> list[str]:
         return list(self.lora_A)
@@ -197,7 +201,7 @@ class LoRALinear(WrappedLinear):
     @torch.no_grad()
     def merge(self, name: str | None = None) -> None:
         """Fold adapter ``name`` (default: the first) into the base weight (inference: zero extra cost)."""
-        name = name or next(iter(self.lora_A), None)
+        name = self.adapter_or_first(name)
         if name is None or name in self.merged_adapters:
             return
         w = self.base.weight
@@ -207,7 +211,7 @@ class LoRALinear(WrappedLinear):
     @torch.no_grad()
     def unmerge(self, name: str | None = None) -> None:
         """Undo :meth:`merge` of adapter ``name`` (default: the first)."""
-        name = name or next(iter(self.lora_A), None)
+        name = self.adapter_or_first(name)
         if name not in self.merged_adapters:
             return
         w = self.base.weight
