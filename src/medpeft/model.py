@@ -1,11 +1,14 @@
 """The one composition root: a :class:`ModelSpec` -> backbone + fusion + method + head.
 
 Fusion follows from the spec: ``kind: vilt`` is ViLT over image + text
-(:class:`~medpeft.fusion.vilt.ViltClassifier`); a timm backbone with one image
+(:class:`~medpeft.fusion.vilt.ViltClassifier`); a timm ViT with one image
 modality is the plain timm model (:func:`~medpeft.fusion.single.as_single_stream`,
-parameter names unchanged); several image modalities (or learned missing tokens)
-share one token stream with modality embeddings
-(:class:`~medpeft.fusion.concat.MultiStreamViT`). The method comes from the
+parameter names unchanged), any other backbone with one image modality (timm Swin
+and ConvNeXt, transformers, open_clip) sits under
+:class:`~medpeft.fusion.pooled.PooledClassifier`; several image modalities (or learned
+missing tokens) share one timm ViT token stream with modality embeddings
+(:class:`~medpeft.fusion.concat.MultiStreamViT`). :func:`check_fusion` refuses the
+fusions a backbone cannot run before anything is built. The method comes from the
 registry (:mod:`medpeft.methods`); everything but the method's parameters and the
 fusion's new ones (head, pooler, modality embeddings) is frozen.
 """
@@ -33,6 +36,7 @@ from medpeft.methods import Method, get_method
 from medpeft.methods.layers import freeze_except
 
 KINDS = ("timm", "transformers", "open_clip", "vilt")
+LIBRARY_KINDS = ("transformers", "open_clip")
 DEFAULT_BACKBONES = {
     "timm": "vit_base_patch16_224",
     "transformers": "facebook/dinov2-base",
@@ -51,9 +55,11 @@ class ModelSpec:
         num_classes: Head outputs.
         method: A registered method (``lora``, ``mora``, ``prompts``, ``linear``, ``full``...).
         settings: The method's settings dataclass (``None``: its defaults).
-        img_size: Input resolution (timm: position embeddings are resized to it).
+        img_size: Input resolution (timm: position embeddings are resized to it; an open_clip
+            tower reads its own size only).
         modalities: Presence-mask column order; ``("image",)`` for one image.
-        kind: ``timm`` (image modalities) or ``vilt`` (image + text).
+        kind: ``timm`` (image modalities), ``transformers`` or ``open_clip`` (one image
+            modality) or ``vilt`` (image + text).
         text_modality: Name of the text modality (ViLT).
         missing_token: Replace absent images' patch embeddings by a learned token.
         vilt_config: ``ViltConfig`` fields for random init or a weights file.
@@ -149,8 +155,69 @@ def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image"
     """
     if describe(backbone).family == "timm_vit":
         backbone.reset_classifier(num_classes)
+    return _one_image(backbone, num_classes, modality)
+
+
+def _one_image(backbone: nn.Module, num_classes: int, modality: str) -> nn.Module:
+    """A timm ViT as itself (its head classifies); other families under a PooledClassifier (a
+    timm classifier of their own is dropped: the new head classifies their pooled features)."""
+    view = describe(backbone)
+    if view.family == "timm_vit":
         return as_single_stream(backbone, modality)
+    if view.library == "timm":
+        backbone.reset_classifier(0)
     return PooledClassifier(backbone, num_classes, modality)
+
+
+def check_fusion(spec: ModelSpec) -> None:
+    """CapabilityError unless the fusion ``spec`` asks for can read its backbone.
+
+    Several image modalities in one token stream, learned missing tokens, early
+    intervention and late fusion read timm ViTs (family ``timm_vit``); every other
+    backbone takes one image modality with fusion ``auto``. A timm backbone is built on
+    the meta device (no memory, no weights) to find its family.
+    """
+    user = _fusion_user(spec)
+    if user is None or spec.kind == "vilt":
+        return
+    if spec.kind in LIBRARY_KINDS:
+        what = f"model.kind {spec.kind!r} ({spec.backbone}) is not timm"
+    else:
+        with torch.device("meta"):
+            view = describe(build_vit(spec.backbone, spec.num_classes, spec.img_size, **spec.model_kwargs))
+        if view.family == "timm_vit":
+            return
+        what = f"{spec.backbone} is a {view.describe()} of family {view.family}"
+    raise CapabilityError(
+        f"{user} works on timm ViTs only (model.kind: timm, family timm_vit); {what}: train it on one "
+        "image modality with model.fusion: auto (see the capability table in docs/methods.md)"
+    )
+
+
+def _fusion_user(spec: ModelSpec) -> str | None:
+    """What in ``spec`` needs a timm ViT (None: one image modality, fusion ``auto``)."""
+    if spec.fusion != "auto":
+        return f"model.fusion {spec.fusion!r}"
+    if spec.missing_token:
+        return "data.missing_image: token (a learned token per missing image)"
+    if len(spec.modalities) > 1:
+        return f"{len(spec.modalities)} image modalities in one token stream"
+    return None
+
+
+def build_architecture(
+    spec: ModelSpec, weights: str | Path | None = None, pretrained: bool = False
+) -> nn.Module:
+    """``spec``'s fusion model without its method, on the meta device: every tensor's shape,
+    no memory, no weights read.
+
+    ``weights`` (a folder) and ``pretrained`` (a hub id) say where a transformers backbone's
+    ``config.json`` is; other kinds ignore them.
+    """
+    with torch.device("meta"):
+        if spec.kind in LIBRARY_KINDS:
+            return _library_model(spec, _library_backbone(spec, pretrained, weights, meta=True))
+        return _fusion_model(spec, pretrained=False, weights=None)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:
@@ -163,8 +230,9 @@ def set_backbone_dropout(model: nn.Module, p: float) -> None:
 def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
     if spec.kind == "vilt":
         return _vilt_model(spec, pretrained, weights)
-    if spec.kind in ("transformers", "open_clip"):
-        return _library_model(spec, pretrained, weights)
+    check_fusion(spec)
+    if spec.kind in LIBRARY_KINDS:
+        return _library_model(spec, _library_backbone(spec, pretrained, weights))
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
 
@@ -191,20 +259,34 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
             encoders[m] = vit()
         return LateFusion(encoders, spec.num_classes)
     if len(spec.modalities) == 1 and not spec.missing_token:
-        return as_single_stream(vit(), spec.modalities[0])
+        return _one_image(vit(), spec.num_classes, spec.modalities[0])
     return MultiStreamViT(vit(), spec.modalities, spec.missing_token)
 
 
-def _library_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
-    """A transformers or open_clip backbone for one image modality (other fusions need timm)."""
+def _library_backbone(
+    spec: ModelSpec, pretrained: bool, weights: str | Path | None, meta: bool = False
+) -> nn.Module:
+    """The native transformers model or open_clip tower of ``spec`` (``meta``: the architecture only)."""
     from medpeft.backbones.library import build_open_clip, build_transformers
 
-    if len(spec.modalities) != 1 or spec.fusion != "auto" or spec.missing_token:
-        raise ConfigError(f"model.kind {spec.kind!r} reads one image modality; several modalities, "
-                          "missing tokens and model.fusion need a timm backbone (model.kind: timm)")
     build = build_transformers if spec.kind == "transformers" else build_open_clip
-    backbone = build(spec.backbone, pretrained, weights, **spec.model_kwargs)
-    return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
+    return build(spec.backbone, pretrained, weights, meta, **spec.model_kwargs)
+
+
+def _library_model(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
+    """A transformers or open_clip backbone under a PooledClassifier (one image modality).
+
+    Raises:
+        ConfigError: ``spec.img_size`` differs from an open_clip tower's one input size.
+    """
+    model = PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
+    size = model.view.preprocessing()["size"]
+    if spec.kind == "open_clip" and spec.img_size not in (None, size):
+        raise ConfigError(
+            f"model.img_size: {spec.img_size}, but the open_clip tower {spec.backbone} reads {size} px "
+            f"images only (its position embeddings are not interpolated); set model.img_size: {size} or null"
+        )
+    return model
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -29,6 +29,23 @@ from medpeft.errors import ConfigError
 
 Role = Literal["q", "k", "v", "out"]
 ROLES: tuple[Role, ...] = ("q", "k", "v", "out")
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+class ImageInput(TypedDict):
+    """How a backbone's library prepares images for it (its pretraining preprocessing).
+
+    Keys: ``size`` (square side in pixels), ``mean`` and ``std`` (RGB normalisation),
+    ``interpolation`` (``bicubic``, ``bilinear`` or ``nearest``), ``crop`` (centre-crop
+    fraction of the resized shorter side; 1.0: none).
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop: float
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,10 @@ class Backbone(ABC):
     @abstractmethod
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, width]``, equal to the library's own pooled output."""
+
+    @abstractmethod
+    def preprocessing(self) -> ImageInput:
+        """The image preprocessing the module was pretrained with, as its library records it."""
 
     def prepare(self) -> None:
         """Make every :class:`Projection` a Linear the forward really calls (idempotent).

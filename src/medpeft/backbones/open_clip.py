@@ -21,6 +21,11 @@ Two kinds of tower:
   ``trunk.``; pooled features pass the trunk's classifier (the projection of configs
   without ``timm_proj``, else an identity) and ``head``.
 
+Preprocessing is the tower's ``preprocess_cfg`` (which ``open_clip.create_model`` sets
+from the model's config: mean, std, size, interpolation), else open_clip's defaults
+(CLIP mean/std, bicubic) at the tower's ``image_size``; towers do not interpolate their
+position embeddings, so they read that size only.
+
 Nothing here imports open_clip: the family recognises towers by class name.
 """
 
@@ -32,7 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, describe, register_family
+from medpeft.backbones.base import (
+    CLIP_MEAN_STD,
+    Backbone,
+    Capabilities,
+    ImageInput,
+    Projection,
+    Role,
+    describe,
+    register_family,
+)
 
 LIBRARY = "open_clip"
 NATIVE_NAMES = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
@@ -111,6 +125,19 @@ def _additive_mask(
     return mask.to(dtype)
 
 
+def tower_input(tower: nn.Module) -> ImageInput:
+    """The preprocessing open_clip recorded on a vision tower (``preprocess_cfg``), else its defaults."""
+    cfg = getattr(tower, "preprocess_cfg", None) or {}
+    size = cfg.get("size", tower.image_size)
+    return ImageInput(
+        size=size if isinstance(size, int) else size[0],
+        mean=tuple(cfg.get("mean", CLIP_MEAN_STD[0])),
+        std=tuple(cfg.get("std", CLIP_MEAN_STD[1])),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        crop=1.0,
+    )
+
+
 def _save_native_names(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """State-dict hook: torch's key names and order (``in_proj_weight``, ``in_proj_bias``, ``out_proj.*``)."""
     for name in ("in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias"):
@@ -168,6 +195,9 @@ class OpenClipBackbone(Backbone):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         output = self.module(images)
         return output[0] if isinstance(output, tuple) else output  # output_tokens=True adds the tokens
+
+    def preprocessing(self) -> ImageInput:
+        return tower_input(self.module)
 
     def prepare(self) -> None:
         """Replace each block's ``nn.MultiheadAttention`` by a :class:`PackedAttention`."""
@@ -227,6 +257,9 @@ class OpenClipTimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images)
+
+    def preprocessing(self) -> ImageInput:
+        return tower_input(self.module)
 
     def prepare(self) -> None:
         self.trunk.prepare()

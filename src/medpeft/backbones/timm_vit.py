@@ -26,6 +26,7 @@ so parameter names and outputs stay timm's and an adapter around ``qkv`` is call
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +40,15 @@ from timm.models.eva import Eva, EvaAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import Backbone, Capabilities, Projection, Role, families, register_family
+from medpeft.backbones.base import (
+    Backbone,
+    Capabilities,
+    ImageInput,
+    Projection,
+    Role,
+    families,
+    register_family,
+)
 from medpeft.backbones.weights import read_state_dict
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
@@ -68,16 +77,17 @@ def build_vit(
         name: timm model name, e.g. ``vit_base_patch16_224``,
             ``vit_base_patch14_reg4_dinov2.lvd142m`` or ``hf-hub:paige-ai/Virchow2``.
         num_classes: Outputs of the new classification head.
-        img_size: Input resolution; position embeddings are resized to it.
+        img_size: Input resolution; position embeddings are resized to it (models without
+            a fixed size, such as ConvNeXt, read any size and are built without it).
         pretrained: Download the model's default pretrained weights from the hub.
         weights: Local checkpoint file (safetensors, or .pth/.bin torch state dict);
             takes precedence over ``pretrained``.
         **model_kwargs: Passed to ``timm.create_model`` (e.g. ``depth`` for tiny tests);
             layer names are resolved with :func:`resolve_layers`.
     """
-    if img_size is not None:
-        model_kwargs["img_size"] = img_size
     check_backbone(name, **model_kwargs)
+    if img_size is not None and takes_img_size(name, **model_kwargs):
+        model_kwargs["img_size"] = img_size
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     try:
         model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
@@ -150,6 +160,18 @@ def patch_multiple(name: str, img_size: int, **model_kwargs) -> int:
         return img_size
     patch = embed.patch_size[0]
     return max(patch, patch * math.floor(img_size / patch + 0.5))
+
+
+def takes_img_size(name: str, **model_kwargs) -> bool:
+    """Whether the timm model ``name`` is built for one input size (``img_size``); ConvNeXt is not.
+
+    ``hf-hub:`` ids are assumed to be (their architecture is only known after a download);
+    ``name`` and ``model_kwargs`` are valid (:func:`check_backbone`).
+    """
+    if name.startswith(HUB_PREFIX):
+        return True
+    model = _meta_model(_arch(name), **resolve_layers(model_kwargs))
+    return "img_size" in inspect.signature(type(model)).parameters
 
 
 def check_backbone(name: str, **model_kwargs) -> None:
@@ -248,6 +270,15 @@ def data_config(model: nn.Module) -> dict:
     return timm.data.resolve_data_config({}, model=model)
 
 
+def timm_input(model: nn.Module) -> ImageInput:
+    """A timm model's preprocessing (its pretrained config's; timm's defaults for other modules)."""
+    cfg = data_config(model)
+    return ImageInput(
+        size=cfg["input_size"][-1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        interpolation=cfg["interpolation"], crop=cfg["crop_pct"],
+    )
+
+
 def fused_qkv(name: str, qkv: nn.Linear) -> dict[Role, Projection]:
     """q, k and v as thirds of the outputs of the fused Linear ``name`` (timm's order)."""
     third = qkv.out_features // 3
@@ -277,6 +308,9 @@ class TimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.module.forward_head(self.module.forward_features(images), pre_logits=True)
+
+    def preprocessing(self) -> ImageInput:
+        return timm_input(self.module)
 
 
 @register_family
