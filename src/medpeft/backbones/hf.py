@@ -26,9 +26,9 @@ features are the normed CLS token); the family therefore pools the CLS token of
 Preprocessing (:meth:`TransformersBackbone.preprocessing`): the model's own
 ``preprocessor_config.json`` when its folder, or the hub cache for its hub id, holds one
 (``medpeft`` fetches it with a pretrained model); else the defaults of the class's image
-processor: ``ViTImageProcessor`` (mean/std 0.5, bilinear), ``BitImageProcessor`` for
-DINOv2 (ImageNet mean/std, bicubic, 224 of 256), ``CLIPImageProcessor`` (CLIP mean/std,
-bicubic), at the config's ``image_size``.
+processor: ``ViTImageProcessor`` (mean/std 0.5, bilinear), that of ``facebook/dinov2-*``
+(ImageNet mean/std, bicubic, a centre crop of 224 from 256), ``CLIPImageProcessor`` (CLIP
+mean/std, bicubic), at the config's ``image_size``.
 
 Images of any size multiple of the patch go through: the position embeddings are
 interpolated (``interpolate_pos_encoding=True``; DINOv2 always interpolates). Attention
