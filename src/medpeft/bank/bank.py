@@ -373,12 +373,13 @@ def _backbone_id(config: AdapterConfig, folder: Path, explicit_weights: bool) ->
     recorded = config.backbone_weights
     if recorded not in (None, HUB):
         recorded = str((folder / recorded).resolve())
-    seed = config.backbone_seed if recorded is None else None
-    return (*arch, recorded, seed)
+    # a random backbone is drawn from its seed with the task's head (timm draws them in one go)
+    drawn = (config.backbone_seed, config.num_classes) if recorded is None else None
+    return (*arch, recorded, drawn)
 
 
 def _describe(config: AdapterConfig) -> str:
-    weights = config.backbone_weights or f"random seed {config.backbone_seed}"
+    weights = config.backbone_weights or f"random seed {config.backbone_seed} with {config.num_classes} classes"
     return (f"{config.backbone} ({config.kind}) at {config.img_size} px, {config.model_kwargs or 'default dims'}, "
             f"{weights}")
 
