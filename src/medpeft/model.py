@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from medpeft.backbones.timm_vit import build_vit
 from medpeft.backbones.base import CapabilityError, describe
+from medpeft.backbones.timm_vit import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
@@ -181,17 +181,29 @@ def check_fusion(spec: ModelSpec) -> None:
     if user is None or spec.kind == "vilt":
         return
     if spec.kind in LIBRARY_KINDS:
-        what = f"model.kind {spec.kind!r} ({spec.backbone}) is not timm"
+        what = f"model.kind {spec.kind!r} ({spec.backbone})"
     else:
         with torch.device("meta"):
             view = describe(build_vit(spec.backbone, spec.num_classes, spec.img_size, **spec.model_kwargs))
         if view.family == "timm_vit":
             return
-        what = f"{spec.backbone} is a {view.describe()} of family {view.family}"
+        what = f"{spec.backbone} ({type(view.module).__name__}, family {view.family})"
     raise CapabilityError(
-        f"{user} works on timm ViTs only (model.kind: timm, family timm_vit); {what}: train it on one "
-        "image modality with model.fusion: auto (see the capability table in docs/methods.md)"
+        f"{what} takes one image modality with model.fusion: auto; {user} needs a timm ViT "
+        "(model.kind: timm, family timm_vit; see the capability table in docs/methods.md)"
     )
+
+
+def check_architecture(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool = False) -> None:
+    """Build ``spec`` with its method on the meta device (no memory, no weights): the ConfigError
+    or CapabilityError a real build would raise (a fusion or method its backbone cannot run, a
+    target no layer matches), before anything is written or trained. ViLT checks itself when built.
+    """
+    if spec.kind == "vilt":
+        return
+    model = build_architecture(spec, weights, pretrained)
+    with torch.device("meta"):
+        attach_method(model, get_method(spec.method), spec.settings)
 
 
 def _fusion_user(spec: ModelSpec) -> str | None:
@@ -201,7 +213,7 @@ def _fusion_user(spec: ModelSpec) -> str | None:
     if spec.missing_token:
         return "data.missing_image: token (a learned token per missing image)"
     if len(spec.modalities) > 1:
-        return f"{len(spec.modalities)} image modalities in one token stream"
+        return f"reading {len(spec.modalities)} image modalities in one token stream"
     return None
 
 
@@ -215,9 +227,7 @@ def build_architecture(
     ``config.json`` is; other kinds ignore them.
     """
     with torch.device("meta"):
-        if spec.kind in LIBRARY_KINDS:
-            return _library_model(spec, _library_backbone(spec, pretrained, weights, meta=True))
-        return _fusion_model(spec, pretrained=False, weights=None)
+        return _fusion_model(spec, pretrained, weights, meta=True)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:
@@ -227,14 +237,19 @@ def set_backbone_dropout(model: nn.Module, p: float) -> None:
             module.p = p
 
 
-def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+def _fusion_model(
+    spec: ModelSpec, pretrained: bool, weights: str | Path | None, meta: bool = False
+) -> nn.Module:
+    """The fusion model of ``spec`` without method (``meta``: its architecture only, no weights read)."""
     if spec.kind == "vilt":
         return _vilt_model(spec, pretrained, weights)
     check_fusion(spec)
     if spec.kind in LIBRARY_KINDS:
-        return _library_model(spec, _library_backbone(spec, pretrained, weights))
+        return _library_model(spec, _library_backbone(spec, pretrained, weights, meta))
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
+    if meta:
+        pretrained, weights = False, None
 
     def vit() -> nn.Module:
         return build_vit(

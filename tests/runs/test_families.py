@@ -22,7 +22,7 @@ from medpeft.config import load_config
 from medpeft.runs.data import load_source
 from medpeft.runs.layout import RunLayout
 
-from .conftest import CPU
+from .conftest import CPU, one_line
 
 TIMM_INPUT = {"mean": IMAGENET_MEAN_STD[0], "std": IMAGENET_MEAN_STD[1], "interpolation": "bicubic"}
 FAMILIES = ("swin", "convnext", "dinov2", "open_clip")
@@ -85,3 +85,47 @@ def _test_split_files(run: Path) -> list[str]:
     layout = RunLayout.at(run)
     source = load_source(load_config(layout.config), layout)
     return [record.values["image"][0] for record in source.split("test")]
+
+
+DINOV2_KWARGS = ("model.kwargs={model_type: dinov2, hidden_size: 32, num_hidden_layers: 2, "
+                 "num_attention_heads: 2, image_size: 32, patch_size: 8}")
+SWIN_ARGS = _timm(*SWIN)
+CONVNEXT_ARGS = _timm(*CONVNEXT)
+
+
+@pytest.mark.parametrize(("config", "overrides", "message"), [
+    ("melo_shenzhen", ["method=mora", *SWIN_ARGS],
+     "method 'mora' needs a backbone with a token stream; SwinTransformer (timm) has none"),
+    ("melo_shenzhen", ["method=mora", "model.kind=transformers", "model.backbone=tiny", DINOV2_KWARGS],
+     "method 'mora' acts on a token stream through medpeft's fusions, which read timm ViTs; "
+     "Dinov2Model (transformers) is not one"),
+    ("melo_shenzhen", ["method=prompts", "model.kind=open_clip", "OPEN_CLIP", "model.img_size=null"],
+     "method 'prompts' acts on a token stream through medpeft's fusions, which read timm ViTs; "
+     "VisionTransformer (open_clip) is not one"),
+    ("mora_synthetic", ["method=lora", "model.kind=transformers", "model.backbone=tiny", DINOV2_KWARGS],
+     "model.kind 'transformers' (tiny) takes one image modality with model.fusion: auto; reading 2 image "
+     "modalities in one token stream needs a timm ViT (model.kind: timm, family timm_vit"),
+    ("mora_synthetic", ["method=lora", "model.fusion=late", *CONVNEXT_ARGS],
+     "convnext_tiny (ConvNeXt, family timm_hier) takes one image modality with model.fusion: auto; "
+     "model.fusion 'late' needs a timm ViT"),
+    ("mora_synthetic", ["method=lora", "model.fusion=early_intervention", *SWIN_ARGS],
+     "model.fusion 'early_intervention' needs a timm ViT"),
+    ("mora_synthetic", ["method=lora", "data.missing_image=token", "model.kind=open_clip", "OPEN_CLIP",
+                        "model.img_size=null"],
+     "data.missing_image: token (a learned token per missing image) needs a timm ViT"),
+], ids=["mora-swin", "mora-transformers", "prompts-open_clip", "two-modalities-transformers",
+        "late-convnext", "ei-swin", "missing-token-open_clip"])
+def test_what_a_backbone_cannot_run_is_one_line_before_anything_is_written(
+    config, overrides, message, image_manifest, tmp_path, capsys
+):
+    model = write_open_clip(tmp_path / "open_clip")
+    overrides = [f"model.backbone={model}" if o == "OPEN_CLIP" else o for o in overrides]
+    run = tmp_path / "run"
+    data = ([f"data.manifest={image_manifest}", "data.source=csv"] if config == "melo_shenzhen"
+            else ["data.num_samples=40"])
+    argv = ["train", config, f"output_dir={run}", "model.pretrained=false", *data, *CPU, *overrides, "--quiet"]
+    assert main(argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert message in line
+    written = {p.name for p in run.iterdir()} if run.exists() else set()
+    assert not written & {"config.yaml", "checkpoint.pt", "stage1", "adapter"}, written

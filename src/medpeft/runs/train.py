@@ -26,7 +26,7 @@ from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
-from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
+from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runs.data import (
     describe_source,
@@ -156,6 +156,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     own = RunLayout.at(distributed.writable_folder(layout.root))
     own.root.mkdir(parents=True, exist_ok=True)
     source = load_source(config, own)
+    check_architecture(model_spec(config, source), config.model.weights, config.model.pretrained)
     fingerprint = data_fingerprint(config.data, source)
     if resume:
         check_fingerprint(layout, fingerprint, OTHER_DATA)  # before anything is rewritten
