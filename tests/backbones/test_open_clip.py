@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from fixtures.families import OPEN_CLIP_INPUT, write_open_clip
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import Projection, describe
+from medpeft.backbones.base import CLIP_MEAN_STD, Projection, describe
+from medpeft.backbones.library import build_open_clip
 from medpeft.backbones.open_clip import PackedAttention
 from tests.backbones.contract import (
     check_native_checkpoint_loads,
@@ -179,3 +181,14 @@ def test_packed_attention_shares_the_torch_parameters():
     assert packed.in_proj.weight is torch_attention.in_proj_weight
     assert packed.in_proj.bias is torch_attention.in_proj_bias
     assert packed.out_proj is torch_attention.out_proj
+
+
+def test_preprocessing_is_the_towers_config_else_open_clips_defaults(tmp_path):
+    assert describe(BUILDERS["clip"]()).preprocessing() == {
+        "size": 32, "mean": CLIP_MEAN_STD[0], "std": CLIP_MEAN_STD[1], "interpolation": "bicubic", "crop": 1.0,
+    }
+    tower = build_open_clip(write_open_clip(tmp_path / "model"))
+    assert describe(tower).preprocessing() == OPEN_CLIP_INPUT
+    meta = build_open_clip(write_open_clip(tmp_path / "model"), meta=True)
+    assert all(p.is_meta for p in meta.parameters())
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in tower.state_dict().items()}

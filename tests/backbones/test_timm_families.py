@@ -11,6 +11,7 @@ from timm.layers import GluMlp
 from torch import nn
 
 from medpeft.backbones.base import CapabilityError, describe
+from medpeft.routing import current, route
 
 CASES = {
     "vit": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 2),
@@ -208,3 +209,17 @@ def test_convnext_has_no_attention_and_conv_mlps_are_not_named():
     assert backbone.mlp(3)["fc1"].module == "stages.2.blocks.1.mlp.fc1"
     conv = describe(timm.create_model("convnext_tiny", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), conv_mlp=True))
     assert conv.mlp(0) == {}  # 1x1 convolutions: nothing a Linear adapter can wrap
+
+
+def test_prepared_swin_window_attention_routes_each_sample_per_window():
+    model, images = tiny("swin")
+    describe(model).prepare()
+    seen = []
+    model.layers[0].blocks[0].attn.qkv.register_forward_hook(lambda *_: seen.append(current().adapters))
+    with torch.no_grad(), route(adapters=("a", "b")):
+        model(images)
+    windows = (64 // 4 // 4) ** 2  # 16x16 patches of 4 px in windows of 4x4
+    assert seen == [("a",) * windows + ("b",) * windows]
+    with torch.no_grad(), route(adapters="a"):  # one adapter for the whole batch: as it is
+        model(images)
+    assert seen[-1] == "a"

@@ -113,8 +113,10 @@ CONVNEXT_ARGS = _timm(*CONVNEXT)
     ("mora_synthetic", ["method=lora", "data.missing_image=token", "model.kind=open_clip", "OPEN_CLIP",
                         "model.img_size=null"],
      "data.missing_image: token (a learned token per missing image) needs a timm ViT"),
+    ("melo_shenzhen", ["model.kind=open_clip", "OPEN_CLIP", "model.img_size=64"],
+     "model.img_size: 64, but the open_clip tower local-dir:"),
 ], ids=["mora-swin", "mora-transformers", "prompts-open_clip", "two-modalities-transformers",
-        "late-convnext", "ei-swin", "missing-token-open_clip"])
+        "late-convnext", "ei-swin", "missing-token-open_clip", "size-open_clip"])
 def test_what_a_backbone_cannot_run_is_one_line_before_anything_is_written(
     config, overrides, message, image_manifest, tmp_path, capsys
 ):
