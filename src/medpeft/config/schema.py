@@ -27,10 +27,13 @@ class ModelSettings:
     """Backbone choice, where its weights come from, and text handling.
 
     Attributes:
-        kind: ``timm`` (image modalities, any timm ViT) or ``vilt`` (image + text).
-        backbone: timm model name or ViLT hub id / folder (``null``: the kind's default,
-            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
-        img_size: input resolution; timm position embeddings are interpolated to it.
+        kind: ``timm`` (image modalities: timm ViTs; Swin and ConvNeXt for one),
+            ``transformers`` or ``open_clip`` (one image modality) or ``vilt`` (image + text).
+        backbone: timm model name, transformers hub id or folder, open_clip model name
+            (``local-dir:`` folder, ``hf-hub:`` id), or ViLT hub id / folder (``null``: the
+            kind's default, e.g. ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``).
+        img_size: input resolution; timm position embeddings are interpolated to it, an
+            open_clip tower reads its own only (``null``: the backbone's own size).
         pretrained: fetch the backbone's pretrained weights from the hub (needs internet).
         weights: local checkpoint file (ViLT: also a ``save_pretrained`` folder); wins
             over ``pretrained``.
@@ -42,7 +45,9 @@ class ModelSettings:
         fusion: ``auto`` (one token stream, or ViLT), ``early_intervention`` (EI: one
             model per image modality first, then reference [CLS] tokens steer each target)
             or ``late`` (the same stage 1, then per-modality features joined at the end).
-        kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
+        kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...),
+            transformers config fields (``model_type`` for a random model) or
+            ``open_clip.create_model`` arguments.
     """
 
     kind: Literal["timm", "transformers", "open_clip", "vilt"] = "timm"
