@@ -78,6 +78,8 @@ def test_train_eval_predict_report(family, family_args, image_manifest, tmp_path
     assert 0 < params["trainable"] < params["total"]
     assert f"<td>trainable parameters</td><td>{params['trainable']:,}</td>" in page
     assert f"<td>model parameters</td><td>{params['total']:,}</td>" in page
+    kind = adapter["kind"]
+    assert f"<td>backbone</td><td>{adapter['backbone']}{f' ({kind})' if kind != 'timm' else ''}</td>" in page
 
 
 def _test_split_files(run: Path) -> list[str]:
