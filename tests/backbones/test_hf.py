@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 import torch
-from fixtures.families import DINOV2_INPUT, save_dinov2
+from fixtures.families import DINOV2_INPUT, DINOV2_PROCESSOR, save_dinov2
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -182,3 +183,19 @@ def test_a_meta_build_reads_the_folder_config_only(tmp_path):
     folder = save_dinov2(tmp_path / "dinov2", hidden_size=48)
     model = build_transformers("any", weights=folder, meta=True)
     assert model.embeddings.cls_token.shape == (1, 1, 48) and model.embeddings.cls_token.is_meta
+
+
+def test_preprocessing_of_a_hub_id_is_its_cached_processor_file(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--org--rad" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    (snapshot / PROCESSOR_FILE).write_text(json.dumps(DINOV2_PROCESSOR))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    model = BUILDERS["dinov2"]()
+    model.config._name_or_path = "org/rad"
+    assert describe(model).preprocessing() == DINOV2_INPUT
+    model.config._name_or_path = "org/other"  # not in the cache: the class's defaults
+    assert describe(model).preprocessing()["mean"] == IMAGENET_MEAN_STD[0]
