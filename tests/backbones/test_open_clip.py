@@ -15,6 +15,7 @@ from torch import nn
 from medpeft.backbones.base import CLIP_MEAN_STD, Projection, describe
 from medpeft.backbones.library import build_open_clip
 from medpeft.backbones.open_clip import PackedAttention
+from medpeft.errors import ConfigError
 from tests.backbones.contract import (
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
@@ -192,3 +193,13 @@ def test_preprocessing_is_the_towers_config_else_open_clips_defaults(tmp_path):
     meta = build_open_clip(write_open_clip(tmp_path / "model"), meta=True)
     assert all(p.is_meta for p in meta.parameters())
     assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in tower.state_dict().items()}
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("ViT-Q-16", r"model\.backbone: unknown open_clip model 'ViT-Q-16' \(see open_clip\.list_models\(\); .*"
+                 r"did you mean 'ViT-S-16'\?"),
+    ("local-dir:/nowhere", r"model\.backbone: Directory specified via 'local-dir:' schema not found: /nowhere"),
+])
+def test_a_model_open_clip_cannot_build_is_named(name, message):
+    with pytest.raises(ConfigError, match=message):
+        build_open_clip(name)

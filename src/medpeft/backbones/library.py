@@ -29,7 +29,7 @@ from torch import nn
 
 from medpeft.backbones.hf import PROCESSOR_FILE
 from medpeft.backbones.weights import read_state_dict
-from medpeft.errors import ConfigError, WeightsError
+from medpeft.errors import ConfigError, WeightsError, did_you_mean
 
 VISUAL_PREFIX = "visual."
 
@@ -99,12 +99,17 @@ def build_open_clip(
     """The vision tower of an open_clip model by name, with hub or local weights."""
     import open_clip
 
+    if ":" not in name and name not in open_clip.list_models():
+        raise ConfigError(
+            f"model.backbone: unknown open_clip model {name!r} (see open_clip.list_models(); a config of "
+            f"one's own: local-dir:/folder holding open_clip_config.json){did_you_mean(name, open_clip.list_models())}"
+        )
     if meta:
         pretrained, weights, model_kwargs = False, None, {**model_kwargs, "device": "meta"}
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
             model = open_clip.create_model(name, pretrained="default" if pretrained else None, **model_kwargs)
-    except RuntimeError as error:
+    except (RuntimeError, FileNotFoundError) as error:  # a name without config, a local-dir: without files
         raise ConfigError(f"model.backbone: {error}") from error
     tower = model.visual
     if weights is not None:
