@@ -39,8 +39,8 @@ def family_args(tmp_path_factory) -> dict[str, tuple[list[str], dict]]:
     return {  # crop: timm's pretrained configs of swin_tiny (0.9) and convnext_tiny (0.95)
         "swin": (_timm(*SWIN), {**TIMM_INPUT, "size": 64, "crop": 0.9}),
         "convnext": ([*_timm(*CONVNEXT), "lora.targets=[fc1, fc2]"], {**TIMM_INPUT, "size": 32, "crop": 0.95}),
-        "dinov2": (["model.kind=transformers", f"model.backbone={save_dinov2(root / 'dinov2')}",
-                    "model.img_size=null"], DINOV2_INPUT),
+        "dinov2": (["model.kind=transformers", "model.backbone=tiny-rad-dino",
+                    f"model.weights={save_dinov2(root / 'dinov2')}", "model.img_size=null"], DINOV2_INPUT),
         "open_clip": (["model.kind=open_clip", f"model.backbone={write_open_clip(root / 'open_clip')}",
                        "model.img_size=null"], OPEN_CLIP_INPUT),
     }
