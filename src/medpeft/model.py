@@ -295,8 +295,8 @@ def _library_model(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
         ConfigError: ``spec.img_size`` differs from an open_clip tower's one input size.
     """
     model = PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
-    size = model.view.preprocessing()["size"]
-    if spec.kind == "open_clip" and spec.img_size not in (None, size):
+    size = model.view.preprocessing()["size"] if spec.kind == "open_clip" else None
+    if size is not None and spec.img_size not in (None, size):
         raise ConfigError(
             f"model.img_size: {spec.img_size}, but the open_clip tower {spec.backbone} reads {size} px "
             f"images only (its position embeddings are not interpolated); set model.img_size: {size} or null"
