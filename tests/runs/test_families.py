@@ -1,7 +1,7 @@
 """``medpeft train`` / ``eval`` / ``predict`` / ``report`` on every backbone family.
 
-Tiny random-init models: timm Swin and ConvNeXt by name, a transformers DINOv2 folder
-(``save_pretrained`` + its own ``preprocessor_config.json``) and an open_clip model of a
+Tiny random-init models: timm Swin and ConvNeXt by name, a transformers DINOv2 folder as
+``model.weights`` (``save_pretrained`` + its own ``preprocessor_config.json``) and an open_clip model of a
 local config (``local-dir:``). Each run writes its folder and adapter, records its
 backbone's own preprocessing, and is rebuilt from the run folder by eval, predict and
 report with the same results.
@@ -47,7 +47,7 @@ def family_args(tmp_path_factory) -> dict[str, tuple[list[str], dict]]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_train_eval_predict_report(family, family_args, image_manifest, tmp_path, capsys):
+def test_train_eval_predict_report(family, family_args, image_manifest, tmp_path):
     overrides, preprocessing = family_args[family]
     run = tmp_path / "run"
     argv = ["train", "melo_shenzhen", f"output_dir={run}", "data.source=csv", f"data.manifest={image_manifest}",
@@ -71,7 +71,6 @@ def test_train_eval_predict_report(family, family_args, image_manifest, tmp_path
         evaluated = [float(row[label]) for row in csv.DictReader(f) for label in ("lesion", "normal")]
     assert predicted == pytest.approx(evaluated, abs=1e-4)  # predict writes 4 decimals
 
-    capsys.readouterr()
     assert main(["report", str(run), "--resamples", "20"]) == 0
     page = (run / "report" / "index.html").read_text()
     params = json.loads((run / "report.json").read_text())["params"]
