@@ -1,11 +1,14 @@
 """The one composition root: a :class:`ModelSpec` -> backbone + fusion + method + head.
 
 Fusion follows from the spec: ``kind: vilt`` is ViLT over image + text
-(:class:`~medpeft.fusion.vilt.ViltClassifier`); a timm backbone with one image
+(:class:`~medpeft.fusion.vilt.ViltClassifier`); a timm ViT with one image
 modality is the plain timm model (:func:`~medpeft.fusion.single.as_single_stream`,
-parameter names unchanged); several image modalities (or learned missing tokens)
-share one token stream with modality embeddings
-(:class:`~medpeft.fusion.concat.MultiStreamViT`). The method comes from the
+parameter names unchanged), any other backbone with one image modality (timm Swin
+and ConvNeXt, transformers, open_clip) sits under
+:class:`~medpeft.fusion.pooled.PooledClassifier`; several image modalities (or learned
+missing tokens) share one timm ViT token stream with modality embeddings
+(:class:`~medpeft.fusion.concat.MultiStreamViT`). :func:`check_fusion` refuses the
+fusions a backbone cannot run before anything is built. The method comes from the
 registry (:mod:`medpeft.methods`); everything but the method's parameters and the
 fusion's new ones (head, pooler, modality embeddings) is frozen.
 """
@@ -34,6 +37,7 @@ from medpeft.methods import Method, get_method
 from medpeft.methods.layers import freeze_except
 
 KINDS = ("timm", "transformers", "open_clip", "vilt")
+LIBRARY_KINDS = ("transformers", "open_clip")
 DEFAULT_BACKBONES = {
     "timm": "vit_base_patch16_224",
     "transformers": "facebook/dinov2-base",
@@ -54,7 +58,8 @@ class ModelSpec:
         num_classes: Head outputs.
         method: A registered method (``lora``, ``mora``, ``prompts``, ``linear``, ``full``...).
         settings: The method's settings dataclass (``None``: its defaults).
-        img_size: Input resolution (timm: position embeddings are resized to it).
+        img_size: Input resolution (timm: position embeddings are resized to it; an open_clip
+            tower reads its own size only).
         modalities: Presence-mask column order; ``("image",)`` for one image.
         kind: ``timm`` (image modalities), ``transformers``, ``open_clip`` or ``vilt`` (image +
             text); ``None``: the preset's, else ``timm``.
@@ -167,8 +172,84 @@ def wrap_backbone(backbone: nn.Module, num_classes: int, modality: str = "image"
     """
     if describe(backbone).family == "timm_vit":
         backbone.reset_classifier(num_classes)
+    return _one_image(backbone, num_classes, modality)
+
+
+def _one_image(backbone: nn.Module, num_classes: int, modality: str) -> nn.Module:
+    """A timm ViT as itself (its head classifies); other families under a PooledClassifier (a
+    timm classifier of their own is dropped: the new head classifies their pooled features)."""
+    view = describe(backbone)
+    if view.family == "timm_vit":
         return as_single_stream(backbone, modality)
+    if view.library == "timm":
+        backbone.reset_classifier(0)
     return PooledClassifier(backbone, num_classes, modality)
+
+
+def check_fusion(spec: ModelSpec) -> None:
+    """CapabilityError unless the fusion ``spec`` asks for can read its backbone.
+
+    Several image modalities in one token stream and learned missing tokens need a
+    backbone with a token stream (timm ViTs, transformers, open_clip); early intervention
+    and late fusion are built from timm ViTs (family ``timm_vit``). A timm backbone is
+    built on the meta device (no memory, no weights) to find its family.
+    """
+    user = _fusion_user(spec)
+    if user is None or spec.kind == "vilt":
+        return
+    one_stream = spec.fusion == "auto"
+    if spec.kind in LIBRARY_KINDS:
+        if one_stream:
+            return
+        what = f"model.kind {spec.kind!r} ({spec.backbone})"
+    else:
+        with torch.device("meta"):
+            view = describe(build_vit(spec.backbone, spec.num_classes, spec.img_size, **spec.model_kwargs))
+        if view.family == "timm_vit":
+            return
+        what = f"{spec.backbone} ({type(view.module).__name__}, family {view.family})"
+    need = ("a backbone with a token stream (timm ViTs, transformers, open_clip)" if one_stream
+            else "a timm ViT (model.kind: timm, family timm_vit)")
+    raise CapabilityError(
+        f"{what} takes one image modality with model.fusion: auto; {user} needs {need} "
+        "(see the capability table in docs/methods.md)"
+    )
+
+
+def check_architecture(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool = False) -> None:
+    """Build ``spec`` with its method on the meta device (no memory, no weights): the ConfigError
+    or CapabilityError a real build would raise (a fusion or method its backbone cannot run, a
+    target no layer matches), before anything is written or trained. ViLT checks itself when built.
+    """
+    if spec.kind == "vilt":
+        return
+    model = build_architecture(spec, weights, pretrained)
+    with torch.device("meta"):
+        attach_method(model, get_method(spec.method), spec.settings)
+
+
+def _fusion_user(spec: ModelSpec) -> str | None:
+    """What in ``spec`` needs a timm ViT (None: one image modality, fusion ``auto``)."""
+    if spec.fusion != "auto":
+        return f"model.fusion {spec.fusion!r}"
+    if spec.missing_token:
+        return "data.missing_image: token (a learned token per missing image)"
+    if len(spec.modalities) > 1:
+        return f"reading {len(spec.modalities)} image modalities in one token stream"
+    return None
+
+
+def build_architecture(
+    spec: ModelSpec, weights: str | Path | None = None, pretrained: bool = False
+) -> nn.Module:
+    """``spec``'s fusion model without its method, on the meta device: every tensor's shape,
+    no memory, no weights read.
+
+    ``weights`` (a folder) and ``pretrained`` (a hub id) say where a transformers backbone's
+    ``config.json`` is; other kinds ignore them.
+    """
+    with torch.device("meta"):
+        return _fusion_model(spec, pretrained, weights, meta=True)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:
@@ -178,13 +259,19 @@ def set_backbone_dropout(model: nn.Module, p: float) -> None:
             module.p = p
 
 
-def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
+def _fusion_model(
+    spec: ModelSpec, pretrained: bool, weights: str | Path | None, meta: bool = False
+) -> nn.Module:
+    """The fusion model of ``spec`` without method (``meta``: its architecture only, no weights read)."""
     if spec.kind == "vilt":
         return _vilt_model(spec, pretrained, weights)
-    if spec.kind in ("transformers", "open_clip"):
-        return _library_model(spec, pretrained, weights)
+    check_fusion(spec)
+    if spec.kind in LIBRARY_KINDS:
+        return _library_model(spec, _library_backbone(spec, pretrained, weights, meta))
     if spec.text_modality in spec.modalities:
         raise ConfigError(f"kind 'timm' is imaging-only; drop the modality {spec.text_modality!r}")
+    if meta:
+        pretrained, weights = False, None
 
     def vit() -> nn.Module:
         return build_vit(
@@ -209,22 +296,39 @@ def _fusion_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None)
             encoders[m] = vit()
         return LateFusion(encoders, spec.num_classes)
     if len(spec.modalities) == 1 and not spec.missing_token:
-        return as_single_stream(vit(), spec.modalities[0])
+        return _one_image(vit(), spec.num_classes, spec.modalities[0])
     return MultiStreamViT(vit(), spec.modalities, spec.missing_token, spec.num_classes)
 
 
-def _library_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:
-    """A transformers or open_clip backbone: one image modality, or several in one token stream."""
+def _library_backbone(
+    spec: ModelSpec, pretrained: bool, weights: str | Path | None, meta: bool = False
+) -> nn.Module:
+    """The native transformers model or open_clip tower of ``spec`` (``meta``: the architecture only)."""
     from medpeft.backbones.library import build_open_clip, build_transformers
 
-    if spec.fusion != "auto":
-        raise ConfigError(f"model.fusion {spec.fusion!r} runs timm ViTs; model.kind {spec.kind!r} "
-                          "reads one stream (model.fusion: auto) or needs model.kind: timm")
     build = build_transformers if spec.kind == "transformers" else build_open_clip
-    backbone = build(spec.backbone, pretrained, weights, **spec.model_kwargs)
+    return build(spec.backbone, pretrained, weights, meta, **spec.model_kwargs)
+
+
+def _library_model(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
+    """A transformers or open_clip backbone: one image modality under a PooledClassifier, or
+    several in one token stream (:class:`~medpeft.fusion.concat.MultiStreamViT`).
+
+    Raises:
+        ConfigError: ``spec.img_size`` differs from an open_clip tower's one input size.
+    """
     if len(spec.modalities) == 1 and not spec.missing_token:
-        return PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
-    return MultiStreamViT(backbone, spec.modalities, spec.missing_token, spec.num_classes)
+        model = PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
+    else:
+        model = MultiStreamViT(backbone, spec.modalities, spec.missing_token, spec.num_classes)
+    view = next(iter(model.backbone_views().values()))
+    size = view.preprocessing()["size"] if spec.kind == "open_clip" else None
+    if size is not None and spec.img_size not in (None, size):
+        raise ConfigError(
+            f"model.img_size: {spec.img_size}, but the open_clip tower {spec.backbone} reads {size} px "
+            f"images only (its position embeddings are not interpolated); set model.img_size: {size} or null"
+        )
+    return model
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

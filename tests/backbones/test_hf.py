@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 import torch
+from fixtures.families import DINOV2_INPUT, DINOV2_PROCESSOR, save_dinov2
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -19,7 +21,9 @@ from transformers import (
     ViTModel,
 )
 
-from medpeft.backbones.base import describe
+from medpeft.backbones.base import CLIP_MEAN_STD, IMAGENET_MEAN_STD, describe
+from medpeft.backbones.hf import HALF_MEAN_STD, PROCESSOR_FILE
+from medpeft.backbones.library import build_transformers
 from medpeft.errors import ConfigError
 from tests.backbones.contract import (
     check_attention_weights,
@@ -167,3 +171,44 @@ def test_transformers_4_layout_is_one_clear_error():
 def test_vilt_is_not_a_family(vilt_config):
     with pytest.raises(ConfigError, match=r"cannot adapt a transformers\.models\.vilt\.modeling_vilt\.ViltModel"):
         describe(ViltModel(vilt_config))
+
+
+@pytest.mark.parametrize(("name", "mean_std", "interpolation", "crop"), [
+    ("vit", HALF_MEAN_STD, "bilinear", 1.0),  # ViTImageProcessor's defaults
+    ("dinov2", IMAGENET_MEAN_STD, "bicubic", 224 / 256),  # facebook/dinov2-*'s processor
+    ("clip", CLIP_MEAN_STD, "bicubic", 1.0),  # CLIPImageProcessor's defaults
+])
+def test_preprocessing_without_a_processor_file_is_the_class_processor(name, mean_std, interpolation, crop):
+    pre = describe(BUILDERS[name]()).preprocessing()
+    assert pre == {"size": 32, "mean": mean_std[0], "std": mean_std[1], "interpolation": interpolation, "crop": crop}
+
+
+def test_preprocessing_of_a_folder_is_its_processor_file(tmp_path):
+    folder = save_dinov2(tmp_path / "dinov2")
+    assert describe(build_transformers(str(folder))).preprocessing() == DINOV2_INPUT
+    assert describe(build_transformers("any", weights=folder)).preprocessing() == DINOV2_INPUT
+    (folder / PROCESSOR_FILE).write_text("{bad")
+    with pytest.raises(ConfigError, match=r"dinov2/preprocessor_config\.json: invalid JSON"):
+        describe(build_transformers(str(folder))).preprocessing()
+
+
+def test_a_meta_build_reads_the_folder_config_only(tmp_path):
+    folder = save_dinov2(tmp_path / "dinov2", hidden_size=48)
+    model = build_transformers("any", weights=folder, meta=True)
+    assert model.embeddings.cls_token.shape == (1, 1, 48) and model.embeddings.cls_token.is_meta
+
+
+def test_preprocessing_of_a_hub_id_is_its_cached_processor_file(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--org--rad" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    (snapshot / PROCESSOR_FILE).write_text(json.dumps(DINOV2_PROCESSOR))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    model = BUILDERS["dinov2"]()
+    model.config._name_or_path = "org/rad"
+    assert describe(model).preprocessing() == DINOV2_INPUT
+    model.config._name_or_path = "org/other"  # not in the cache: the class's defaults
+    assert describe(model).preprocessing()["mean"] == IMAGENET_MEAN_STD[0]

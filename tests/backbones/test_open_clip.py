@@ -7,12 +7,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from fixtures.families import OPEN_CLIP_INPUT, write_open_clip
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from medpeft.backbones.base import CapabilityError, Projection, describe
+from medpeft.backbones.base import CLIP_MEAN_STD, CapabilityError, Projection, describe
+from medpeft.backbones.library import build_open_clip
 from medpeft.backbones.open_clip import PackedAttention
+from medpeft.errors import ConfigError
 from tests.backbones.contract import (
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
@@ -189,3 +192,24 @@ def test_packed_attention_shares_the_torch_parameters():
     assert packed.in_proj.weight is torch_attention.in_proj_weight
     assert packed.in_proj.bias is torch_attention.in_proj_bias
     assert packed.out_proj is torch_attention.out_proj
+
+
+def test_preprocessing_is_the_towers_config_else_open_clips_defaults(tmp_path):
+    assert describe(BUILDERS["clip"]()).preprocessing() == {
+        "size": 32, "mean": CLIP_MEAN_STD[0], "std": CLIP_MEAN_STD[1], "interpolation": "bicubic", "crop": 1.0,
+    }
+    tower = build_open_clip(write_open_clip(tmp_path / "model"))
+    assert describe(tower).preprocessing() == OPEN_CLIP_INPUT
+    meta = build_open_clip(write_open_clip(tmp_path / "model"), meta=True)
+    assert all(p.is_meta for p in meta.parameters())
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in tower.state_dict().items()}
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("ViT-Q-16", r"model\.backbone: unknown open_clip model 'ViT-Q-16' \(see open_clip\.list_models\(\); .*"
+                 r"did you mean 'ViT-S-16'\?"),
+    ("local-dir:/nowhere", r"model\.backbone: Directory specified via 'local-dir:' schema not found: /nowhere"),
+])
+def test_a_model_open_clip_cannot_build_is_named(name, message):
+    with pytest.raises(ConfigError, match=message):
+        build_open_clip(name)

@@ -12,6 +12,7 @@ from torch import nn
 
 from medpeft.backbones.base import CapabilityError, describe, grid_shape
 from medpeft.errors import ConfigError
+from medpeft.routing import current, route
 from tests.backbones.contract import check_attention_weights, check_token_feature_map
 
 CASES = {
@@ -257,3 +258,17 @@ def test_grid_shape_follows_the_aspect_ratio():
     assert grid_shape(6, 64, 96) == (2, 3) and grid_shape(6, 96, 64) == (3, 2)
     with pytest.raises(ConfigError, match="7 patch tokens do not tile a 64x96 image"):
         grid_shape(7, 64, 96)
+
+
+def test_prepared_swin_window_attention_routes_each_sample_per_window():
+    model, images = tiny("swin")
+    describe(model).prepare()
+    seen = []
+    model.layers[0].blocks[0].attn.qkv.register_forward_hook(lambda *_: seen.append(current().adapters))
+    with torch.no_grad(), route(adapters=("a", "b")):
+        model(images)
+    windows = (64 // 4 // 4) ** 2  # 16x16 patches of 4 px in windows of 4x4
+    assert seen == [("a",) * windows + ("b",) * windows]
+    with torch.no_grad(), route(adapters="a"):  # one adapter for the whole batch: as it is
+        model(images)
+    assert seen[-1] == "a"

@@ -150,6 +150,11 @@ def test_patch_multiple_keeps_the_size_of_models_without_patches():
     assert patch_multiple("vit_base_patch14_dinov2", 250) == 252
 
 
+def test_a_model_that_reads_any_size_is_built_without_img_size():
+    model = build_vit("convnext_tiny", 2, img_size=48, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+    assert model(torch.randn(1, 3, 48, 48)).shape == (1, 2)
+
+
 @pytest.mark.parametrize(("name", "kwargs", "side"), [
     ("eva02_tiny_patch14_224", dict(embed_dim=32, depth=2, num_heads=2), 28),
     ("swin_tiny_patch4_window7_224", dict(window_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1,) * 4), 64),

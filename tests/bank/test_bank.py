@@ -131,6 +131,17 @@ def test_a_task_whose_preprocessing_size_does_not_fit_the_backbone_is_refused(ba
     assert str(error.value).startswith(f"{file}: preprocessing.size 48 does not fit the model: ")
 
 
+def test_random_backbones_of_one_seed_but_other_heads_are_not_shared(tmp_path):
+    """timm draws a random model's classifier with its backbone: the seed alone does not fix it."""
+    for name, labels in (("two", ["a", "b"]), ("three", ["a", "b", "c"])):
+        spec = ModelSpec(BACKBONE, len(labels), img_size=32, model_kwargs=dict(TINY))
+        torch.manual_seed(0)
+        save_adapter(build_model(spec), tmp_path / name, spec, labels, "multiclass", backbone_seed=0)
+    with pytest.raises(WeightsError, match=r"two.*another backbone.*random seed 0 with 2 classes vs .*"
+                                           r"random seed 0 with 3 classes"):
+        AdapterBank.from_directory(tmp_path)
+
+
 def _png(rgb) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((20, 24, 3), rgb, dtype=np.uint8)).save(buffer, format="PNG")

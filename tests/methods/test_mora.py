@@ -234,3 +234,14 @@ def test_three_modalities_select_per_sample():
     model({"images": images, "present": present[1:2].expand(3, -1)}).sum().backward()
     grad_b = model.vit.blocks[0].mora_B["default"].grad
     assert grad_b[1].abs().sum() == 0 and grad_b[0].abs().sum() > 0  # b absent: B_b untouched
+
+
+def test_a_model_with_block_branches_is_still_read_by_its_family():
+    spec = ModelSpec("vit_tiny_patch16_224", 3, "mora", MoraSettings(blocks=(0,)), img_size=16,
+                     modalities=("a", "b"), model_kwargs=dict(TINY_TIMM))
+    model = build_model(spec)
+    assert isinstance(model.vit.blocks[0], MoRABlockBranch)
+    view = model.backbone_views()["vit"]
+    assert view.block_names() == ["blocks.0", "blocks.1"]
+    assert view.attention(0)["q"].module == "blocks.0.attn.qkv"
+    assert model.vit.get_submodule("blocks.0.attn.qkv") is model.vit.blocks[0].base.attn.qkv

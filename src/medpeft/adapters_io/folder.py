@@ -40,14 +40,15 @@ from medpeft.adapters_io.config import (
 )
 from medpeft.adapters_io.legacy import LEGACY_SPEC_NAME, read_legacy_adapter
 from medpeft.atomic import atomic_folder
+from medpeft.backbones.base import Backbone, describe
 from medpeft.backbones.checkpoints import BackboneIdentity, backbone_identity, identity_mismatch
-from medpeft.backbones.timm_vit import build_vit
+from medpeft.backbones.timm_vit import timm_input
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
 from medpeft.methods.layers import adapter_names, delete_adapter
-from medpeft.model import ModelSpec, build_model
+from medpeft.model import ModelSpec, build_architecture, build_model
 
 HUB = "hub"  # backbone_weights value: pretrained weights from the hub
 _WRAPPED = re.compile(r"\.base(?=\.)")
@@ -170,20 +171,17 @@ def _check_spec(tensors: Mapping[str, torch.Tensor], spec: ModelSpec, method: Me
 
 
 def default_preprocessing(model: nn.Module, img_size: int | None) -> Preprocessing:
-    """The backbone's own preprocessing (timm's ``pretrained_cfg``, which preset builds of every
-    library carry), at ``img_size`` when given."""
-    from medpeft.backbones.timm_vit import data_config
+    """The backbone's own preprocessing (its family's :meth:`~medpeft.backbones.base.Backbone.preprocessing`),
+    at ``img_size`` when given.
 
-    native = getattr(model, "vit", None)
-    native = native if native is not None else getattr(model, "backbone", model)
-    cfg = data_config(native if isinstance(native, nn.Module) else model)
-    return Preprocessing(
-        size=img_size or cfg["input_size"][-1],
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        interpolation=cfg["interpolation"],
-        crop=cfg["crop_pct"],
-    )
+    ``model`` is a fusion model or a native backbone; a module no family reads (ViLT)
+    gets timm's defaults.
+    """
+    if hasattr(model, "backbone_views"):
+        natural = next(iter(model.backbone_views().values())).preprocessing()
+    else:
+        natural = timm_input(model)
+    return Preprocessing(**{**natural, "size": img_size or natural["size"]})
 
 
 def load_adapter(
@@ -384,29 +382,72 @@ def _add_head(model: nn.Module, name: str, outputs: int) -> None:
 
 
 def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) -> None:
-    """Raise :class:`WeightsError` unless ``model``'s backbone is the config's.
+    """Raise :class:`WeightsError` unless ``model``'s backbone is the config's, of any family.
 
-    Compares the timm architecture name, depth and every backbone tensor shape
-    (embedding dim, MLP width, patch grid from ``img_size``).
+    Builds the adapter's recorded architecture on the meta device and compares, backbone
+    by backbone: the family and class (and timm architecture name), the number of blocks
+    and every tensor's shape (width, MLP, patch grid from ``img_size``). The heads are
+    not compared: each adapter brings its own.
     """
-    if config.kind != "timm" or len(config.modalities) != 1:
-        raise ConfigError(f"{source}: only single-image timm adapters join a given model")
-    arch = getattr(model, "pretrained_cfg", {}).get("architecture")
-    wanted = (config.backbone or "").split(".")[0]
-    problems = [f"architecture: expected {wanted}, got {arch}"] if arch and arch != wanted else []
-    kwargs = dict(config.model_kwargs)  # built on the meta device: shapes only, no memory
-    with torch.device("meta"):
-        ref = build_vit(config.backbone, config.num_classes, config.img_size, **kwargs)
-    if len(model.blocks) != len(ref.blocks):
-        problems.append(f"depth: expected {len(ref.blocks)}, got {len(model.blocks)}")
-    own = {_WRAPPED.sub("", k): v.shape for k, v in model.state_dict().items()}
-    for key, value in ref.state_dict().items():
-        if not key.startswith(HEAD_NAME + ".") and own.get(key) != value.shape:
-            got = tuple(own[key]) if key in own else "missing"
-            problems.append(f"{key}: expected {tuple(value.shape)}, got {got}")
+    if config.kind == "vilt" or len(config.modalities) != 1 or config.fusion != "auto" or config.missing_token:
+        raise ConfigError(
+            f"{source}: only single-image adapters join a given model; this one reads "
+            f"{dict(config.modalities)} ({config.kind}, fusion {config.fusion!r})"
+        )
+    reference = build_architecture(config.to_spec(), *_architecture_source(config, Path(source)))
+    problems = _backbone_differences(model, reference)
     if problems:
         raise WeightsError(
-            f"{source}: adapter was trained on {config.backbone} (img_size {config.img_size}, "
+            f"{source}: adapter was trained on {config.backbone} ({config.kind}, img_size {config.img_size}, "
             f"{config.model_kwargs or 'default dims'}), the given model differs: "
             f"{'; '.join(problems[:4])}. Load it without model= to build its own backbone."
         )
+
+
+def _architecture_source(config: AdapterConfig, folder: Path) -> tuple[str | None, bool]:
+    """``(weights, pretrained)`` where the recorded backbone's architecture is read from (the
+    config.json of a transformers folder or hub id; other kinds need neither)."""
+    recorded = config.backbone_weights
+    if config.kind != "transformers" or recorded is None:
+        return None, False
+    return (None, True) if recorded == HUB else (str(folder / recorded), False)
+
+
+def _backbone_differences(model: nn.Module, reference: nn.Module) -> list[str]:
+    """How the backbones of ``model`` differ from those of ``reference`` (a meta-device build)."""
+    own_views = model.backbone_views() if hasattr(model, "backbone_views") else {"": describe(model)}
+    problems = []
+    for prefix, wanted in reference.backbone_views().items():
+        got = own_views.get(prefix)
+        if got is None or got.describe() != wanted.describe():
+            problems.append(f"backbone: expected {wanted.describe()}, got {got.describe() if got else 'none'}")
+            continue
+        if _timm_name(got) != _timm_name(wanted):
+            problems.append(f"architecture: expected {_timm_name(wanted)}, got {_timm_name(got)}")
+        if len(got.block_names()) != len(wanted.block_names()):
+            problems.append(f"depth: expected {len(wanted.block_names())}, got {len(got.block_names())}")
+        wanted.prepare()  # the layout adapters see (open_clip: PackedAttention), as in ``model``
+        got.prepare()
+        problems += _shape_differences(got.module, wanted.module, prefix)
+    return problems
+
+
+def _timm_name(view: Backbone) -> str | None:
+    """timm's architecture name of a backbone (None for other libraries)."""
+    return getattr(view.module, "pretrained_cfg", {}).get("architecture")
+
+
+def _shape_differences(own: nn.Module, wanted: nn.Module, prefix: str) -> list[str]:
+    """Tensors of ``wanted`` that ``own`` lacks or holds in another shape (heads and adapters aside)."""
+    def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+        tensors = [*module.named_parameters(), *module.named_buffers()]
+        return {_WRAPPED.sub("", name): tuple(t.shape) for name, t in tensors}
+
+    own_shapes = shapes(own)
+    head = HEAD_NAME if not prefix else None  # a timm ViT is its own fusion model: its head is the adapter's
+    problems = []
+    for key, shape in shapes(wanted).items():
+        if not (head and key.startswith(head)) and own_shapes.get(key) != shape:
+            got = own_shapes.get(key, "missing")
+            problems.append(f"{prefix + '.' if prefix else ''}{key}: expected {shape}, got {got}")
+    return problems

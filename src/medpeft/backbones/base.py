@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -33,6 +33,23 @@ Role = Literal["q", "k", "v", "out"]
 PatchEdit = Callable[[torch.Tensor], torch.Tensor]
 """Maps tokens ``[B, N, width]`` to new ones of the same shape."""
 ROLES: tuple[Role, ...] = ("q", "k", "v", "out")
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+class ImageInput(TypedDict):
+    """How a backbone's library prepares images for it (its pretraining preprocessing).
+
+    Keys: ``size`` (square side in pixels), ``mean`` and ``std`` (RGB normalisation),
+    ``interpolation`` (``bicubic``, ``bilinear`` or ``nearest``), ``crop`` (centre-crop
+    fraction of the resized shorter side; 1.0: none).
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,16 @@ class Capabilities:
     attention_maps: bool
     feature_map: bool = False
     masked_stream: bool = False
+
+
+def preset_input(module: nn.Module) -> ImageInput | None:
+    """The preprocessing a preset recorded on a transformers or open_clip module (timm's
+    ``pretrained_cfg`` fields, :mod:`medpeft.backbones.presets`), or None."""
+    cfg = getattr(module, "pretrained_cfg", None)
+    if not cfg:
+        return None
+    return ImageInput(size=cfg["input_size"][-1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                      interpolation=cfg["interpolation"], crop=cfg["crop_pct"])
 
 
 class CapabilityError(ConfigError):
@@ -151,6 +178,10 @@ class Backbone(ABC):
         """Why the backbone cannot take square images of ``size`` px, starting with its name
         (``ViTModel (transformers) takes multiples of its 16 px patches``); None: it can."""
         return None
+
+    @abstractmethod
+    def preprocessing(self) -> ImageInput:
+        """The image preprocessing the module was pretrained with, as its library records it."""
 
     def prepare(self) -> None:
         """Make every :class:`Projection` a Linear the forward really calls (idempotent).

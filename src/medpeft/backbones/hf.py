@@ -23,6 +23,13 @@ sentence objectives, which ViT checkpoints such as Phikon do not train or use (P
 features are the normed CLS token); the family therefore pools the CLS token of
 ``last_hidden_state`` (after the final layernorm), like DINOv2 and CLIP do.
 
+Preprocessing (:meth:`TransformersBackbone.preprocessing`): the model's own
+``preprocessor_config.json`` when its folder, or the hub cache for its hub id, holds one
+(``medpeft`` fetches it with a pretrained model); else the defaults of the class's image
+processor: ``ViTImageProcessor`` (mean/std 0.5, bilinear), that of ``facebook/dinov2-*``
+(ImageNet mean/std, bicubic, a centre crop of 224 from 256), ``CLIPImageProcessor`` (CLIP
+mean/std, bicubic), at the config's ``image_size``.
+
 Images of any size multiple of the patch go through: the position embeddings are
 interpolated (``interpolate_pos_encoding=True``; DINOv2 always interpolates). Attention
 weights are read per block with eager attention (:meth:`TransformersBackbone.attention_weights`:
@@ -32,25 +39,34 @@ weights are read per block with eager attention (:meth:`TransformersBackbone.att
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from medpeft.backbones.base import (
+    CLIP_MEAN_STD,
+    IMAGENET_MEAN_STD,
     Backbone,
     Capabilities,
+    ImageInput,
     PatchEdit,
     Projection,
     Role,
     edit_conv_patches,
     patch_problem,
+    preset_input,
     register_family,
 )
 from medpeft.errors import ConfigError
 
 LIBRARY_PREFIX = "transformers."
+PROCESSOR_FILE = "preprocessor_config.json"
+HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # the filters medpeft's transforms apply
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,9 @@ class Layout:
         interpolation_flag: ``forward`` and the embeddings take ``interpolate_pos_encoding``.
         patches: The patch embedding module; ``patch_conv``: it is a bare convolution
             (``[B, width, h, w]`` output) rather than a module giving ``[B, P, width]``.
+        mean_std: Normalisation of the class's image processor by default.
+        resample: Resize filter of that image processor.
+        crop: Its centre crop as a fraction of the resized shorter side.
     """
 
     layers: str
@@ -78,12 +97,16 @@ class Layout:
     interpolation_flag: bool = False
     patches: str = "embeddings.patch_embeddings"
     patch_conv: bool = False
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_MEAN_STD
+    resample: str = "bicubic"
+    crop: float = 1.0
 
 
-_DINOV2 = Layout(layers="encoder.layer", attention="attention", out="o_proj")
+_DINOV2 = Layout(layers="encoder.layer", attention="attention", out="o_proj", crop=224 / 256)
 LAYOUTS: dict[str, Layout] = {
     "ViTModel": Layout(
-        layers="layers", attention="attention", out="o_proj", cls_pooled=True, interpolation_flag=True
+        layers="layers", attention="attention", out="o_proj", cls_pooled=True, interpolation_flag=True,
+        mean_std=HALF_MEAN_STD, resample="bilinear",
     ),
     "Dinov2Model": _DINOV2,
     "Dinov2WithRegistersModel": _DINOV2,
@@ -96,6 +119,7 @@ LAYOUTS: dict[str, Layout] = {
         interpolation_flag=True,
         patches="embeddings.patch_embedding",
         patch_conv=True,
+        mean_std=CLIP_MEAN_STD,
     ),
 }
 SWIGLU_MLP = {"fc1_gate": "gate_proj", "fc1": "up_proj", "fc2": "down_proj"}
@@ -174,6 +198,27 @@ class TransformersBackbone(Backbone):
         output = self.module(pixel_values=images, **self._interpolation())
         return output.last_hidden_state[:, 0] if self.layout.cls_pooled else output.pooler_output
 
+    def preprocessing(self) -> ImageInput:
+        """A preset's preprocessing, else the model's ``preprocessor_config.json`` if found, else
+        its class's processor defaults."""
+        preset = preset_input(self.module)
+        if preset is not None:
+            return preset
+        layout = self.layout
+        defaults = ImageInput(
+            size=self.module.config.image_size, mean=layout.mean_std[0], std=layout.mean_std[1],
+            interpolation=layout.resample, crop=layout.crop,
+        )
+        file = processor_file(self.module.config._name_or_path)
+        if file is None:
+            return defaults
+        try:
+            processor = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{file}: invalid JSON: {error}") from error
+        return processor_input(processor, defaults)
+
+
     def size_problem(self, size: int) -> str | None:
         """Any multiple of the patch size (position embeddings are interpolated)."""
         return patch_problem(self.describe(), size, self.module.config.patch_size)
@@ -226,3 +271,42 @@ class TransformersBackbone(Backbone):
 
     def _interpolation(self) -> dict[str, bool]:
         return {"interpolate_pos_encoding": True} if self.layout.interpolation_flag else {}
+
+
+def processor_file(name_or_path: str) -> Path | None:
+    """The ``preprocessor_config.json`` of a model folder, or of a hub id in the local hub cache."""
+    if not name_or_path:
+        return None
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        file = folder / PROCESSOR_FILE
+        return file if file.is_file() else None
+    from huggingface_hub import try_to_load_from_cache  # a dependency of transformers
+
+    cached = try_to_load_from_cache(name_or_path, PROCESSOR_FILE)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def processor_input(processor: dict, defaults: ImageInput) -> ImageInput:
+    """``defaults`` updated by an image processor's settings (``image_mean``, ``resample``, ``size``...)."""
+    found = ImageInput(**defaults)
+    if "image_mean" in processor and "image_std" in processor:
+        found["mean"], found["std"] = tuple(processor["image_mean"]), tuple(processor["image_std"])
+    found["interpolation"] = PIL_RESAMPLE.get(processor.get("resample"), defaults["interpolation"])
+    resize, crop = processor.get("size"), processor.get("crop_size")
+    side = _side(resize)
+    if processor.get("do_center_crop") and _side(crop):
+        found["size"] = _side(crop)
+        found["crop"] = min(1.0, _side(crop) / side) if side else 1.0
+    elif side:
+        found["size"], found["crop"] = side, 1.0
+    return found
+
+
+def _side(size: object) -> int | None:
+    """The side of an image processor's ``size`` or ``crop_size`` (``shortest_edge``, ``height``, a number)."""
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        return size.get("shortest_edge") or size.get("height")
+    return None

@@ -21,6 +21,11 @@ Two kinds of tower:
   ``trunk.``; pooled features pass the trunk's classifier (the projection of configs
   without ``timm_proj``, else an identity) and ``head``.
 
+Preprocessing is the tower's ``preprocess_cfg`` (which ``open_clip.create_model`` sets
+from the model's config: mean, std, size, interpolation), else open_clip's defaults
+(CLIP mean/std, bicubic) at the tower's ``image_size``; towers do not interpolate their
+position embeddings, so they read that size only.
+
 Nothing here imports open_clip: the family recognises towers by class name.
 """
 
@@ -34,13 +39,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from medpeft.backbones.base import (
+    CLIP_MEAN_STD,
     Backbone,
     Capabilities,
+    ImageInput,
     PatchEdit,
     Projection,
     Role,
     describe,
     edit_conv_patches,
+    preset_input,
     register_family,
 )
 
@@ -121,6 +129,19 @@ def _additive_mask(
     return mask.to(dtype)
 
 
+def tower_input(tower: nn.Module) -> ImageInput:
+    """The preprocessing open_clip recorded on a vision tower (``preprocess_cfg``), else its defaults."""
+    cfg = getattr(tower, "preprocess_cfg", None) or {}
+    size = cfg.get("size", tower.image_size)
+    return ImageInput(
+        size=size if isinstance(size, int) else size[0],
+        mean=tuple(cfg.get("mean", CLIP_MEAN_STD[0])),
+        std=tuple(cfg.get("std", CLIP_MEAN_STD[1])),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        crop=1.0,
+    )
+
+
 def _save_native_names(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """State-dict hook: torch's key names and order (``in_proj_weight``, ``in_proj_bias``, ``out_proj.*``)."""
     for name in ("in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias"):
@@ -193,6 +214,9 @@ class OpenClipBackbone(Backbone):
         """The tower's own image size only (its position embeddings are not interpolated)."""
         height, width = self.module.image_size
         return None if (size, size) == (height, width) else f"{self.describe()} takes {height}x{width} px images only"
+
+    def preprocessing(self) -> ImageInput:
+        return preset_input(self.module) or tower_input(self.module)
 
     def prepare(self) -> None:
         """Replace each block's ``nn.MultiheadAttention`` by a :class:`PackedAttention`."""
@@ -281,6 +305,9 @@ class OpenClipTimmBackbone(Backbone):
 
     def size_problem(self, size: int) -> str | None:
         return self.trunk.size_problem(size)
+
+    def preprocessing(self) -> ImageInput:
+        return preset_input(self.module) or tower_input(self.module)
 
     def prepare(self) -> None:
         self.trunk.prepare()

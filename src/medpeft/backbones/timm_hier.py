@@ -3,6 +3,12 @@
 Their stages change the width and resolution of the tokens, so there is no single
 token stream: methods adapt their Linears and read pooled features only. Blocks are
 numbered over all stages in forward order (``blocks=[1]`` is the second block).
+
+Swin's window attention sees ``B * windows`` rows, a sample's windows one after
+another (timm's ``window_partition``); :meth:`TimmHierarchical.prepare` gives each
+``WindowAttention`` a subclass (:class:`WindowRouted`, names and outputs unchanged) that
+repeats the call's per-sample routing for every window, so a mixed-task batch reaches
+each sample's adapter there too.
 """
 
 from __future__ import annotations
@@ -14,6 +20,30 @@ from torch import nn
 
 from medpeft.backbones.base import Capabilities, Projection, Role, register_family
 from medpeft.backbones.timm_vit import TimmBackbone, fused_qkv, mlp_linears
+from medpeft.routing import Routing, current, route
+
+
+class WindowRouted:
+    """Mixin put in front of a Swin ``WindowAttention``'s class: per-sample routing per window."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        with route(**per_window(current(), x.shape[0])):
+            return super().forward(x, mask)
+
+
+def per_window(routing: Routing, rows: int) -> dict:
+    """The per-sample fields of ``routing`` (adapters, presence) repeated for ``rows`` rows that hold
+    each sample's windows one after another; fields of the whole batch stay as they are."""
+    fields: dict = {}
+    if isinstance(routing.adapters, tuple) and len(routing.adapters) != rows:
+        windows = rows // len(routing.adapters)
+        fields["adapters"] = tuple(name for name in routing.adapters for _ in range(windows))
+    if routing.presence is not None and routing.presence.shape[0] != rows:
+        fields["presence"] = routing.presence.repeat_interleave(rows // routing.presence.shape[0], 0)
+    return fields
+
+
+_ROUTED: dict[type, type] = {}
 
 
 @register_family
@@ -64,3 +94,12 @@ class TimmHierarchical(TimmBackbone):
     def mlp(self, index: int) -> dict[str, Projection]:
         name = f"{self.block_names()[index]}.mlp"
         return mlp_linears(name, self.module.get_submodule(name))
+
+    def prepare(self) -> None:
+        """Give every Swin window attention the :class:`WindowRouted` subclass of its class."""
+        for block in self.blocks() if isinstance(self.module, SwinTransformer) else ():
+            base = type(block.attn)
+            if not issubclass(base, WindowRouted):
+                if base not in _ROUTED:
+                    _ROUTED[base] = type(f"WindowRouted{base.__name__}", (WindowRouted, base), {})
+                block.attn.__class__ = _ROUTED[base]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import math
 import re
@@ -51,6 +52,7 @@ from medpeft.backbones import presets
 from medpeft.backbones.base import (
     Backbone,
     Capabilities,
+    ImageInput,
     PatchEdit,
     Projection,
     Role,
@@ -100,7 +102,8 @@ def build_vit(
         name: timm model name, e.g. ``vit_base_patch16_224``,
             ``vit_base_patch14_reg4_dinov2.lvd142m`` or ``hf-hub:paige-ai/Virchow2``.
         num_classes: Outputs of the new classification head.
-        img_size: Input resolution; position embeddings are resized to it.
+        img_size: Input resolution; position embeddings are resized to it (models without
+            a fixed size, such as ConvNeXt, read any size and are built without it).
         pretrained: Download the model's default pretrained weights from the hub.
         weights: Local checkpoint file (safetensors, or .pth/.bin torch state dict);
             takes precedence over ``pretrained``.
@@ -110,10 +113,10 @@ def build_vit(
     """
     preset = presets.find_preset(name)
     name, model_kwargs = presets.resolve(name, model_kwargs)
-    if img_size is not None:
-        model_kwargs["img_size"] = img_size
     check_backbone(name, **model_kwargs)
     pooling = model_kwargs.pop("pooling", None)
+    if img_size is not None and takes_img_size(name, **model_kwargs):
+        model_kwargs["img_size"] = img_size
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     try:
         with timm_load_report() as report:
@@ -331,6 +334,18 @@ def patch_multiple(name: str, img_size: int, **model_kwargs) -> int:
     return max(patch, patch * math.floor(img_size / patch + 0.5))
 
 
+def takes_img_size(name: str, **model_kwargs) -> bool:
+    """Whether the timm model ``name`` is built for one input size (``img_size``); ConvNeXt is not.
+
+    ``hf-hub:`` ids are assumed to be (their architecture is only known after a download);
+    ``name`` and ``model_kwargs`` are valid (:func:`check_backbone`).
+    """
+    if name.startswith(HUB_PREFIX):
+        return True
+    model = _meta_model(_arch(name), **resolve_layers(model_kwargs))
+    return "img_size" in inspect.signature(type(model)).parameters
+
+
 def check_backbone(name: str, **model_kwargs) -> None:
     """ConfigError unless ``name`` is a timm model a registered family reads (built on the meta device).
 
@@ -428,6 +443,15 @@ def data_config(model: nn.Module) -> dict:
     return timm.data.resolve_data_config({}, model=model)
 
 
+def timm_input(model: nn.Module) -> ImageInput:
+    """A timm model's preprocessing (its pretrained config's; timm's defaults for other modules)."""
+    cfg = data_config(model)
+    return ImageInput(
+        size=cfg["input_size"][-1], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        interpolation=cfg["interpolation"], crop=cfg["crop_pct"],
+    )
+
+
 def fused_qkv(name: str, qkv: nn.Linear) -> dict[Role, Projection]:
     """q, k and v as thirds of the outputs of the fused Linear ``name`` (timm's order)."""
     third = qkv.out_features // 3
@@ -471,6 +495,9 @@ class TimmBackbone(Backbone):
         if getattr(embed, "strict_img_size", False) and embed.img_size is not None and embed.img_size != (size, size):
             return f"{self.describe()} takes {embed.img_size[0]} px images only (the img_size it was built at)"
         return patch_problem(self.describe(), size, embed.patch_size[0], getattr(embed, "dynamic_img_pad", False))
+
+    def preprocessing(self) -> ImageInput:
+        return timm_input(self.module)
 
 
 @register_family

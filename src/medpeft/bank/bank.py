@@ -361,7 +361,7 @@ class AdapterBank:
         """Each sample's probabilities by its own task (one forward; tasks loaded)."""
         model = self.model
         with torch.inference_mode(), route(adapters=tuple(names)):
-            features = model.forward_head(model.forward_features(images.to(self.device)), pre_logits=True)
+            features = model.features(images.to(self.device))
             logits, widths = model.head.padded_logits(features, names)
         logits = logits.float().cpu()
         out = []
@@ -373,36 +373,38 @@ class AdapterBank:
 
 
 def _check_servable(config: AdapterConfig, folder: Path) -> None:
-    """ConfigError unless the adapter is a single-image timm adapter of a mixable method."""
+    """ConfigError unless the adapter is a single-image adapter (any backbone but ViLT) of a mixable method."""
     if not get_method(config.method).mixable:
         mixable = [name for name in method_names() if get_method(name).mixable]
         raise ConfigError(
             f"{folder}: method {config.method!r} cannot share a backbone in a mixed batch; "
             f"the bank serves {mixable} adapters"
         )
-    single = config.kind == "timm" and len(config.modalities) == 1 and config.fusion == "auto"
+    single = config.kind != "vilt" and len(config.modalities) == 1 and config.fusion == "auto"
     if not single or config.missing_token:
         raise ConfigError(
-            f"{folder}: the bank serves single-image timm adapters; this one reads "
+            f"{folder}: the bank serves single-image adapters; this one reads "
             f"{dict(config.modalities)} ({config.kind}, fusion {config.fusion!r})"
         )
 
 
 def _backbone_id(config: AdapterConfig, folder: Path, explicit_weights: bool) -> tuple:
     """What must agree between tasks on one backbone: architecture and (unless given) its weights."""
-    arch = (config.backbone, config.img_size, tuple(sorted(config.model_kwargs.items())))
+    arch = (config.kind, config.backbone, config.img_size, tuple(sorted(config.model_kwargs.items())))
     if explicit_weights:
         return arch
     recorded = config.backbone_weights
     if recorded not in (None, HUB):
         recorded = str((folder / recorded).resolve())
-    seed = config.backbone_seed if recorded is None else None
-    return (*arch, recorded, seed)
+    # a random backbone is drawn from its seed with the task's head (timm draws them in one go)
+    drawn = (config.backbone_seed, config.num_classes) if recorded is None else None
+    return (*arch, recorded, drawn)
 
 
 def _describe(config: AdapterConfig) -> str:
-    weights = config.backbone_weights or f"random seed {config.backbone_seed}"
-    return f"{config.backbone} at {config.img_size} px, {config.model_kwargs or 'default dims'}, {weights}"
+    weights = config.backbone_weights or f"random seed {config.backbone_seed} with {config.num_classes} classes"
+    return (f"{config.backbone} ({config.kind}) at {config.img_size} px, {config.model_kwargs or 'default dims'}, "
+            f"{weights}")
 
 
 def _module_bytes(module: nn.Module) -> int:

@@ -29,14 +29,15 @@ class ModelSettings:
     """Backbone choice, where its weights come from, and text handling.
 
     Attributes:
-        kind: ``timm`` (image modalities, any timm ViT), ``transformers``, ``open_clip`` or
-            ``vilt`` (image + text); ``null``: the preset's, else ``timm``.
-        backbone: timm model name or ViLT hub id / folder (``null``: the kind's default,
-            ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``), or a preset name
-            (``uni``, ``rad-dino``; ``medpeft backbones`` lists them): it sets ``kind``, the
+        kind: ``timm`` (timm ViTs; Swin and ConvNeXt for one image modality), ``transformers``,
+            ``open_clip`` or ``vilt`` (image + text); ``null``: the preset's, else ``timm``.
+        backbone: timm model name, transformers hub id or folder, open_clip model name
+            (``local-dir:`` folder, ``hf-hub:`` id), ViLT hub id / folder (``null``: the kind's
+            default, e.g. ``vit_base_patch16_224`` or ``dandelin/vilt-b32-mlm``), or a preset
+            name (``uni``, ``rad-dino``; ``medpeft backbones`` lists them): it sets ``kind``, the
             architecture arguments (``kwargs`` override them) and the default ``img_size``.
-        img_size: input resolution; timm position embeddings are interpolated to it
-            (``null``: the preset's recommended size, else 224).
+        img_size: input resolution; timm position embeddings are interpolated to it, an
+            open_clip tower reads its own only (``null``: the preset's or the backbone's own size).
         pretrained: fetch the backbone's pretrained weights from the hub (needs internet).
         weights: local checkpoint file (ViLT: also a ``save_pretrained`` folder); wins
             over ``pretrained``.
@@ -48,7 +49,9 @@ class ModelSettings:
         fusion: ``auto`` (one token stream, or ViLT), ``early_intervention`` (EI: one
             model per image modality first, then reference [CLS] tokens steer each target)
             or ``late`` (the same stage 1, then per-modality features joined at the end).
-        kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...).
+        kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...),
+            transformers config fields (``model_type`` for a random model) or
+            ``open_clip.create_model`` arguments.
     """
 
     kind: Literal["timm", "transformers", "open_clip", "vilt"] | None = None

@@ -248,7 +248,7 @@ def _facts_table(facts: RunFacts, point: OperatingPoint) -> str:
     rows = [
         ("run", facts.name),
         ("method", a.method),
-        ("backbone", a.backbone),
+        ("backbone", a.backbone if a.kind == "timm" else f"{a.backbone} ({a.kind})"),
         ("modalities", ", ".join(a.modalities)),
         ("task", f"{a.task}, {len(a.labels)} classes"),
         ("test samples", len(facts.scores.scores)),

@@ -33,13 +33,10 @@ STAGE1_DIR = "stage1"
 def two_stage_model(
     config: RunConfig, layout: RunLayout, source: Source, resume: bool, progress: bool
 ) -> tuple[ModelSpec, nn.Module, Objective | None]:
-    """Run (or reuse) stage 1, then build the stage-2 model from it, and its objective."""
+    """Run (or reuse) stage 1, then build the stage-2 model from it, and its objective
+    (the modalities checked by :func:`check_two_stage`)."""
     from medpeft.runs.train import model_spec, train_source
 
-    if set(source.kinds.values()) != {"image"} or len(source.modalities) < 2:
-        raise ConfigError(
-            f"model.fusion: {config.model.fusion} needs >= 2 image modalities, got {source.kinds}"
-        )
     stage1 = {}
     for m in source.modalities:
         sub_config, sub_source = stage1_config(config, layout, m), single_modality(source, m)
@@ -67,6 +64,14 @@ def two_stage_model(
         ei_loss, task=source.task, priors=ei.priors, weights=ei.loss_weights, public_gate=ei.public_gate
     )
     return spec, model, objective
+
+
+def check_two_stage(config: RunConfig, source: Source) -> None:
+    """ConfigError unless the data has the >= 2 image modalities a two-stage fusion reads."""
+    if set(source.kinds.values()) != {"image"} or len(source.modalities) < 2:
+        raise ConfigError(
+            f"model.fusion: {config.model.fusion} needs >= 2 image modalities, got {source.kinds}"
+        )
 
 
 def _build(spec: ModelSpec, config: RunConfig) -> nn.Module:

@@ -27,7 +27,7 @@ from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
-from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, set_backbone_dropout
+from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runs.data import (
     describe_source,
@@ -40,6 +40,7 @@ from medpeft.runs.data import (
 )
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
+from medpeft.runs.intervention import check_two_stage, two_stage_model
 from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
@@ -160,6 +161,10 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
     own = RunLayout.at(distributed.writable_folder(layout.root))
     own.root.mkdir(parents=True, exist_ok=True)
     source = load_source(config, own)
+    two_stage = config.model.fusion in ("early_intervention", "late")
+    if two_stage:
+        check_two_stage(config, source)
+    check_architecture(model_spec(config, source), config.model.weights, config.model.pretrained)
     fingerprint = data_fingerprint(config.data, source)
     if resume:
         check_fingerprint(layout, fingerprint, OTHER_DATA)  # before anything is rewritten
@@ -175,9 +180,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
         records = source.records if every else source.split("test")
         what = "data" if every else "test split"
         check_images(records, source.kinds, what, progress, config.data.read_options())
-    if config.model.fusion in ("early_intervention", "late"):
-        from medpeft.runs.intervention import two_stage_model  # needs train_source
-
+    if two_stage:
         spec, model, objective = two_stage_model(config, layout, source, resume, progress)
     else:
         spec, objective = model_spec(config, source), None

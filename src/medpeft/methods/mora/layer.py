@@ -140,13 +140,24 @@ class MoRABlockBranch(ModalityDelta):
     """A frozen transformer block plus a parallel branch: ``block(x) + delta(x)``.
 
     The block's extra arguments (e.g. an attention mask) pass through. A tuple
-    output (Hugging Face layers) gets the update on its first element.
+    output (Hugging Face layers) gets the update on its first element. The block's
+    attributes read through (``attn``, ``mlp``...), so the backbone's family view
+    (:func:`medpeft.backbones.base.describe`) still reads a model with branches.
     """
 
     def __init__(self, base: nn.Module, dim: int) -> None:
         super().__init__(dim, dim)
         self.base = base
         base.requires_grad_(False)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # the branch's own parameters and modules
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = self.base(x, *args, **kwargs)
