@@ -136,7 +136,7 @@ def attach_method(model: nn.Module, method: Method, settings: Any, adapter_name:
     Raises:
         CapabilityError: the method needs a token stream the model does not offer.
     """
-    if method.needs_tokens:
+    if method.needs_tokens and method.only_kind is None:  # such a method names its kind itself
         check_token_stream(model, method.name)
     method.attach(model, settings, adapter_name)
     freeze_except(model, lambda name: name.startswith(model.trained_prefixes) or method.is_trainable(name))

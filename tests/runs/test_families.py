@@ -98,26 +98,25 @@ CONVNEXT_ARGS = _timm(*CONVNEXT)
     ("melo_shenzhen", ["method=mora", *SWIN_ARGS],
      "method 'mora' needs a backbone with a token stream; SwinTransformer (timm) has none"),
     ("melo_shenzhen", ["method=mora", "model.kind=transformers", "model.backbone=tiny", DINOV2_KWARGS],
-     "method 'mora' acts on a token stream through medpeft's fusions, which read timm ViTs; "
-     "Dinov2Model (transformers) is not one"),
+     "method 'mora' acts on a token stream of several modalities; Dinov2Model (transformers) reads one "
+     "image here: give it data.modalities"),
     ("melo_shenzhen", ["method=prompts", "model.kind=open_clip", "OPEN_CLIP", "model.img_size=null"],
-     "method 'prompts' acts on a token stream through medpeft's fusions, which read timm ViTs; "
-     "VisionTransformer (open_clip) is not one"),
-    ("mora_synthetic", ["method=lora", "model.kind=transformers", "model.backbone=tiny", DINOV2_KWARGS],
-     "model.kind 'transformers' (tiny) takes one image modality with model.fusion: auto; reading 2 image "
-     "modalities in one token stream needs a timm ViT (model.kind: timm, family timm_vit"),
+     "method 'prompts' needs model kind 'vilt'"),
+    ("mora_synthetic", ["method=lora", "model.fusion=late", "model.kind=transformers", "model.backbone=tiny",
+                        DINOV2_KWARGS],
+     "model.kind 'transformers' (tiny) takes one image modality with model.fusion: auto; model.fusion 'late' "
+     "needs a timm ViT (model.kind: timm, family timm_vit"),
     ("mora_synthetic", ["method=lora", "model.fusion=late", *CONVNEXT_ARGS],
      "convnext_tiny (ConvNeXt, family timm_hier) takes one image modality with model.fusion: auto; "
      "model.fusion 'late' needs a timm ViT"),
     ("mora_synthetic", ["method=lora", "model.fusion=early_intervention", *SWIN_ARGS],
      "model.fusion 'early_intervention' needs a timm ViT"),
-    ("mora_synthetic", ["method=lora", "data.missing_image=token", "model.kind=open_clip", "OPEN_CLIP",
-                        "model.img_size=null"],
-     "data.missing_image: token (a learned token per missing image) needs a timm ViT"),
+    ("mora_synthetic", ["method=lora", "data.missing_image=token", *SWIN_ARGS],
+     "data.missing_image: token (a learned token per missing image) needs a backbone with a token stream"),
     ("melo_shenzhen", ["model.kind=open_clip", "OPEN_CLIP", "model.img_size=64"],
      "model.img_size: 64, but the open_clip tower local-dir:"),
-], ids=["mora-swin", "mora-transformers", "prompts-open_clip", "two-modalities-transformers",
-        "late-convnext", "ei-swin", "missing-token-open_clip", "size-open_clip"])
+], ids=["mora-swin", "mora-transformers", "prompts-open_clip", "late-transformers",
+        "late-convnext", "ei-swin", "missing-token-swin", "size-open_clip"])
 def test_what_a_backbone_cannot_run_is_one_line_before_anything_is_written(
     config, overrides, message, image_manifest, tmp_path, capsys
 ):
@@ -132,3 +131,18 @@ def test_what_a_backbone_cannot_run_is_one_line_before_anything_is_written(
     assert message in line
     written = {p.name for p in run.iterdir()} if run.exists() else set()
     assert not written & {"config.yaml", "checkpoint.pt", "stage1", "adapter"}, written
+
+
+@pytest.mark.parametrize("backbone", ["transformers", "open_clip"])
+def test_mora_over_two_modalities_in_one_stream_trains_on_library_backbones(backbone, tmp_path):
+    """Several image modalities share one token stream of a transformers or open_clip backbone."""
+    model = (["model.kind=transformers", "model.backbone=tiny", DINOV2_KWARGS] if backbone == "transformers"
+             else ["model.kind=open_clip", "model.kwargs={}", f"model.backbone={write_open_clip(tmp_path / 'open_clip')}",
+                   "model.img_size=null"])
+    run = tmp_path / "run"
+    argv = ["train", "mora_synthetic", f"output_dir={run}", "model.pretrained=false", "data.num_samples=40",
+            "train.epochs=1", "data.missing_image=token", *CPU, *model, "--quiet"]
+    assert main(argv) == 0
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["method"] == "mora" and adapter["kind"] == backbone and len(adapter["modalities"]) == 2
+    assert main(["eval", str(run)]) == 0

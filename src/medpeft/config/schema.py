@@ -68,9 +68,9 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         self.kind = preset_kind(self.backbone, self.kind)
-        if self.img_size is None:
+        if self.img_size is None:  # a preset's size; timm's 224; the library model's own size
             preset = find_preset(self.backbone)
-            self.img_size = preset.img_size if preset else DEFAULT_IMG_SIZE
+            self.img_size = preset.img_size if preset else DEFAULT_IMG_SIZE if self.kind == "timm" else None
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout}")
         if self.img_size is not None and self.img_size < 1:
