@@ -48,6 +48,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medpeft.backbones import presets
+from medpeft.backbones.hub import check_hub_weights
 from medpeft.backbones.base import (
     Backbone,
     Capabilities,
@@ -115,6 +116,8 @@ def build_vit(
     check_backbone(name, **model_kwargs)
     pooling = model_kwargs.pop("pooling", None)
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
+    if pretrained and weights is None:
+        check_hub_weights(name, timm_hub_repo(name))  # offline: one line now, not a minute of retries
     try:
         with timm_load_report() as report:
             model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
@@ -141,7 +144,7 @@ def build_vit(
         raise WeightsError(
             f"could not fetch pretrained weights for {name!r} from the hub ({error}). "
             "Offline? Download the checkpoint elsewhere and pass it with "
-            "--weights path/to/model.safetensors (config key model.weights)."
+            "model.weights=path/to/model.safetensors."
         ) from error
     check_model(model, name)
     check_hub_load(model, name, report)
@@ -150,6 +153,17 @@ def build_vit(
     if pooling is not None:
         apply_pooling(model, pooling)
     return model
+
+
+def timm_hub_repo(name: str) -> str | None:
+    """The hub repo timm fetches the pretrained weights of ``name`` from (None: not the hub)."""
+    if name.startswith(HUB_PREFIX):
+        return name[len(HUB_PREFIX):]
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        return None
+    return getattr(cfg, "hf_hub_id", None) or None
 
 
 def apply_pooling(model: nn.Module, pooling: str) -> None:
