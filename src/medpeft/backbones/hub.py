@@ -51,11 +51,11 @@ def in_hub_cache(repo: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo, name), str) for name in WEIGHT_FILES)
 
 
-def check_hub_weights(name: str, repo: str | None) -> None:
+def check_hub_weights(name: str, repo: str | None, hint: str = "download the checkpoint elsewhere") -> None:
     """WeightsError in one line if the weights of ``name`` (hub ``repo``) cannot be had offline.
 
     Passes when ``repo`` is unknown (the library fetches from elsewhere), is cached, or the
-    hub is reachable.
+    hub is reachable. ``hint`` says where the weights are (e.g. a gated preset's access page).
     """
     if repo is None or in_hub_cache(repo):
         return
@@ -63,6 +63,6 @@ def check_hub_weights(name: str, repo: str | None) -> None:
     if reason is not None:
         raise WeightsError(
             f"model.pretrained: the hub is offline ({reason}) and {name!r} ({repo}) is not in the local "
-            "cache; download the checkpoint elsewhere and pass it with model.weights=path/to/model.safetensors "
+            f"cache; {hint}, then pass the file with model.weights=path/to/model.safetensors "
             "(a key=value after the config: medpeft train CONFIG model.weights=...)"
         )

@@ -117,7 +117,9 @@ def build_vit(
     pooling = model_kwargs.pop("pooling", None)
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
     if pretrained and weights is None:
-        check_hub_weights(name, timm_hub_repo(name))  # offline: one line now, not a minute of retries
+        hint = f"{preset.access_hint()}; download the checkpoint" if preset else "download the checkpoint elsewhere"
+        repo = timm_hub_repo(name, model_kwargs.get("pretrained_cfg_overlay"))
+        check_hub_weights(name, repo, hint)  # offline: one line now, not a minute of retries
     try:
         with timm_load_report() as report:
             model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
@@ -155,8 +157,16 @@ def build_vit(
     return model
 
 
-def timm_hub_repo(name: str) -> str | None:
-    """The hub repo timm fetches the pretrained weights of ``name`` from (None: not the hub)."""
+def timm_hub_repo(name: str, overlay: Mapping[str, Any] | None = None) -> str | None:
+    """The hub repo timm fetches the pretrained weights of ``name`` from (None: not the hub).
+
+    ``overlay`` is timm's ``pretrained_cfg_overlay``: a local ``file`` there is not the hub.
+    """
+    overlay = overlay or {}
+    if overlay.get("file") or overlay.get("url"):
+        return None
+    if overlay.get("hf_hub_id"):
+        return overlay["hf_hub_id"]
     if name.startswith(HUB_PREFIX):
         return name[len(HUB_PREFIX):]
     try:

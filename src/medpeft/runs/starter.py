@@ -241,7 +241,7 @@ def starter_config(inspection: Inspection, name: str | None = None) -> str:
     if inspection.kind == "csv":
         c = inspection.columns
         data = [f"  source: csv\n  manifest: {json.dumps(str(path))}", f"  image_col: {c.image}", f"  label_col: {c.label}",
-                f"  split_col: {c.split or 'null'}   # null: no split column, splits are carved (fractions below)",
+                f"  split_col: {c.split}" if c.split else "  # no split column: splits are carved (fractions below)",
                 "  # SEVERAL IMAGES PER PATIENT? Name the patient column; each patient then stays in one split.",
                 f"  group_col: {c.group or 'null'}"]
     else:
