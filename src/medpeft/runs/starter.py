@@ -187,7 +187,7 @@ def describe_inspection(inspection: Inspection) -> list[str]:
     if inspection.duplicates:
         first, copy = inspection.duplicates[0]
         lines.append(f"warning: {len(inspection.duplicates)} suspected duplicate(s) (byte-identical files), "
-                     f"e.g. {first} = {copy}")
+                     f"e.g. {first} = {copy}; copies in two splits stop a run (data.leakage)")
     counts = Counter(i for r in source.records for i in _indices(r))
     largest, smallest = max(counts.values()), min(counts.values(), default=0)
     if smallest and largest / smallest >= IMBALANCE:
