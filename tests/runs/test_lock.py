@@ -61,3 +61,10 @@ def test_a_failed_run_releases_its_folder(tmp_path, capsys, image_argv):
     assert "taking over the lock of process" in err
     assert one_line(err).endswith(f"manifest not found: {tmp_path / 'absent.csv'}")
     assert run.is_dir() and not (run / LOCK).exists()
+
+
+def test_a_lock_from_another_host_is_refused(tmp_path):
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "other-host"}))
+    with pytest.raises(ConfigError, match=f"locked by process 1 on host 'other-host'; .*delete {tmp_path / LOCK}"):
+        with run_lock(tmp_path):
+            pass

@@ -97,3 +97,12 @@ def test_init_on_something_else_says_what_it_expects(tmp_path, capsys):
     assert one_line(capsys.readouterr().err).endswith(
         f"{tmp_path / 'notes.md'}: expected an image folder or a CSV manifest")
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_init_names_the_columns_it_could_not_find(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,dx\na.png,tb\n")
+    assert main(["init", str(manifest), "--out", str(tmp_path / "x.yaml")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        f"{manifest}: found no label column among ['file', 'dx']; expected an image column (image, path, file...) "
+        "and a label column (label, labels, class...)")

@@ -119,7 +119,7 @@ def build_vit(
     if pretrained and weights is None:
         hint = f"{preset.access_hint()}; download the checkpoint" if preset else "download the checkpoint elsewhere"
         repo = timm_hub_repo(name, model_kwargs.get("pretrained_cfg_overlay"))
-        check_hub_weights(name, repo, hint)  # offline: one line now, not a minute of retries
+        check_hub_weights(preset.name if preset else name, repo, hint)  # offline: one line, not a minute of retries
     try:
         with timm_load_report() as report:
             model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
