@@ -40,9 +40,9 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_saying_so(tmp_path, caplog
 
 def test_a_live_lock_is_refused_naming_its_process(tmp_path):
     write_lock(tmp_path, os.getppid())  # the process that started the tests: alive
-    with pytest.raises(ConfigError, match=f"another run \\(process {os.getppid()}\\) is writing this folder"):
-        with run_lock(tmp_path):
-            pass
+    refused = pytest.raises(ConfigError, match=f"another run \\(process {os.getppid()}\\) is writing this folder")
+    with refused, run_lock(tmp_path):
+        pass
     assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getppid()  # not touched
 
 
@@ -65,6 +65,6 @@ def test_a_failed_run_releases_its_folder(tmp_path, capsys, image_argv):
 
 def test_a_lock_from_another_host_is_refused(tmp_path):
     (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "other-host"}))
-    with pytest.raises(ConfigError, match=f"locked by process 1 on host 'other-host'; .*delete {tmp_path / LOCK}"):
-        with run_lock(tmp_path):
-            pass
+    refused = pytest.raises(ConfigError, match=f"locked by process 1 on host 'other-host'; .*delete {tmp_path / LOCK}")
+    with refused, run_lock(tmp_path):
+        pass

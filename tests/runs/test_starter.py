@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from medpeft.cli import main
@@ -106,3 +105,14 @@ def test_init_names_the_columns_it_could_not_find(tmp_path, capsys):
     assert one_line(capsys.readouterr().err).endswith(
         f"{manifest}: found no label column among ['file', 'dx']; expected an image column (image, path, file...) "
         "and a label column (label, labels, class...)")
+
+
+def test_init_names_patient_sub_folders_inside_class_folders(tmp_path, capsys):
+    data = image_folder(tmp_path / "nested", {"p1": 2, "p2": 2})  # p*/<class>/ ...
+    for patient in ("p1", "p2"):  # ... moved to <class>/<patient>/
+        for label in ("normal", "tb"):
+            shutil.move(data / patient / label, tmp_path / "moved" / label / patient)
+    assert main(["init", str(tmp_path / "moved"), "--out", str(tmp_path / "x.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'moved'}: folder <class>/, 8 images, 2 classes" in out
+    assert "images lie in sub-folders of their class folders (one per patient?)" in out

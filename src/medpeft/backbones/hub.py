@@ -34,7 +34,7 @@ def offline_reason() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reachable(host: str, port: int) -> bool:
     """Whether a TCP connection to ``host:port`` opens within `CONNECT_TIMEOUT_S` (once per process)."""
     try:

@@ -75,7 +75,7 @@ def inspect_data(path: str | Path) -> Inspection:
     path = Path(path)
     if path.is_dir():
         source = folder_source(path)
-        inspection = Inspection(path, folder_layout(path, source), source, nested=_nested(path, source))
+        inspection = Inspection(path, folder_layout(source), source, nested=_nested(source))
     elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
         header, rows = read_csv_rows(path)
         columns = guess_columns(path, header, [row for _, row in rows])
@@ -92,7 +92,7 @@ def inspect_data(path: str | Path) -> Inspection:
     return inspection
 
 
-def folder_layout(root: Path, source: Source) -> str:
+def folder_layout(source: Source) -> str:
     """``<class>/`` or the split folders found, e.g. ``train/<class>/ + test/<class>/``."""
     splits = [s for s in SPLITS if source.split(s)]
     if not splits:
@@ -100,7 +100,7 @@ def folder_layout(root: Path, source: Source) -> str:
     return "folder " + " + ".join(f"{s}/<class>/" for s in splits)
 
 
-def _nested(root: Path, source: Source) -> bool:
+def _nested(source: Source) -> bool:
     """Whether images lie in sub-folders of their class folder (one per patient?)."""
     depth = 3 if any(r.split for r in source.records) else 2
     return any(len(Path(r.id).parts) > depth for r in source.records)
