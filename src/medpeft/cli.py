@@ -16,8 +16,12 @@ import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medpeft.errors import ConfigError, MedpeftError
+
+if TYPE_CHECKING:
+    from medpeft.config import RunConfig
 
 
 def builtin_configs() -> dict[str, Path]:
@@ -40,12 +44,11 @@ def resolve_config(name_or_path: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from medpeft.config import load_config
     from medpeft.runs.train import format_report, train_run
     from medpeft.train import distributed
 
     repeats = [f"train.repeats={args.repeats}"] if args.repeats else []
-    config = load_config(resolve_config(args.config), [*args.overrides, *repeats])
+    config = _train_config(args.config, [*args.overrides, *repeats])
     if config.train.repeats > 1:
         from medpeft.runs.repeats import format_repeats, train_repeats
 
@@ -56,6 +59,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     report = train_run(config, resume=not args.no_resume, progress=not args.quiet)
     if distributed.is_main():  # under `accelerate launch`, one report
         print(format_report(report))
+
+
+def _train_config(name_or_data: str, overrides: Sequence[str]) -> RunConfig:
+    """The config ``medpeft train`` runs: a file or built-in name, or a starter for a data folder/CSV."""
+    from medpeft.config import load_config
+
+    if not (Path(name_or_data).is_dir() or name_or_data.lower().endswith((".csv", ".tsv"))):
+        return load_config(resolve_config(name_or_data), overrides)
+    import tempfile
+
+    from medpeft.runs.starter import implicit_config
+
+    with tempfile.TemporaryDirectory(prefix="medpeft-starter-") as folder:
+        return load_config(implicit_config(name_or_data, Path(folder)), overrides)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from medpeft.runs.starter import describe_inspection, write_starter
+
+    inspection, out = write_starter(args.data, args.out, args.name)
+    for line in describe_inspection(inspection):
+        print(line)
+    print(f"wrote {out}; train with: medpeft train {out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -252,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an adapter from a YAML config")
-    p.add_argument("config", help="YAML file or built-in config name (see `medpeft configs`)")
+    p.add_argument("config", help="YAML file, built-in config name (see `medpeft configs`), or a data folder "
+                   "or CSV to train on with a starter config (see `medpeft init`)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -260,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, help="train N times (seeds seed..seed+N-1) into rep<i>/, report mean ± std"
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("init", help="inspect a data folder or CSV and write a commented starter config")
+    p.add_argument("data", help="image folder (<class>/, <split>/<class>/) or CSV manifest")
+    p.add_argument("--out", default="my_task.yaml", help="config file to write (default: my_task.yaml)")
+    p.add_argument("--name", help="run name (runs/<name>; default: the data's folder or file name)")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("eval", help="evaluate a trained run's adapter on a data split")
     p.add_argument("run", help="run folder (holds config.yaml and adapter/)")

@@ -69,10 +69,23 @@ def test_unreadable_and_missing_files(tmp_path):
 
 
 def test_offline_pretrained_says_how_to_pass_weights(monkeypatch):
-    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as error:
+        build_vit("vit_base_patch16_224", 2, img_size=32, pretrained=True, **TINY)
+    message = str(error.value)
+    assert "\n" not in message and "the hub is offline (HF_HUB_OFFLINE=1)" in message
+    assert "model.weights=path/to/model.safetensors" in message and "--weights" not in message
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(WeightsError, match="--weights"):
+
+def test_without_network_the_hub_check_fails_before_any_download(monkeypatch):
+    """No offline variable: one connect attempt decides (here: refused), no retries."""
+    from medpeft.backbones import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    hub._reachable.cache_clear()
+    with pytest.raises(WeightsError, match=r"no connection to 127.0.0.1 within 2 s.*model.weights="):
         build_vit("vit_base_patch16_224", 2, img_size=32, pretrained=True, **TINY)
 
 

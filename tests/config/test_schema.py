@@ -64,3 +64,15 @@ def test_the_starter_config_for_own_data_asks_for_the_patient_column():
     config = load_config(path, ["data.group_col=patient"])
     assert (config.data.source, config.data.group_col, config.data.leakage) == ("csv", "patient", "error")
     assert config.data.positive_class is None
+
+
+def test_name_sets_the_run_folder_unless_output_dir_is_given(tmp_path):
+    assert load_config(None, ["name=foo"]).output_dir == "runs/foo"
+    assert load_config(None, ["name=foo", "output_dir=elsewhere"]).output_dir == "elsewhere"
+    named = tmp_path / "named.yaml"
+    named.write_text("name: bar\n")
+    assert load_config(named).output_dir == "runs/bar"
+    both = tmp_path / "both.yaml"
+    both.write_text("name: bar\noutput_dir: out/bar\n")
+    assert load_config(both).output_dir == "out/bar"
+    assert load_config(both, ["name=foo"]).output_dir == "runs/foo"  # the command line's name wins

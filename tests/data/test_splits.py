@@ -144,3 +144,29 @@ def test_assign_splits_without_groups_is_unchanged_and_with_groups_says_why_val_
     assert assign_splits(grouped, 0.1, 0.2, 0).ids("test") == assign_splits(plain, 0.1, 0.2, 0).ids("test")
     with pytest.raises(ConfigError, match=r"\['val'\].*data.group_col keeps each group whole"):
         assign_splits(grouped_source(["one"] * 10, [None] * 10), 0.1, 0.2)
+
+
+def test_train_and_test_only_get_val_carved_from_train_stratified_and_named(caplog):
+    targets = [int(i < 40) for i in range(100)]
+    splits = ["test" if i % 5 == 0 else "train" for i in range(100)]
+    with caplog.at_level("INFO", logger="medpeft"):
+        split = assign_splits(source_of(targets, splits), 0.25, 0.2, seed=3, layout="folder kag")
+    assert split.ids("test") == [str(i) for i in range(0, 100, 5)]  # the given test split is kept
+    assert len(split.split("val")) == 20 and Counter(split.targets("val")) == {0: 12, 1: 8}
+    assert "data: folder kag has train and test only; carved val from train (val 25% of each class, seed 3)" \
+        in caplog.text
+    again = assign_splits(source_of(targets, splits), 0.25, 0.2, seed=3, layout="folder kag")
+    assert again.ids("val") == split.ids("val")
+
+
+def test_train_only_gets_val_and_test_carved_with_groups_whole(caplog):
+    groups = [f"p{i // 2}" for i in range(40)]
+    with caplog.at_level("INFO", logger="medpeft"):
+        split = assign_splits(grouped_source(groups, ["train"] * 40), 0.2, 0.2, seed=0)
+    assert [len(split.split(s)) for s in ("train", "val", "test")] == [24, 8, 8]
+    by_group = {}
+    for r in split.records:
+        by_group.setdefault(r.group, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_group.values())
+    assert "has train only; carved val and test from train (val 20%, test 20% of each class, seed 0, " \
+        "groups kept whole)" in caplog.text

@@ -49,6 +49,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medpeft.backbones import presets
+from medpeft.backbones.hub import check_hub_weights
 from medpeft.backbones.base import (
     Backbone,
     Capabilities,
@@ -118,6 +119,10 @@ def build_vit(
     if img_size is not None and takes_img_size(name, **model_kwargs):
         model_kwargs["img_size"] = img_size
     use_hub = (pretrained and weights is None) or name.startswith(HUB_PREFIX)
+    if pretrained and weights is None:
+        hint = f"{preset.access_hint()}; download the checkpoint" if preset else "download the checkpoint elsewhere"
+        repo = timm_hub_repo(name, model_kwargs.get("pretrained_cfg_overlay"))
+        check_hub_weights(preset.name if preset else name, repo, hint)  # offline: one line, not a minute of retries
     try:
         with timm_load_report() as report:
             model = timm.create_model(name, pretrained=use_hub and pretrained, num_classes=num_classes,
@@ -144,7 +149,7 @@ def build_vit(
         raise WeightsError(
             f"could not fetch pretrained weights for {name!r} from the hub ({error}). "
             "Offline? Download the checkpoint elsewhere and pass it with "
-            "--weights path/to/model.safetensors (config key model.weights)."
+            "model.weights=path/to/model.safetensors."
         ) from error
     check_model(model, name)
     check_hub_load(model, name, report)
@@ -153,6 +158,25 @@ def build_vit(
     if pooling is not None:
         apply_pooling(model, pooling)
     return model
+
+
+def timm_hub_repo(name: str, overlay: Mapping[str, Any] | None = None) -> str | None:
+    """The hub repo timm fetches the pretrained weights of ``name`` from (None: not the hub).
+
+    ``overlay`` is timm's ``pretrained_cfg_overlay``: a local ``file`` there is not the hub.
+    """
+    overlay = overlay or {}
+    if overlay.get("file") or overlay.get("url"):
+        return None
+    if overlay.get("hf_hub_id"):
+        return overlay["hf_hub_id"]
+    if name.startswith(HUB_PREFIX):
+        return name[len(HUB_PREFIX):]
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        return None
+    return getattr(cfg, "hf_hub_id", None) or None
 
 
 def apply_pooling(model: nn.Module, pooling: str) -> None:

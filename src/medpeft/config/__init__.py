@@ -55,6 +55,8 @@ def load_config(
     elif path is not None:
         anchor_paths(data, Path(path).parent)
     data = upgrade(anchor_paths(apply_overrides(data, overrides), Path.cwd()))
+    if not saved_run:
+        name_output_dir(data, [item.partition("=")[0] for item in overrides])
     core = {k: v for k, v in data.items() if k not in method_settings}
     unknown = sorted(set(core) - set(CORE_KEYS))
     if unknown:
@@ -73,6 +75,19 @@ def load_config(
         if name in data or name == config.method
     }
     return config
+
+
+def name_output_dir(data: dict, overridden: Sequence[str]) -> None:
+    """Set ``output_dir`` to ``runs/<name>`` when ``name`` is given and ``output_dir`` is not.
+
+    ``name`` on the command line wins over the file's ``output_dir``; an ``output_dir`` on the
+    command line wins over both.
+    """
+    name = data.get("name")
+    if name is None or "output_dir" in overridden:
+        return
+    if "name" in overridden or "output_dir" not in data:
+        data["output_dir"] = f"runs/{name}"
 
 
 def config_dict(config: RunConfig) -> dict:

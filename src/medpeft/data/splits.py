@@ -9,6 +9,7 @@ stratified, keeping each group (`Record.group`, e.g. a patient) whole in one spl
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
@@ -17,6 +18,8 @@ import numpy as np
 
 from medpeft.data.records import Record, Source, Target
 from medpeft.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -173,14 +176,16 @@ def given_group_splits(records: Sequence[Record]) -> dict[str, str]:
 
 
 def assign_splits(
-    source: Source, val_fraction: float, test_fraction: float, seed: int = 0
+    source: Source, val_fraction: float, test_fraction: float, seed: int = 0, layout: str = "the data"
 ) -> Source:
     """``source`` with a stratified seeded split for every record that has none.
 
     Records that already have a split keep it. With groups (`Record.group`), a record
     without a split joins its group's given split, if any; the other groups are split
     whole (see `stratified_split`), and a group spanning two given splits is a
-    DataError. Raises ConfigError if train or val ends up empty.
+    DataError. Data given as train (and test) only get the missing splits carved from
+    train (see `carve_from_train`; ``layout`` names the data in the message saying so).
+    Raises ConfigError if train or val ends up empty.
     """
     given = given_group_splits(source.records)
     records = [
@@ -188,21 +193,57 @@ def assign_splits(
         for r in source.records
     ]
     unsplit = [i for i, r in enumerate(records) if r.split is None]
-    grouped = any(r.group is not None for r in records)
-    groups = [_group_key(records[i]) for i in unsplit] if grouped else None
     fractions = holdout_fractions(val_fraction, test_fraction)
-    names = stratified_split([records[i].target for i in unsplit], fractions, seed, groups)
-    for index, name in zip(unsplit, names):
-        records[index] = replace(records[index], split=name)
+    _split_whole(records, unsplit, fractions, seed)
+    records = carve_from_train(records, val_fraction, test_fraction, seed, layout)
     result = replace(source, records=records)
     empty = [s for s in ("train", "val") if not result.split(s)]
     if empty:
+        grouped = any(r.group is not None for r in records)
         whole = "; data.group_col keeps each group whole, so small data need larger fractions" if grouped else ""
         raise ConfigError(
-            f"data.val_fraction/data.test_fraction: the {empty} split(s) are empty "
-            f"(fractions {fractions} over {len(unsplit)} unsplit samples; check the split column{whole})"
+            f"data.val_fraction/data.test_fraction: the {empty} split(s) of {layout} are empty "
+            f"(fractions {fractions} over {len(records)} samples{whole})"
         )
     return result
+
+
+def _split_whole(records: list[Record], indices: Sequence[int], fractions: Sequence[float], seed: int) -> None:
+    """Give ``records[i]`` for each of ``indices`` a stratified seeded split, groups whole, in place."""
+    grouped = any(r.group is not None for r in records)
+    groups = [_group_key(records[i]) for i in indices] if grouped else None
+    names = stratified_split([records[i].target for i in indices], fractions, seed, groups)
+    for index, name in zip(indices, names):
+        records[index] = replace(records[index], split=name)
+
+
+def carve_from_train(
+    records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int, layout: str
+) -> list[Record]:
+    """``records`` with val (and test) carved from train when the data have none.
+
+    Only train and test given: ``val_fraction`` of train goes to val. Only train given:
+    ``val_fraction`` and ``test_fraction`` of train go to val and test. Stratified, seeded,
+    groups whole; one log line names the layout and what was carved.
+    """
+    records = list(records)
+    present = {r.split for r in records}
+    if "train" not in present or "val" in present:
+        return records
+    carve = ["val"] if "test" in present else ["val", "test"]
+    fractions = (1.0 - val_fraction, val_fraction, 0.0) if carve == ["val"] else holdout_fractions(
+        val_fraction, test_fraction
+    )
+    train = [i for i, r in enumerate(records) if r.split == "train"]
+    _split_whole(records, train, fractions, seed)
+    given = " and ".join(s for s in SPLITS if s in present)
+    shares = ", ".join(f"{name} {fractions[SPLITS.index(name)]:.0%}" for name in carve)
+    whole = ", groups kept whole" if any(r.group is not None for r in records) else ""
+    log.info(
+        "data: %s has %s only; carved %s from train (%s of each class, seed %d%s)",
+        layout, given, " and ".join(carve), shares, seed, whole,
+    )
+    return records
 
 
 def _group_key(record: Record) -> tuple[str, str]:

@@ -82,9 +82,18 @@ def load_source(config: RunConfig, layout: RunLayout) -> Source:
     else:
         hint = did_you_mean(data.source, SOURCES)
         raise ConfigError(f"data.source: {data.source!r} is not one of {list(SOURCES)}{hint}")
-    source = assign_splits(source, data.val_fraction, data.test_fraction, seed)
+    source = assign_splits(source, data.val_fraction, data.test_fraction, seed, data_layout(data))
     check_leakage(source.records, source.kinds, data.leakage)
     return source
+
+
+def data_layout(data: DataSettings) -> str:
+    """How the data of ``data`` are laid out, for messages about their splits."""
+    if data.source == "csv":
+        return f"manifest {data.manifest} (split column {data.split_col!r})"
+    if data.source == "folder":
+        return f"folder {data.root} (<split>/<class>/ folders)"
+    return f"data.source {data.source!r}"
 
 
 def run_positive_class(config: RunConfig, source: Source) -> str | None:

@@ -12,7 +12,8 @@ synthetic run; ``report.json``, written last, marks a finished run. ``medpeft ev
 another adapter, other data or other settings writes into ``evals/<name>/`` instead (the same
 result files, its ``config.yaml`` and ``eval.json``: adapter, split and overrides). A run with
 ``train.repeats: N`` holds one such folder per repeat (``rep0`` ...) and
-``summary.json`` / ``summary.md`` (mean and std of the test metrics).
+``summary.json`` / ``summary.md`` (mean and std of the test metrics). While a training
+process writes the folder it holds ``run.lock`` (:mod:`medpeft.runs.lock`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ epoch (resumable), keep the best epoch, save the adapter, evaluate the test spli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -42,6 +43,7 @@ from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
 from medpeft.runs.intervention import check_two_stage, two_stage_model
 from medpeft.runs.layout import METRICS_CSV, RunLayout
+from medpeft.runs.lock import run_lock
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
 from medpeft.train.settings import check_monitor
@@ -158,6 +160,12 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
                 check_fingerprint(layout, fingerprint, OTHER_DATA)
             return RunReport.from_dict(stored, layout)
     distributed.barrier()  # every process has read the folder before the main one writes
+    with run_lock(layout.root) if distributed.is_main() else contextlib.nullcontext():
+        return _train_unfinished(config, layout, resume, progress)
+
+
+def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progress: bool) -> RunReport:
+    """`train_run` of a run that has not finished, its folder locked: read, build, fit."""
     own = RunLayout.at(distributed.writable_folder(layout.root))
     own.root.mkdir(parents=True, exist_ok=True)
     source = load_source(config, own)
