@@ -49,7 +49,6 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medpeft.backbones import presets
-from medpeft.backbones.hub import check_hub_weights
 from medpeft.backbones.base import (
     Backbone,
     Capabilities,
@@ -61,6 +60,7 @@ from medpeft.backbones.base import (
     patch_problem,
     register_family,
 )
+from medpeft.backbones.hub import check_hub_weights
 from medpeft.backbones.weights import (
     NON_ENCODER_KEYS,
     check_complete,
