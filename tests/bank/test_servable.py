@@ -67,3 +67,4 @@ def test_a_run_folder_and_a_folder_of_run_folders_are_task_directories(mixed_dir
     assert [t.name for t in bank.tasks()] == ["run-probe", "run-tb"]
     single = AdapterBank.from_directory(runs / "run-tb")
     assert [t.name for t in single.tasks()] == ["run-tb"]
+

@@ -130,7 +130,7 @@ class AdapterBank:
                 sha256) with a warning, instead of refusing them.
             skip_unservable: Leave out the tasks the bank cannot serve (another method,
                 backbone or weights) and name each with its reason in :attr:`skipped`,
-                instead of refusing them all; ConfigError only when none is servable.
+                instead of refusing them all; when none is servable, the first reason is raised.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
@@ -172,6 +172,7 @@ class AdapterBank:
         bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit, identity,
                    allow_other_weights)
         bank.skipped = skipped
+        errors = []
         for name, folder in folders.items():
             try:
                 bank.register(name, folder)
@@ -179,6 +180,9 @@ class AdapterBank:
                 if not skip_unservable:
                     raise
                 skipped[name] = str(error)
+                errors.append(error)
+        if not bank.tasks():
+            raise errors[0]  # every task refused: the first reason (e.g. replaced backbone weights)
         return bank
 
     # ----------------------------------------------------------------- tasks
