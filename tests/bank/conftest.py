@@ -85,4 +85,7 @@ def write_method_task(folder: Path, name: str, method: str, weights: Path, seed:
     model = build_model(spec, weights=weights)
     with torch.no_grad():
         model.head.weight.normal_(0, 1.0)
+        if method == "full":  # a fine-tuned backbone: not the one it started from
+            for param in model.parameters():
+                param.add_(torch.randn_like(param), alpha=0.05)
     return save_adapter(model, folder / name, spec, list(labels), "multiclass", backbone_weights=weights)

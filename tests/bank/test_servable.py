@@ -1,4 +1,5 @@
-"""What a bank serves of a mixed directory: LoRA and linear probes; MoRA and full fine-tuning skipped."""
+"""What a bank serves of a mixed directory: LoRA and linear probes share the backbone; a fully
+fine-tuned model gets one of its own (BankGroup); MoRA is skipped with its reason."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from medpeft.adapters_io.folder import load_adapter
-from medpeft.bank import AdapterBank
+from medpeft.bank import AdapterBank, BankGroup, UnknownTask
 from medpeft.errors import ConfigError
 from tests.bank.conftest import write_method_task
 
@@ -68,3 +69,33 @@ def test_a_run_folder_and_a_folder_of_run_folders_are_task_directories(mixed_dir
     single = AdapterBank.from_directory(runs / "run-tb")
     assert [t.name for t in single.tasks()] == ["run-tb"]
 
+
+
+def probabilities_alone(folder, images):
+    model, _ = load_adapter(folder)
+    with torch.no_grad():
+        return torch.softmax(model.eval()(images), -1)
+
+
+def test_a_bank_group_serves_a_fully_fine_tuned_model_on_its_own_backbone(mixed_dir, images):
+    group = BankGroup.from_directory(mixed_dir)
+    assert [t.name for t in group.tasks()] == ["probe", "tb", "whole"]
+    assert list(group.skipped) == ["mora"] and "method 'mora' cannot share" in group.skipped["mora"]
+    names = ["whole", "tb", "whole", "probe"]
+    mixed = group.predict(names, [{"image": x} for x in images[:4]])
+    for name in ("whole", "tb", "probe"):
+        alone = probabilities_alone(mixed_dir / name, images[:4])
+        for i in (i for i, task in enumerate(names) if task == name):
+            torch.testing.assert_close(mixed[i], alone[i], rtol=1e-4, atol=1e-5)
+    # the shared backbone is untouched by the fully fine-tuned model's weights
+    shared = group.predict(["tb"], [{"image": images[0]}])[0]
+    torch.testing.assert_close(shared, probabilities_alone(mixed_dir / "tb", images[:1])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_bank_group_names_unknown_tasks_and_refuses_a_task_beside_a_full_model(mixed_dir, tmp_path):
+    group = BankGroup.from_directory(mixed_dir)
+    with pytest.raises(UnknownTask, match=r"unknown task 'wole'.*whole"):
+        group.task("wole")
+    alone = BankGroup.from_directory(mixed_dir / "whole")
+    with pytest.raises(ConfigError, match="serves one fully fine-tuned model, its own backbone; it takes no other task"):
+        alone.register("tb", mixed_dir / "tb")

@@ -160,7 +160,7 @@ class AdapterBank:
             folders, skipped = _split_servable(folders)
         first = config_path(next(iter(folders.values()))).parent
         reference = read_adapter_config(first)
-        _check_servable(reference, first)
+        _check_servable(reference, first, alone=len(folders) == 1)
         explicit = weights is not None or pretrained
         if not explicit:
             weights, pretrained = recorded_backbone(reference, first, allow_random_backbone)
@@ -192,6 +192,11 @@ class AdapterBank:
         with self._lock:
             return [self._info(name) for name in self._configs]
 
+    def tasks_by_name(self) -> list[str]:
+        """The names of every task, in registration order."""
+        with self._lock:
+            return list(self._configs)
+
     def task(self, name: str) -> TaskInfo:
         """One task; UnknownTask for a name the bank does not hold."""
         with self._lock:
@@ -209,7 +214,7 @@ class AdapterBank:
         check_task_name(name)
         folder = config_path(folder).parent
         config = read_adapter_config(folder)
-        _check_servable(config, folder)
+        self._check_joins(config, folder)
         check_input_size(self.model, config, folder)
         explicit = self._explicit_backbone
         if _backbone_id(config, folder, explicit) != self._backbone_id:
@@ -224,6 +229,17 @@ class AdapterBank:
                 raise ConfigError(f"task {name!r} is already in the bank ({self._folders[name]})")
             self._folders[name], self._configs[name], self._bytes[name] = folder, config, size
             return self._info(name)
+
+    def _check_joins(self, config: AdapterConfig, folder: Path) -> None:
+        """ConfigError unless the adapter can join this bank: a fully fine-tuned model
+        only as the one task of a bank of its own (it replaces the backbone's weights)."""
+        with self._lock:
+            alone = not self._configs
+            owned = any(get_method(c.method).trains_everything for c in self._configs.values())
+        if owned:
+            raise ConfigError(f"{folder}: this bank serves one fully fine-tuned model, its own backbone; "
+                              "it takes no other task")
+        _check_servable(config, folder, alone)
 
     def load(self, name: str) -> None:
         """Put task ``name``'s adapter on the backbone now (evicting others if needed)."""
@@ -300,8 +316,7 @@ class AdapterBank:
 
     def _known(self, name: object) -> str:
         if not isinstance(name, str) or name not in self._configs:
-            raise UnknownTask(f"unknown task {name!r}{did_you_mean(str(name), self._configs)}; "
-                              f"the bank holds {list(self._configs)}")
+            raise unknown_task(name, list(self._configs))
         return name
 
     def _info(self, name: str) -> TaskInfo:
@@ -392,6 +407,11 @@ class AdapterBank:
         return out
 
 
+def unknown_task(name: object, names: Sequence[str]) -> UnknownTask:
+    """The error for a task name that is none of ``names``, with a did-you-mean."""
+    return UnknownTask(f"unknown task {name!r}{did_you_mean(str(name), names)}; the bank holds {list(names)}")
+
+
 def _split_servable(folders: Mapping[str, str | Path]) -> tuple[dict[str, str | Path], dict[str, str]]:
     """``folders`` the bank can serve, and why each other one cannot; ConfigError if none can."""
     servable, skipped = {}, {}
@@ -416,15 +436,17 @@ def _shares_backbone(method: Method) -> bool:
     return method.mixable or not adds_layers
 
 
-def _check_servable(config: AdapterConfig, folder: Path) -> None:
-    """ConfigError unless the adapter is a single-image timm adapter that shares the backbone."""
+def _check_servable(config: AdapterConfig, folder: Path, alone: bool = False) -> None:
+    """ConfigError unless the adapter is a single-image timm adapter that shares the backbone
+    (``alone``: that is the bank's only task, which may then be a fully fine-tuned model)."""
     method = get_method(config.method)
-    if method.trains_everything:
+    if method.trains_everything and not alone:
         raise ConfigError(
             f"{folder}: method {config.method!r} trains the whole backbone, so the adapter is a "
-            "model of its own and cannot share the bank's backbone (run it with medpeft predict)"
+            "model of its own and cannot share the bank's backbone (medpeft serve and BankGroup "
+            "serve it on a backbone of its own)"
         )
-    if not _shares_backbone(method):
+    if not (_shares_backbone(method) or method.trains_everything):
         servable = [name for name in method_names() if _shares_backbone(get_method(name))]
         raise ConfigError(
             f"{folder}: method {config.method!r} cannot share a backbone in a mixed batch; "

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from medpeft import __version__
-from medpeft.bank import AdapterBank, UnknownTask
+from medpeft.bank import AdapterBank, BankGroup, UnknownTask
 from medpeft.errors import DataError, MedpeftError
 from medpeft.serve.batcher import MicroBatcher, Overloaded
 from medpeft.serve.metrics import ServeMetrics
@@ -34,7 +34,7 @@ RETRY_AFTER_S = "1"
 
 
 def create_app(
-    bank: AdapterBank, settings: ServeSettings | None = None, directory: str | Path | None = None
+    bank: AdapterBank | BankGroup, settings: ServeSettings | None = None, directory: str | Path | None = None
 ) -> FastAPI:
     """The HTTP app serving every task of ``bank``.
 

@@ -27,8 +27,9 @@ def serve(
 
     Args:
         directory: Folder of task adapter folders (or run folders) sharing one backbone, a run
-            folder, or ``medpeft demo``'s output; tasks the bank cannot serve are skipped, each
-            logged with its reason.
+            folder, or ``medpeft demo``'s output; fully fine-tuned models are served on
+            a backbone of their own; tasks that cannot be served are skipped, each logged
+            with its reason.
         settings: Batching, queue, upload limit and token.
         host: Interface to listen on.
         port: TCP port (0: any free one; the log names it).
@@ -42,14 +43,13 @@ def serve(
         import uvicorn
     except ImportError as error:
         raise ConfigError(f"medpeft serve needs the serve extra: pip install 'medpeft[serve]' ({error})") from error
-    from medpeft.bank import AdapterBank
+    from medpeft.bank import BankGroup
     from medpeft.serve.app import create_app
     from medpeft.train.settings import resolve_device
 
-    bank = AdapterBank.from_directory(
+    bank = BankGroup.from_directory(
         directory, device=resolve_device(device), max_loaded=max_loaded, weights=weights,
         allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
-        skip_unservable=True,
     )
     if settings.token is None and not _is_loopback(host):
         logger.warning(f"serving on {host} without a token: anyone who reaches it can predict "

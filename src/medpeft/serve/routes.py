@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from medpeft.adapters_io.config import CONFIG_NAME
-from medpeft.bank import AdapterBank, TaskInfo, UnknownTask
+from medpeft.bank import AdapterBank, BankGroup, TaskInfo, UnknownTask
 from medpeft.bank.tasks import check_task_name
 from medpeft.serve.batcher import MicroBatcher
 from medpeft.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -44,7 +44,7 @@ MAX_PARTS = 32  # form fields + files of one prediction request
 class ServerState:
     """Everything the endpoints share; the only state is the bank's adapter cache."""
 
-    bank: AdapterBank
+    bank: AdapterBank | BankGroup
     settings: ServeSettings
     batcher: MicroBatcher
     metrics: ServeMetrics
