@@ -130,7 +130,8 @@ class AdapterBank:
                 sha256) with a warning, instead of refusing them.
             skip_unservable: Leave out the tasks the bank cannot serve (another method,
                 backbone or weights) and name each with its reason in :attr:`skipped`,
-                instead of refusing them all; when none is servable, the first reason is raised.
+                instead of refusing them all. None servable: ConfigError naming every
+                reason; every servable one refused at registration: the first reason.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
