@@ -1,6 +1,8 @@
 """Reports: markdown tables, missing-grid plots, statistics and the run report page."""
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,27 @@ def test_scores_csv_round_trip(tmp_path):
         np.testing.assert_allclose(back.scores, scores.scores)
 
 
+def test_scores_csv_written_before_sample_ids_still_reads(tmp_path):
+    old = tmp_path / "predictions_test.csv"
+    old.write_text("target,a,b\nb,0.2,0.8\na,0.6,0.4\n")
+    scores = SplitScores.read_csv(old, "multiclass")
+    assert scores.labels == ["a", "b"] and scores.ids is None and scores.paths is None
+    np.testing.assert_array_equal(scores.targets, [1, 0])
+    np.testing.assert_allclose(scores.scores, [[0.2, 0.8], [0.6, 0.4]])
+
+
+def test_scores_csv_names_each_sample_and_its_prediction(tmp_path):
+    scores = SplitScores(["a", "b", "c"], "multilabel", np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.4]]),
+                         np.array([[1, 0, 0], [0, 0, 1]]), ["s1", "=s2"],
+                         {"path_ct": ["x/1.png", "x/2.png|x/3.png"], "path_mri": ["m/1.png", ""]})
+    lines = scores.write_csv(tmp_path / "p.csv").read_text().splitlines()
+    assert lines == ["id,path_ct,path_mri,target,predicted,a,b,c", "s1,x/1.png,m/1.png,a,a|b,0.9,0.6,0.1",
+                     "'=s2,x/2.png|x/3.png,,c,,0.2,0.3,0.4"]
+    back = SplitScores.read_csv(tmp_path / "p.csv", "multilabel")
+    assert back.ids == ["s1", "=s2"] and back.paths == scores.paths and back.labels == ["a", "b", "c"]
+    np.testing.assert_array_equal(back.targets, scores.targets)
+
+
 def _train(tmp_path, manifest: Path, *extra: str) -> Path:
     run = tmp_path / "run"
     argv = ["train", "melo_shenzhen", f"output_dir={run}", f"data.manifest={manifest}", *TINY, *CPU, *extra]
@@ -245,8 +268,8 @@ def test_a_report_reads_back_label_names_a_spreadsheet_would_evaluate(tmp_path):
     manifest = make_synthetic_dataset(tmp_path / "data", labels, n_per_class=8, img_size=32)
     run = _train(tmp_path, manifest, "train.epochs=1", "data.positive_class=-1")  # YAML: the integer -1
     scores_csv = (run / "predictions_test.csv").read_text().splitlines()
-    assert scores_csv[0] == "target,-1,'=1+1"  # escaped for spreadsheets; -1 is a number
-    assert {row.split(",")[0] for row in scores_csv[1:]} == {"-1", "'=1+1"}
+    assert scores_csv[0] == "id,path,target,predicted,-1,'=1+1"  # escaped for spreadsheets; -1 is a number
+    assert {row.split(",")[2] for row in scores_csv[1:]} == {"-1", "'=1+1"}
     write_report_page(run, tmp_path / "page", resamples=50)
     summary = json.loads((tmp_path / "page" / "summary.json").read_text())
     assert list(summary["per_class"]) == labels
@@ -261,3 +284,26 @@ def test_scores_csv_escapes_formulas_and_reads_them_back(tmp_path):
     back = SplitScores.read_csv(path, "multilabel")
     assert back.labels == labels
     np.testing.assert_array_equal(back.targets, scores.targets)
+
+
+@QUIET
+def test_predictions_name_each_sample_and_the_page_shows_the_worst_mistakes(tmp_path):
+    manifest = make_synthetic_dataset(tmp_path / "data", ("normal", "abnormal"), n_per_class=12, img_size=32)
+    run = _train(tmp_path, manifest, "train.epochs=1")
+    with open(run / "predictions_test.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:4] == ["id", "path", "target", "predicted"]
+    assert all(Path(row["path"]).is_file() for row in rows)
+    for row in rows:  # the predicted label is the top score's
+        assert row["predicted"] == max(("abnormal", "normal"), key=lambda label: float(row[label]))
+    wrong = [row for row in rows if row["predicted"] != row["target"]]
+    assert wrong, "a one-epoch tiny model is expected to make mistakes"
+    write_report_page(run, tmp_path / "page", resamples=20)
+    page = (tmp_path / "page" / "index.html").read_text()
+    section = page[page.index("<h2>Misclassified samples</h2>"):]
+    section = section[:section.index("</section>")]
+    missed = sum(row["target"] == "abnormal" for row in wrong)  # the positive class's false negatives
+    assert section.count('<img src="data:image/jpeg;base64,') == min(missed, 8) + min(len(wrong) - missed, 8)
+    shown = re.findall(r'<a href="([^"]+)"><img src="data:image/jpeg;base64,', section)
+    assert shown and all((tmp_path / "page" / href).resolve().is_file() for href in shown)
+    assert {row["id"] for row in wrong} >= set(re.findall(r"<figcaption>([^<]+)<br>", section))

@@ -75,3 +75,17 @@ def alone(bank_dir, images) -> dict[str, torch.Tensor]:
 def shared_bank(bank_dir) -> AdapterBank:
     """One bank for the tests that do not depend on what is loaded."""
     return AdapterBank.from_directory(bank_dir)
+
+
+def write_method_task(folder: Path, name: str, method: str, weights: Path, seed: int,
+                      labels: tuple[str, ...] = ("a", "b", "c")) -> Path:
+    """Save a ``method`` adapter (its default settings, random head) into ``folder/name``."""
+    spec = ModelSpec(BACKBONE, len(labels), method, img_size=32, model_kwargs=dict(TINY))
+    torch.manual_seed(seed)
+    model = build_model(spec, weights=weights)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)
+        if method == "full":  # a fine-tuned backbone: not the one it started from
+            for param in model.parameters():
+                param.add_(torch.randn_like(param), alpha=0.05)
+    return save_adapter(model, folder / name, spec, list(labels), "multiclass", backbone_weights=weights)

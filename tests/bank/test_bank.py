@@ -106,7 +106,7 @@ def test_a_method_that_cannot_mix_adapters_in_a_batch_is_refused(bank_dir, tmp_p
                           "multiclass", backbone_weights=weights)
     bank = AdapterBank.from_directory(bank_dir)
     with pytest.raises(ConfigError, match=r"mor: method 'mor' cannot share a backbone in a mixed batch; "
-                                          r"the bank serves \['lora'\] adapters"):
+                                          r"the bank serves \['lora', 'linear'\] adapters"):
         bank.register("mor", folder)
 
 

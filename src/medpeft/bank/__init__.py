@@ -2,6 +2,7 @@
 
 from medpeft.bank.bank import AdapterBank
 from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
+from medpeft.bank.group import BankGroup
 from medpeft.bank.tasks import TaskInfo
 
-__all__ = ["AdapterBank", "BadInput", "TaskInfo", "UnknownTask", "WrongModality"]
+__all__ = ["AdapterBank", "BadInput", "BankGroup", "TaskInfo", "UnknownTask", "WrongModality"]

@@ -49,7 +49,7 @@ from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
 from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_bytes
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
-from medpeft.methods import get_method, method_names
+from medpeft.methods import Method, get_method, method_names
 from medpeft.methods.layers import delete_adapter
 from medpeft.methods.lora.attach import lora_layers
 from medpeft.routing import route
@@ -96,6 +96,7 @@ class AdapterBank:
         self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._cpu: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.RLock()
+        self.skipped: dict[str, str] = {}  # task name -> why it is not served (skip_unservable)
 
     @classmethod
     def from_directory(
@@ -109,8 +110,10 @@ class AdapterBank:
         pretrained: bool = False,
         allow_random_backbone: bool = False,
         allow_other_weights: bool = False,
+        skip_unservable: bool = False,
     ) -> AdapterBank:
-        """A bank of every subfolder of ``directory`` holding ``adapter_config.json``.
+        """A bank of the adapter folders of ``directory`` (:func:`~medpeft.bank.tasks.task_folders`:
+        subfolders holding ``adapter_config.json``, run folders, or the folder itself).
 
         Each task is named after its folder; all must share one backbone (architecture,
         input size, and the recorded weights or random seed). Nothing is loaded yet.
@@ -125,11 +128,15 @@ class AdapterBank:
             allow_random_backbone: Run tasks that record neither weights nor a seed.
             allow_other_weights: Serve tasks trained on other backbone weights (another
                 sha256) with a warning, instead of refusing them.
+            skip_unservable: Leave out the tasks the bank cannot serve (another method,
+                backbone or weights) and name each with its reason in :attr:`skipped`,
+                instead of refusing them all. None servable: ConfigError naming every
+                reason; every servable one refused at registration: the first reason.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
             weights=weights, pretrained=pretrained, allow_random_backbone=allow_random_backbone,
-            allow_other_weights=allow_other_weights,
+            allow_other_weights=allow_other_weights, skip_unservable=skip_unservable,
         )
 
     @classmethod
@@ -144,13 +151,17 @@ class AdapterBank:
         pretrained: bool = False,
         allow_random_backbone: bool = False,
         allow_other_weights: bool = False,
+        skip_unservable: bool = False,
     ) -> AdapterBank:
         """A bank of the given ``{task name: adapter folder}``; arguments as :meth:`from_directory`."""
         if not folders:
             raise ConfigError("an adapter bank needs at least one task folder")
+        skipped: dict[str, str] = {}
+        if skip_unservable:
+            folders, skipped = _split_servable(folders)
         first = config_path(next(iter(folders.values()))).parent
         reference = read_adapter_config(first)
-        _check_servable(reference, first)
+        _check_servable(reference, first, alone=len(folders) == 1)
         explicit = weights is not None or pretrained
         if not explicit:
             weights, pretrained = recorded_backbone(reference, first, allow_random_backbone)
@@ -161,8 +172,18 @@ class AdapterBank:
         backbone_id = _backbone_id(reference, first, explicit)
         bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit, identity,
                    allow_other_weights)
+        bank.skipped = skipped
+        errors = []
         for name, folder in folders.items():
-            bank.register(name, folder)
+            try:
+                bank.register(name, folder)
+            except (ConfigError, WeightsError) as error:
+                if not skip_unservable:
+                    raise
+                skipped[name] = str(error)
+                errors.append(error)
+        if not bank.tasks():
+            raise errors[0]  # every task refused: the first reason (e.g. replaced backbone weights)
         return bank
 
     # ----------------------------------------------------------------- tasks
@@ -171,6 +192,11 @@ class AdapterBank:
         """Every task, in registration order."""
         with self._lock:
             return [self._info(name) for name in self._configs]
+
+    def tasks_by_name(self) -> list[str]:
+        """The names of every task, in registration order."""
+        with self._lock:
+            return list(self._configs)
 
     def task(self, name: str) -> TaskInfo:
         """One task; UnknownTask for a name the bank does not hold."""
@@ -189,7 +215,7 @@ class AdapterBank:
         check_task_name(name)
         folder = config_path(folder).parent
         config = read_adapter_config(folder)
-        _check_servable(config, folder)
+        self._check_joins(config, folder)
         check_input_size(self.model, config, folder)
         explicit = self._explicit_backbone
         if _backbone_id(config, folder, explicit) != self._backbone_id:
@@ -204,6 +230,17 @@ class AdapterBank:
                 raise ConfigError(f"task {name!r} is already in the bank ({self._folders[name]})")
             self._folders[name], self._configs[name], self._bytes[name] = folder, config, size
             return self._info(name)
+
+    def _check_joins(self, config: AdapterConfig, folder: Path) -> None:
+        """ConfigError unless the adapter can join this bank: a fully fine-tuned model
+        only as the one task of a bank of its own (it replaces the backbone's weights)."""
+        with self._lock:
+            alone = not self._configs
+            owned = any(get_method(c.method).trains_everything for c in self._configs.values())
+        if owned:
+            raise ConfigError(f"{folder}: this bank serves one fully fine-tuned model, its own backbone; "
+                              "it takes no other task")
+        _check_servable(config, folder, alone)
 
     def load(self, name: str) -> None:
         """Put task ``name``'s adapter on the backbone now (evicting others if needed)."""
@@ -280,8 +317,7 @@ class AdapterBank:
 
     def _known(self, name: object) -> str:
         if not isinstance(name, str) or name not in self._configs:
-            raise UnknownTask(f"unknown task {name!r}{did_you_mean(str(name), self._configs)}; "
-                              f"the bank holds {list(self._configs)}")
+            raise unknown_task(name, list(self._configs))
         return name
 
     def _info(self, name: str) -> TaskInfo:
@@ -372,13 +408,50 @@ class AdapterBank:
         return out
 
 
-def _check_servable(config: AdapterConfig, folder: Path) -> None:
-    """ConfigError unless the adapter is a single-image adapter (any backbone but ViLT) of a mixable method."""
-    if not get_method(config.method).mixable:
-        mixable = [name for name in method_names() if get_method(name).mixable]
+def unknown_task(name: object, names: Sequence[str]) -> UnknownTask:
+    """The error for a task name that is none of ``names``, with a did-you-mean."""
+    return UnknownTask(f"unknown task {name!r}{did_you_mean(str(name), names)}; the bank holds {list(names)}")
+
+
+def _split_servable(folders: Mapping[str, str | Path]) -> tuple[dict[str, str | Path], dict[str, str]]:
+    """``folders`` the bank can serve, and why each other one cannot; ConfigError if none can."""
+    servable, skipped = {}, {}
+    for name, folder in folders.items():
+        try:
+            folder = config_path(folder).parent
+            _check_servable(read_adapter_config(folder), folder)
+        except (ConfigError, WeightsError) as error:
+            skipped[name] = str(error)
+        else:
+            servable[name] = folder
+    if not servable:
+        reasons = "; ".join(skipped.values())
+        raise ConfigError(f"no servable task among {list(skipped)}: {reasons}")
+    return servable, skipped
+
+
+def _shares_backbone(method: Method) -> bool:
+    """Whether adapters of ``method`` can share one backbone in a mixed batch: mixable
+    methods, and those that add no layer (a linear probe is a head on the frozen backbone)."""
+    adds_layers = bool(method.markers or method.adapter_dicts) or method.trains_everything
+    return method.mixable or not adds_layers
+
+
+def _check_servable(config: AdapterConfig, folder: Path, alone: bool = False) -> None:
+    """ConfigError unless the adapter is a single-image adapter (any backbone but ViLT) that shares the backbone
+    (``alone``: that is the bank's only task, which may then be a fully fine-tuned model)."""
+    method = get_method(config.method)
+    if method.trains_everything and not alone:
+        raise ConfigError(
+            f"{folder}: method {config.method!r} trains the whole backbone, so the adapter is a "
+            "model of its own and cannot share the bank's backbone (medpeft serve and BankGroup "
+            "serve it on a backbone of its own)"
+        )
+    if not (_shares_backbone(method) or method.trains_everything):
+        servable = [name for name in method_names() if _shares_backbone(get_method(name))]
         raise ConfigError(
             f"{folder}: method {config.method!r} cannot share a backbone in a mixed batch; "
-            f"the bank serves {mixable} adapters"
+            f"the bank serves {servable} adapters"
         )
     single = config.kind != "vilt" and len(config.modalities) == 1 and config.fusion == "auto"
     if not single or config.missing_token:

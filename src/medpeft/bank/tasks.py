@@ -11,6 +11,7 @@ from pathlib import Path
 from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.errors import ConfigError, WeightsError
 
+RUN_ADAPTER_DIR = "adapter"  # a run folder's adapter (medpeft.runs.layout.ADAPTER_DIR)
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # no "/", no leading "." (so no "..")
 _HEADER_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 
@@ -49,16 +50,36 @@ def check_task_name(name: object) -> str:
 
 
 def task_folders(directory: str | Path) -> dict[str, Path]:
-    """Every subfolder of ``directory`` holding ``adapter_config.json``, by folder name (sorted)."""
+    """The adapter folders under ``directory``, by task name (sorted).
+
+    ``directory`` may be an adapter folder (one task, named after it), a run folder
+    (its ``adapter/``, named after the run), or a folder of either: each subfolder
+    holding ``adapter_config.json`` or ``adapter/adapter_config.json`` is a task named
+    after the subfolder (so ``medpeft demo``'s output folder serves as is).
+    """
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"adapter bank directory not found: {root}")
-    folders = {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_NAME).is_file()}
+    own = adapter_folder(root)
+    if own is not None:
+        return {check_task_name(root.resolve().name): own}
+    folders = {p.name: a for p in sorted(root.iterdir()) if p.is_dir() and (a := adapter_folder(p)) is not None}
     if not folders:
-        raise ConfigError(f"{root}: no task folders (subfolders holding {CONFIG_NAME})")
+        raise ConfigError(
+            f"{root}: no task folders (subfolders holding {CONFIG_NAME}, or run folders holding "
+            f"{RUN_ADAPTER_DIR}/{CONFIG_NAME})"
+        )
     for name in folders:
         check_task_name(name)
     return folders
+
+
+def adapter_folder(folder: Path) -> Path | None:
+    """``folder`` if it holds an adapter, its ``adapter/`` if it is a run folder, else None."""
+    for candidate in (folder, folder / RUN_ADAPTER_DIR):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    return None
 
 
 def tensor_bytes(folder: Path) -> int:

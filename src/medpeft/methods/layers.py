@@ -23,10 +23,12 @@ def keyed_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def adapter_names(model: nn.Module) -> list[str]:
-    """Names of the adapters present in a model, in insertion order."""
+    """Names of the adapters present in a model, in insertion order: those of its adapter
+    layers, then tasks that only have a head of their own (per-task heads, e.g. a linear probe)."""
     names: dict[str, None] = {}
     for layer in keyed_layers(model):
         names.update(dict.fromkeys(layer.adapter_names))
+    names.update(dict.fromkeys(getattr(getattr(model, "head", None), "heads", {})))
     return list(names)
 
 

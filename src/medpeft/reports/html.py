@@ -29,6 +29,9 @@ th:first-child, td:first-child { text-align: left; }
 figure { margin: 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e1e4e8; border-radius: 4px; }
 .figures figure img { width: 100%; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 12px; }
+.thumb { width: 120px; font-size: 12px; }
+.thumb .nothumb { width: 96px; height: 96px; background: #f0f0f0; }
 figcaption { font-size: 0.85em; color: #57606a; margin-top: 4px; max-width: 560px; }
 .note { font-size: 0.88em; color: #57606a; }
 pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.85em; }

@@ -4,9 +4,10 @@ The page (``index.html``, self-contained: inline CSS, plots embedded) shows the 
 facts, headline test metrics with seeded bootstrap 95% intervals, the parameter and
 file size summary, training curves, ROC and precision-recall curves per class, the
 confusion matrix, a calibration curve with its ECE, per-class sensitivity and
-specificity at an operating point and, for several modalities, the missing-modality
-grid. A two-class run names its positive class wherever sensitivity, specificity,
-PPV, ROC or thresholds appear. ``summary.json`` holds the numbers. Test scores come from the run's
+specificity at an operating point, thumbnails of the worst misclassified test samples
+(`medpeft.reports.samples`) and, for several modalities, the missing-modality grid. A
+two-class run names its positive class wherever sensitivity, specificity, PPV, ROC or
+thresholds appear. ``summary.json`` holds the numbers. Test scores come from the run's
 ``predictions_test.csv``; a run without it (trained before medpeft saved it) is
 evaluated again with its saved adapter first.
 """
@@ -34,6 +35,7 @@ from medpeft.reports.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
+from medpeft.reports.samples import misclassified_section
 from medpeft.reports.scores import SplitScores
 from medpeft.reports.stats import (
     Interval,
@@ -184,6 +186,10 @@ def write_report_page(
             _class_table(facts, point, rates),
         ),
     ]
+    classes = [index] if positive is not None else range(len(scores.labels))
+    mistakes = misclassified_section(scores, point.decisions, list(classes), folder)
+    if mistakes is not None:
+        body.append(mistakes)
     if "missing" in plots:
         body.append(html.section("Missing-modality grid", html.figure(plots["missing"], _GRID_CAPTION)))
     if facts.config_text:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from medpeft.data.records import Source
 from medpeft.errors import ConfigError
 from medpeft.metrics import format_metrics_table
 from medpeft.reports import Results, missing_grid_table, plot_missing_curves, plot_missing_heatmap
-from medpeft.reports.scores import SplitScores
+from medpeft.reports.scores import SplitScores, path_columns
 from medpeft.runs.data import (
     RunData,
     grid_tables,
@@ -85,7 +85,8 @@ def evaluate_split(
     metrics = result.metrics
     named = {"positive_class": positive} if positive is not None else {}
     atomic_write_text(layout.split_metrics(split), json.dumps({**named, **metrics}, indent=2))
-    SplitScores(labels, task, result.scores, result.targets).write_csv(layout.predictions(split))
+    ids, paths = sample_columns(data.source, split, data.skipped, len(result.scores))
+    SplitScores(labels, task, result.scores, result.targets, ids, paths).write_csv(layout.predictions(split))
     grid = {
         key: overall(run(t).metrics) for key, t in grid_tables(data.source, config.missing, split).items()
     }
@@ -93,6 +94,26 @@ def evaluate_split(
     if grid:
         write_grid_report(grid, layout.grid_stem(split), metric)
     return Evaluation(split, metrics, grid, metric, layout.root)
+
+
+def sample_columns(
+    source: Source, split: str, skipped: Iterable[str], rows: int
+) -> tuple[list[str] | None, dict[str, list[str]] | None]:
+    """Ids and input files (per image modality, ``|``-joined) of the evaluated samples of ``split``:
+    its records but those skipped as unreadable (their messages start with the record's origin).
+
+    (None, None) when they do not match the ``rows`` scores one for one.
+    """
+    skipped = list(skipped)
+    records = [r for r in source.split(split) if not any(m.startswith(f"{r.where or r.id} ") for m in skipped)]
+    if len(records) != rows:
+        return None, None
+    images = [m for m in source.modalities if source.kinds[m] == "image"]
+    paths = {
+        column: ["|".join(r.values.get(m) or ()) for r in records]
+        for column, m in zip(path_columns(images), images)
+    }
+    return [r.id for r in records], paths
 
 
 def evaluate_run(

@@ -22,19 +22,19 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from medpeft import __version__
-from medpeft.bank import AdapterBank, UnknownTask
+from medpeft.bank import AdapterBank, BankGroup, UnknownTask
 from medpeft.errors import DataError, MedpeftError
 from medpeft.serve.batcher import MicroBatcher, Overloaded
 from medpeft.serve.metrics import ServeMetrics
 from medpeft.serve.middleware import BodyLimit, RequestMetrics, UploadTooLarge
-from medpeft.serve.routes import STATIC, ServerState, api, public
+from medpeft.serve.routes import DOCS_ASSETS, STATIC, ServerState, api, docs_assets, public
 from medpeft.serve.settings import ServeSettings
 
 RETRY_AFTER_S = "1"
 
 
 def create_app(
-    bank: AdapterBank, settings: ServeSettings | None = None, directory: str | Path | None = None
+    bank: AdapterBank | BankGroup, settings: ServeSettings | None = None, directory: str | Path | None = None
 ) -> FastAPI:
     """The HTTP app serving every task of ``bank``.
 
@@ -67,11 +67,15 @@ def create_app(
         openapi_url=None, docs_url=None, redoc_url=None,  # served by `api`: behind the token
     )
     folder = Path(directory) if directory is not None else None
+    skipped = {name: hide_paths(reason, folder) for name, reason in bank.skipped.items()}
     app.state.medpeft = ServerState(bank, settings, batcher, metrics, folder,
-                                    asyncio.Semaphore(settings.max_decodes))
+                                    asyncio.Semaphore(settings.max_decodes), skipped=skipped)
     app.include_router(public)
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    assets = docs_assets()
+    if assets is not None:
+        app.mount(f"/{DOCS_ASSETS}", StaticFiles(directory=assets), name=DOCS_ASSETS)
     _add_error_handlers(app, folder)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts refused uploads too

@@ -26,7 +26,10 @@ def serve(
     """Serve every task folder of ``directory`` until interrupted.
 
     Args:
-        directory: Folder of task adapter folders sharing one backbone.
+        directory: Folder of task adapter folders (or run folders) sharing one backbone, a run
+            folder, or ``medpeft demo``'s output; fully fine-tuned models are served on
+            a backbone of their own; tasks that cannot be served are skipped, each logged
+            with its reason.
         settings: Batching, queue, upload limit and token.
         host: Interface to listen on.
         port: TCP port (0: any free one; the log names it).
@@ -40,18 +43,22 @@ def serve(
         import uvicorn
     except ImportError as error:
         raise ConfigError(f"medpeft serve needs the serve extra: pip install 'medpeft[serve]' ({error})") from error
-    from medpeft.bank import AdapterBank
+    from medpeft.bank import BankGroup
     from medpeft.serve.app import create_app
     from medpeft.train.settings import resolve_device
 
-    bank = AdapterBank.from_directory(
+    bank = BankGroup.from_directory(
         directory, device=resolve_device(device), max_loaded=max_loaded, weights=weights,
         allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
     )
     if settings.token is None and not _is_loopback(host):
         logger.warning(f"serving on {host} without a token: anyone who reaches it can predict "
                        "and load or unload tasks (set --token or MEDPEFT_TOKEN)")
-    logger.info(f"serving {len(bank.tasks())} tasks from {directory} on {bank.device}")
+    for name, reason in bank.skipped.items():
+        logger.warning(f"skipped task {name}: {reason}")
+    served = ", ".join(info.name for info in bank.tasks())
+    logger.info(f"serving {len(bank.tasks())} tasks ({served}) from {directory} on {bank.device}"
+                + (f"; skipped {len(bank.skipped)}: {', '.join(bank.skipped)}" if bank.skipped else ""))
     uvicorn.run(create_app(bank, settings, directory), host=host, port=port, log_level="info")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import importlib.util
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from medpeft.adapters_io.config import CONFIG_NAME
-from medpeft.bank import AdapterBank, TaskInfo, UnknownTask
+from medpeft.bank import AdapterBank, BankGroup, TaskInfo, UnknownTask
 from medpeft.bank.tasks import check_task_name
 from medpeft.serve.batcher import MicroBatcher
 from medpeft.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -35,6 +36,7 @@ from medpeft.serve.schemas import (
 from medpeft.serve.settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = "docs-assets"  # Swagger UI and ReDoc files, served from the installed fastapi-offline
 MAX_PARTS = 32  # form fields + files of one prediction request
 
 
@@ -42,13 +44,14 @@ MAX_PARTS = 32  # form fields + files of one prediction request
 class ServerState:
     """Everything the endpoints share; the only state is the bank's adapter cache."""
 
-    bank: AdapterBank
+    bank: AdapterBank | BankGroup
     settings: ServeSettings
     batcher: MicroBatcher
     metrics: ServeMetrics
     directory: Path | None  # the bank's adapter directory (new task folders are looked up there)
     decodes: asyncio.Semaphore  # uploads decoded at once
     discovery: threading.Lock = field(default_factory=threading.Lock)
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it is not served (no server paths)
 
 
 def server(request: Request) -> ServerState:
@@ -140,8 +143,8 @@ async def read_upload(request: Request) -> tuple[str, dict[str, bytes]]:
 
 @api.get("/tasks", response_model=TaskList)
 def list_tasks(state: Server) -> TaskList:
-    """Every task in the adapter directory, loaded or not."""
-    return TaskList(tasks=[as_task(info) for info in state.bank.tasks()])
+    """Every task in the adapter directory, loaded or not, and those it skipped (with why)."""
+    return TaskList(tasks=[as_task(info) for info in state.bank.tasks()], skipped=state.skipped)
 
 
 @api.get("/tasks/{name}", response_model=Task, responses=error_responses(400, 404))
@@ -186,16 +189,37 @@ def openapi_spec(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
+def docs_assets() -> Path | None:
+    """The folder of Swagger UI and ReDoc files fastapi-offline installs (None without it)."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    folder = Path(spec.origin).parent / "static" if spec is not None and spec.origin else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _check_docs_assets() -> None:
+    if docs_assets() is None:
+        raise HTTPException(404, "the API pages need fastapi-offline (their files, served offline): "
+                                 "pip install 'medpeft[serve]'")
+
+
 @api.get("/docs", include_in_schema=False)
 def swagger_page() -> HTMLResponse:
-    """FastAPI's interactive page of the spec (Swagger UI, loaded from a CDN)."""
-    return get_swagger_ui_html(openapi_url="openapi.json", title="medpeft API")
+    """FastAPI's interactive page of the spec (Swagger UI, its files served by this server)."""
+    _check_docs_assets()
+    return get_swagger_ui_html(
+        openapi_url="openapi.json", title="medpeft API", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+    )
 
 
 @api.get("/redoc", include_in_schema=False)
 def redoc_page() -> HTMLResponse:
-    """FastAPI's reference page of the spec (ReDoc, loaded from a CDN)."""
-    return get_redoc_html(openapi_url="openapi.json", title="medpeft API")
+    """FastAPI's reference page of the spec (ReDoc, its files served by this server, no web fonts)."""
+    _check_docs_assets()
+    return get_redoc_html(
+        openapi_url="openapi.json", title="medpeft API", redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False,
+    )
 
 
 @public.get("/", include_in_schema=False)

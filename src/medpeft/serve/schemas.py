@@ -26,6 +26,9 @@ class Task(BaseModel):
 
 class TaskList(BaseModel):
     tasks: list[Task]
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="Task folders of the directory not served -> why"
+    )
 
 
 class Prediction(BaseModel):
