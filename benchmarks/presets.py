@@ -174,7 +174,7 @@ def cells(case: Case, row: dict[str, Any] | None) -> list[str]:
     numbers = [f"{row['params_m']:.1f}", f"{row['estimate_gib']:.1f}"] if "params_m" in row else ["", ""]
     if "skipped" in row:
         return first + numbers + [f"skipped: {row['skipped']}"] + [""] * 3 + [f"{row.get('load', 0):.1f}"]
-    return first + numbers + [f"{row['build_s']:.1f}", f"{row['step_s']:.1f}", f"{row['peak_rss_mib']:,.0f}",
+    return first + numbers + [f"{row['build_s']:.3g}", f"{row['step_s']:.3g}", f"{row['peak_rss_mib']:,.0f}",
                               f"{row['step_increment_mib']:,.0f}", f"{row['load']:.1f}"]
 
 
