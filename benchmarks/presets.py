@@ -4,9 +4,10 @@ Each configuration runs in its own process, one after the other (never two at on
 
 1. estimate the memory of one training step from the architecture built on the meta
    device (no memory): ``parameters x 4 bytes x 3`` (weights and the build's transient
-   copies) plus activations (``batch x tokens x (2 x the in+out features of every Linear
-   + 2 x heads x tokens per attention layer) x 4 bytes``); above ``--limit-gib`` the
-   configuration is skipped and the table says so;
+   copies), plus activations (``batch x tokens x the in+out features of every Linear x 4
+   bytes``: fused attention, as timm and transformers' ``sdpa`` run it on CPU, stores no
+   ``tokens x tokens`` matrix), plus 0.5 GiB for the libraries and allocator; above
+   ``--limit-gib`` the configuration is skipped and the table says so;
 2. build ``medpeft.adapt(preset, medpeft.LoraSettings(), num_classes=2)`` offline at
    random init (``pretrained=False``) and time it;
 3. run ONE LoRA training step (AdamW, cross-entropy, a random batch of ``--batch`` at the
@@ -42,12 +43,16 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results" / "presets.md"
 BYTES = 4  # fp32
 GIB = 1024 ** 3
+OVERHEAD_BYTES = GIB // 2  # libraries and allocator of the first step, beyond weights and activations
 TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 COLUMNS = ("preset", "input (px)", "params (M)", "estimate (GiB)", "build (s)", "step (s)",
            "peak RSS (MiB)", "step increment (MiB)", "load avg")
-# Small models first, so that a run stopped at a deadline has measured the most presets.
-ORDER = ("dinov2-s", "phikon", "rad-dino", "clip-b16", "dinov2-b", "biomedclip", "retfound", "uni",
-         "dinov2-l", "virchow", "virchow2", "uni2-h", "prov-gigapath", "dinov2-g")
+# Every preset at 224 px and at its recommended size, cheap ones first, so that a run stopped
+# at a deadline has measured the most presets.
+ORDER = ("dinov2-s@224", "dinov2-s@518", "phikon@224", "rad-dino@224", "rad-dino@518", "clip-b16@224",
+         "dinov2-b@224", "biomedclip@224", "retfound@224", "uni@224", "dinov2-l@224", "dinov2-b@518",
+         "virchow@224", "virchow2@224", "uni2-h@224", "prov-gigapath@224", "dinov2-g@224", "dinov2-l@518",
+         "dinov2-g@518")
 
 
 @dataclass(frozen=True)
@@ -63,15 +68,14 @@ class Case:
         return f"{self.preset}@{self.img_size}"
 
 
-def full_cases(names: tuple[str, ...]) -> list[Case]:
-    """Every preset at its recommended size; 518 px ones at 224 px first."""
-    from medpeft.backbones.presets import PRESETS
-
-    cases = []
-    for name in names:
-        size = PRESETS[name].img_size
-        cases += [Case(name, 224)] + ([Case(name, size)] if size != 224 else [])
-    return cases
+def full_cases(names: list[str] | None) -> list[Case]:
+    """The cases of ``ORDER`` (of the presets ``names``; default: all), in that order."""
+    cases = [Case(preset, int(size)) for preset, size in (label.split("@") for label in ORDER)]
+    unknown = set(names or ()) - {case.preset for case in cases}
+    if unknown:
+        known = ", ".join(dict.fromkeys(case.preset for case in cases))
+        raise SystemExit(f"--only: no preset {', '.join(sorted(unknown))}; presets: {known}")
+    return [case for case in cases if names is None or case.preset in names]
 
 
 def quick_cases() -> list[Case]:
@@ -107,10 +111,7 @@ def estimate_bytes(case: Case, batch: int) -> tuple[int, int]:
     patch = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).stride[0]
     tokens = (case.img_size // patch) ** 2 + 1
     linear = sum(m.in_features + m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    heads = [getattr(m, "num_heads", None) or getattr(m, "num_attention_heads", 0) for m in model.modules()
-             if hasattr(m, "num_heads") or hasattr(m, "num_attention_heads")]
-    per_token = 2 * linear + 2 * sum(heads) * tokens
-    return params, params * BYTES * 3 + batch * tokens * per_token * BYTES
+    return params, params * BYTES * 3 + batch * tokens * linear * BYTES + OVERHEAD_BYTES
 
 
 def train_step(model: Any, batch: int, img_size: int) -> None:
@@ -192,8 +193,9 @@ def render(cases: list[Case], rows: dict[str, dict[str, Any]], args: argparse.Na
         "peak resident memory (`ru_maxrss`, the build, Python, torch and the libraries included); "
         "*step increment*: the step's peak above the resident size after the build (activations, gradients of "
         "the adapter, optimizer state). *estimate*: the guard's estimate before building (parameters x 4 bytes "
-        f"x 3 + activations), configurations above {args.limit_gib:g} GiB are skipped. Presets whose recommended "
-        "input is 518 px are also measured at 224 px (the input column).", "",
+        f"x 3 + activations, fused attention assumed, + 0.5 GiB); configurations above {args.limit_gib:g} GiB "
+        "are skipped. Presets whose recommended input is 518 px are also measured at 224 px (the input column).",
+        "",
         "| " + " | ".join(COLUMNS) + " |",
         "|---|" + "---:|" * (len(COLUMNS) - 1),
     ]
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(json.dumps(measure(Case(**json.loads(args.worker)), args.batch, args.threads, args.limit_gib)))
         return
-    cases = quick_cases() if args.quick else full_cases(tuple(args.only or ORDER))
+    cases = quick_cases() if args.quick else full_cases(args.only)
     command = "python benchmarks/presets.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: dict[str, dict[str, Any]] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)

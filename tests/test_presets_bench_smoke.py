@@ -25,7 +25,7 @@ def test_quick_run_writes_a_measured_row_under_the_documented_columns(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out)],
                    env=env, check=True, capture_output=True, text=True, timeout=300)
-    header, separator, *rows = table_rows(out.read_text())
+    header, _separator, *rows = table_rows(out.read_text())
     assert header == COLUMNS
     assert len(rows) == 1
     row = dict(zip(COLUMNS, rows[0], strict=True))
