@@ -174,31 +174,37 @@ def cells(case: Case, row: dict[str, Any] | None) -> list[str]:
         return first + ["not run (the run was stopped before it)"] + [""] * (len(COLUMNS) - 3)
     numbers = [f"{row['params_m']:.1f}", f"{row['estimate_gib']:.1f}"] if "params_m" in row else ["", ""]
     if "skipped" in row:
-        return first + numbers + [f"skipped: {row['skipped']}"] + [""] * 3 + [f"{row.get('load', 0):.1f}"]
+        return first + numbers + [f"skipped: {row['skipped']}"] + [""] * 3 + [f"{row['load']:.1f}" if "load" in row else ""]
     return first + numbers + [f"{row['build_s']:.3g}", f"{row['step_s']:.3g}", f"{row['peak_rss_mib']:,.0f}",
                               f"{row['step_increment_mib']:,.0f}", f"{row['load']:.1f}"]
 
 
+METHOD = """\
+`{command}` on {day}. Machine: a shared 2-core CPU ({cpu}) with other people's jobs running: the
+last column is the machine's 1-minute load average when the configuration started (above 2, other
+jobs competed for the two cores, so times are slower than on an idle machine; memory hardly
+depends on it). torch {torch}, {threads} torch threads, OMP_NUM_THREADS={threads}, fp32.
+
+Each row is its own process, run one after the other: `medpeft.adapt(preset, medpeft.LoraSettings(),
+num_classes=2)` offline at random init (MeLo LoRA: q and v of every block, rank 4), then ONE training
+step (AdamW) on a random batch of {batch} at the input size. *build*: wall time of `adapt`; *step*:
+wall time of that one step (the first, so it includes one-off allocation; indicative, not a median);
+*peak RSS*: the process's peak resident memory (`ru_maxrss`: the build, Python, torch and the
+libraries included); *step increment*: the step's peak above the resident size after the build
+(activations, gradients of the adapter, optimizer state). *estimate*: the guard's estimate before
+building (parameters x 4 bytes x 3 + activations, fused attention assumed, + 0.5 GiB);
+configurations above {limit:g} GiB are skipped. Presets whose recommended input is 518 px are also
+measured at 224 px (the input column).
+"""
+
+
 def render(cases: list[Case], rows: dict[str, dict[str, Any]], args: argparse.Namespace, command: str) -> str:
-    lines = [
-        "# Foundation-model presets: build time and LoRA fine-tuning memory (CPU)", "",
-        f"`{command}` on {date.today().isoformat()}. Machine: a shared 2-core CPU "
-        f"({platform.processor() or platform.machine()}, other people's jobs running; the load average at the "
-        f"start of each configuration is the last column), torch {version('torch')}, {args.threads} torch threads, "
-        f"OMP_NUM_THREADS={args.threads}, fp32.", "",
-        f"Each row is its own process: `medpeft.adapt(preset, medpeft.LoraSettings(), num_classes=2)` offline at "
-        f"random init (MeLo LoRA: q and v of every block, rank 4), then ONE training step (AdamW) on a random "
-        f"batch of {args.batch} at the input size. *build*: wall time of `adapt`; *step*: wall time of the one "
-        "step (the first, so it includes one-off allocation; indicative, not a median); *peak RSS*: the process's "
-        "peak resident memory (`ru_maxrss`, the build, Python, torch and the libraries included); "
-        "*step increment*: the step's peak above the resident size after the build (activations, gradients of "
-        "the adapter, optimizer state). *estimate*: the guard's estimate before building (parameters x 4 bytes "
-        f"x 3 + activations, fused attention assumed, + 0.5 GiB); configurations above {args.limit_gib:g} GiB "
-        "are skipped. Presets whose recommended input is 518 px are also measured at 224 px (the input column).",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
-    ]
+    """The results page: how it was measured, then one table row per case."""
+    method = METHOD.format(command=command, day=date.today().isoformat(),
+                           cpu=platform.processor() or platform.machine(), torch=version("torch"),
+                           threads=args.threads, batch=args.batch, limit=args.limit_gib)
+    lines = ["# Foundation-model presets: build time and LoRA fine-tuning memory (CPU)", "", method,
+             "| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     lines += ["| " + " | ".join(cells(case, rows.get(case.label))) + " |" for case in cases]
     return "\n".join(lines) + "\n"
 
@@ -206,7 +212,7 @@ def render(cases: list[Case], rows: dict[str, dict[str, Any]], args: argparse.Na
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", nargs="+", metavar="PRESET", help="these presets (default: all, small first)")
+    parser.add_argument("--only", nargs="+", metavar="PRESET", help="these presets (default: all)")
     parser.add_argument("--quick", action="store_true", help="one tiny timm ViT, for a smoke test")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
