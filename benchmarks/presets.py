@@ -20,8 +20,8 @@ the input column says which. One step, not a median: the numbers are indicative 
 shared machine's load average at the start of each configuration is in the table.
 
 Run: ``python benchmarks/presets.py`` (writes benchmarks/results/presets.md after every
-configuration); ``--only dinov2-s phikon`` picks presets; ``--quick`` runs one tiny timm
-ViT (seconds) for a smoke test.
+configuration; about 20 minutes on a loaded 2-core CPU); ``--only dinov2-s phikon`` picks
+presets; ``--quick`` runs one tiny timm ViT (seconds) for a smoke test.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def full_cases(names: list[str] | None) -> list[Case]:
 
 
 def quick_cases() -> list[Case]:
+    """One tiny ViT (the ``clip-b16`` preset shrunk to 2 blocks of width 32) at 32 px."""
     return [Case("clip-b16", 32, dict(TINY_KWARGS))]
 
 
@@ -94,6 +95,7 @@ def status_kib(name: str) -> int:
 
 
 def build(case: Case) -> Any:
+    """The case's adapted model: MeLo LoRA, a 2-class head, random init, offline."""
     import medpeft
 
     return medpeft.adapt(case.preset, medpeft.LoraSettings(), num_classes=2, img_size=case.img_size,
@@ -115,6 +117,7 @@ def estimate_bytes(case: Case, batch: int) -> tuple[int, int]:
 
 
 def train_step(model: Any, batch: int, img_size: int) -> None:
+    """One AdamW step of the trainable parameters on a random batch."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -174,7 +177,8 @@ def cells(case: Case, row: dict[str, Any] | None) -> list[str]:
         return first + ["not run (the run was stopped before it)"] + [""] * (len(COLUMNS) - 3)
     numbers = [f"{row['params_m']:.1f}", f"{row['estimate_gib']:.1f}"] if "params_m" in row else ["", ""]
     if "skipped" in row:
-        return first + numbers + [f"skipped: {row['skipped']}"] + [""] * 3 + [f"{row['load']:.1f}" if "load" in row else ""]
+        load = f"{row['load']:.1f}" if "load" in row else ""
+        return first + numbers + [f"skipped: {row['skipped']}"] + [""] * 3 + [load]
     return first + numbers + [f"{row['build_s']:.3g}", f"{row['step_s']:.3g}", f"{row['peak_rss_mib']:,.0f}",
                               f"{row['step_increment_mib']:,.0f}", f"{row['load']:.1f}"]
 
@@ -187,7 +191,8 @@ depends on it). torch {torch}, {threads} torch threads, OMP_NUM_THREADS={threads
 
 Each row is its own process, run one after the other: `medpeft.adapt(preset, medpeft.LoraSettings(),
 num_classes=2)` offline at random init (MeLo LoRA: q and v of every block, rank 4), then ONE training
-step (AdamW) on a random batch of {batch} at the input size. *build*: wall time of `adapt`; *step*:
+step (AdamW) on a random batch of {batch} at the input size. *params*: of the adapted model (backbone,
+LoRA and head). *build*: wall time of `adapt`; *step*:
 wall time of that one step (the first, so it includes one-off allocation; indicative, not a median);
 *peak RSS*: the process's peak resident memory (`ru_maxrss`: the build, Python, torch and the
 libraries included); *step increment*: the step's peak above the resident size after the build
