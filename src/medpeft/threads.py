@@ -10,6 +10,7 @@ DataLoader worker processes run one torch thread each (torch sets this in every 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -85,7 +86,5 @@ def configure_threads(threads: int, environ: MutableMapping[str, str] = os.envir
     if torch is None:
         return
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # inter-op pool already started: too late
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # inter-op pool already started
-        pass
