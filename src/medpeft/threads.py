@@ -72,11 +72,11 @@ def _positive(value: int | str, where: str) -> int:
 
 
 def configure_threads(threads: int, environ: MutableMapping[str, str] = os.environ) -> None:
-    """Run torch on ``threads`` intra-op threads and one inter-op thread, idle threads asleep.
+    """Run torch on ``threads`` intra-op threads, idle threads asleep.
 
-    Before torch is imported this sets the environment its OpenMP/MKL read at start-up;
-    after, it also calls ``torch.set_num_threads`` (inter-op threads can then only be set
-    before their first use, so that part is skipped when it is too late).
+    Sets the environment torch's OpenMP/MKL read when torch is imported; when torch is
+    already imported, also ``torch.set_num_threads`` and one inter-op thread (unless that
+    pool has already started, when it can no longer be resized).
     """
     for name, value in SLEEPING_THREADS.items():
         environ.setdefault(name, value)
