@@ -186,7 +186,7 @@ def train_step_table(cases: list[Case], args: argparse.Namespace) -> tuple[str, 
         times = interleaved(steps, repeats, args.warmup)
         median = {arm: quartiles(times[arm])[0] for arm in ARMS}
         raw[(case.label, case.batch)] = {"time": median, "memory": memory, "repeats": repeats}
-        cells = [f"{cell(times[a])} ms, {memory[a]:,.0f} MB" for a in ARMS]
+        cells = [f"{cell(times[a])} ms, {memory[a]:,.0f} MiB" for a in ARMS]
         rows.append(
             f"| {case.label} | {case.batch} | " + " | ".join(cells)
             + f" | {median['lora'] / median['full']:.2f} | {median['lora'] / median['peft']:.2f} "
