@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = (
         f"# Training and inference cost\n\n`python benchmarks/train_cost.py{' --quick' if args.quick else ''}` "
         f"({time.perf_counter() - start:.0f} s). {setup}.\n\n"
-        f"## Train step: time (ms) and peak memory (MB)\n\n{train_md}\n\n"
+        f"## Train step: time (ms) and peak memory (MiB)\n\n{train_md}\n\n"
         f"## Inference latency (ms)\n\n{infer_md}\n\n"
         f"## `medpeft train`: where the time goes\n\n{e2e_md}\n\n"
         f"## Targets\n\n{targets(train_raw, infer_raw, e2e_raw)}\n"
