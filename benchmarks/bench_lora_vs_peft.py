@@ -81,7 +81,7 @@ def merge(library: str, model: nn.Module) -> None:
 
 
 def adapter_file_kb(library: str, model: nn.Module, args: argparse.Namespace) -> float:
-    """Size of the saved adapter weights (LoRA + head), in KB."""
+    """Size of the saved adapter weights (LoRA + head), in KiB."""
     with tempfile.TemporaryDirectory() as tmp:
         if library == "medpeft":
             labels = [f"class{i}" for i in range(NUM_CLASSES)]
@@ -142,7 +142,7 @@ def peak_memory_mb(library: str, args: argparse.Namespace) -> float:
     steps.infer()
     if args.device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _memory_child(library: str, args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -163,7 +163,7 @@ def isolated_memory_mb(library: str, args: argparse.Namespace) -> float:
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Every metric, as ``metric -> library -> value``."""
     # Memory first: a spawned child starts with its parent's ru_maxrss (kept across exec).
-    memory = "peak GPU memory (MB)" if args.device.startswith("cuda") else "peak RSS (MB)"
+    memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"
     peaks = {name: isolated_memory_mb(name, args) for name in LIBRARIES}
     models = {name: build(name, args) for name in LIBRARIES}
     steps = {name: Steps(model, args) for name, model in models.items()}
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for name, model in models.items():
         merge(name, model)
     results["inference, merged (ms)"] = interleaved_ms({n: s.infer for n, s in steps.items()}, args)
-    results["adapter file (KB)"] = {n: adapter_file_kb(n, m, args) for n, m in models.items()}
+    results["adapter file (KiB)"] = {n: adapter_file_kb(n, m, args) for n, m in models.items()}
     results[memory] = peaks
     return results
 

@@ -186,7 +186,7 @@ def train_step_table(cases: list[Case], args: argparse.Namespace) -> tuple[str, 
         times = interleaved(steps, repeats, args.warmup)
         median = {arm: quartiles(times[arm])[0] for arm in ARMS}
         raw[(case.label, case.batch)] = {"time": median, "memory": memory, "repeats": repeats}
-        cells = [f"{cell(times[a])} ms, {memory[a]:,.0f} MB" for a in ARMS]
+        cells = [f"{cell(times[a])} ms, {memory[a]:,.0f} MiB" for a in ARMS]
         rows.append(
             f"| {case.label} | {case.batch} | " + " | ".join(cells)
             + f" | {median['lora'] / median['full']:.2f} | {median['lora'] / median['peft']:.2f} "
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = (
         f"# Training and inference cost\n\n`python benchmarks/train_cost.py{' --quick' if args.quick else ''}` "
         f"({time.perf_counter() - start:.0f} s). {setup}.\n\n"
-        f"## Train step: time (ms) and peak memory (MB)\n\n{train_md}\n\n"
+        f"## Train step: time (ms) and peak memory (MiB)\n\n{train_md}\n\n"
         f"## Inference latency (ms)\n\n{infer_md}\n\n"
         f"## `medpeft train`: where the time goes\n\n{e2e_md}\n\n"
         f"## Targets\n\n{targets(train_raw, infer_raw, e2e_raw)}\n"

@@ -156,3 +156,20 @@ def test_import_lora_vit_records_its_weights_and_predict_refuses_a_random_backbo
     assert "records no backbone weights" in err and "--random-backbone" in err
     with pytest.warns(UserWarning, match="randomly initialised backbone"):
         assert main(["predict", str(tmp_path / "without"), str(image), "--random-backbone", "--quiet"]) == 0
+
+
+def test_threads_option_and_env_reach_the_thread_policy(monkeypatch, capsys):
+    configured = []
+    monkeypatch.setattr("medpeft.cli.configure_threads", configured.append)
+    monkeypatch.setenv("MEDPEFT_THREADS", "2")
+    assert main(["configs"]) == 0
+    assert main(["configs", "--threads", "3"]) == 0
+    assert configured == [2, 3]
+
+
+def test_bad_thread_count_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setenv("MEDPEFT_THREADS", "many")
+    assert main(["configs"]) == 2
+    assert capsys.readouterr().err == (
+        "medpeft configs: error: MEDPEFT_THREADS: expected a whole number of threads >= 1, got 'many'\n"
+    )

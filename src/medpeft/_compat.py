@@ -3,15 +3,21 @@
 PyPI's torchvision wheel registers fake kernels for ``torchvision::nms`` at
 import time; on a CPU build of torch the operator schema was never defined and
 ``import torchvision`` (and so timm, transformers, peft) fails with
-"operator torchvision::nms does not exist". We define the missing schemas and
-import again. Compiled ops (nms, image decoding) stay unavailable, which is
-fine: medpeft loads images with PIL. On a normal install this does nothing.
+"operator torchvision::nms does not exist". ``import medpeft`` installs an import
+hook: when torchvision is first imported (by anyone), a failure of that kind
+defines the missing schemas and runs torchvision's import again. Nothing is
+imported before that, so ``import medpeft`` (and ``medpeft --help``) stays light.
+Compiled ops (nms, image decoding) stay unavailable, which is fine: medpeft loads
+images with PIL. On a normal install the hook changes nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
+from importlib.abc import Loader, MetaPathFinder
+from importlib.machinery import ModuleSpec, PathFinder
+from types import ModuleType
+from typing import Any
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -20,24 +26,56 @@ _SCHEMAS = {
 _library = None  # keeps the torch.library.Library alive for the process
 
 
-def ensure_torchvision_importable() -> None:
-    """Import torchvision, defining missing operator schemas if needed."""
+def _define_missing_schemas() -> None:
+    """Define torchvision's operator schemas that a CPU-only torch lacks."""
     global _library
-    try:
-        import torchvision
-        return
-    except RuntimeError as error:
-        if "torchvision::nms" not in str(error):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
     import torch
 
     _library = torch.library.Library("torchvision", "DEF")
     for schema in _SCHEMAS.values():
         _library.define(schema)
-    import torchvision  # noqa: F401
 
 
-with contextlib.suppress(ImportError):  # torchvision absent: timm will report it itself
-    ensure_torchvision_importable()
+class _ShimLoader(Loader):
+    """torchvision's own loader, retried once with the missing schemas defined."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        try:
+            self.loader.exec_module(module)
+        except RuntimeError as error:
+            if "torchvision::nms" not in str(error):
+                raise
+            for name in [m for m in sys.modules if m.startswith("torchvision.")]:
+                del sys.modules[name]
+            _define_missing_schemas()
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # resources, source, ...: torchvision's loader
+        return getattr(self.loader, name)
+
+
+class _TorchvisionFinder(MetaPathFinder):
+    """Finds torchvision like Python does, with its loader wrapped in `_ShimLoader`."""
+
+    def find_spec(self, name: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != "torchvision":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ShimLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Apply the shim to the first import of torchvision (once per process)."""
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionFinder())
+
+
+install()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medpeft.errors import ConfigError, MedpeftError
+from medpeft.threads import configure_threads, resolve_threads
 
 if TYPE_CHECKING:
     from medpeft.config import RunConfig
@@ -427,7 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the built-in recipe configs")
     p.set_defaults(func=cmd_configs)
+    for command in sub.choices.values():
+        _threads_option(command)
     return parser
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="CPU threads for torch (default: $MEDPEFT_THREADS, else $OMP_NUM_THREADS, else the "
+        "cores this process may use; idle threads sleep instead of spinning)",
+    )
 
 
 def _allow_other_weights(parser: argparse.ArgumentParser) -> None:
@@ -451,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _show_messages()
     try:
+        configure_threads(resolve_threads(args.threads))
         status = args.func(args)
     except KeyboardInterrupt:
         if os.environ.get("MEDPEFT_DEBUG"):

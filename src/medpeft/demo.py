@@ -1,7 +1,7 @@
 """``medpeft demo``: the whole MeLo workflow offline, in one to two minutes on 2 CPU cores.
 
-(About 55 CPU-seconds single-threaded: 94 s wall with ``OMP_NUM_THREADS=1`` on a
-2-core machine busy with other jobs.)
+(About 50 CPU-seconds: 48 at ``--threads 1``, 61 at 2; wall times on a shared 2-core
+machine are in benchmarks/results/threads.md.)
 
 1. Writes a synthetic chest-X-ray-like dataset (PNG files + CSV manifest) whose
    label is a spatial relation: no blob, one blob, a pair of blobs at the same

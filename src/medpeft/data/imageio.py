@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from medpeft.errors import ConfigError, DataError
+from medpeft.units import format_size
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -123,8 +124,8 @@ def check_volume(path: str | Path, shape: Sequence[int], itemsize: int, max_pixe
     size, limit = math.prod(shape) * itemsize, max_volume_bytes(max_pixels)
     if size > limit:
         raise DataError(
-            f"{path}: declares an array of shape {tuple(shape)} ({size / 2**20:,.1f} MiB), over the "
-            f"limit of {limit / 2**20:,.1f} MiB per file ({VOLUME_BYTES_PER_PIXEL} bytes per pixel of "
+            f"{path}: declares an array of shape {tuple(shape)} ({format_size(size, 'MiB')}), over the "
+            f"limit of {format_size(limit, 'MiB')} per file ({VOLUME_BYTES_PER_PIXEL} bytes per pixel of "
             f"the {max_pixels:,}-pixel limit, {LIMIT_HINT}); refused before decoding"
         )
 
@@ -354,7 +355,7 @@ def _inflate_dicom(pydicom: ModuleType, path: Path, compressed: bytes, max_pixel
     if len(data) < cap:
         raise DataError(f"cannot read image {path}: the deflated data set is truncated")
     raise DataError(
-        f"{path}: the deflated DICOM data set inflates to more than {cap / 2**20:,.1f} MiB, more than "
+        f"{path}: the deflated DICOM data set inflates to more than {format_size(cap, 'MiB')}, more than "
         f"its image size declares or the limit allows ({LIMIT_HINT}); refused before decoding"
     )
 

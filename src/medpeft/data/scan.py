@@ -9,7 +9,6 @@ count and hold finite intensities. Every bad row is reported at once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from medpeft.data.imageio import ReadOptions, load_image
 from medpeft.data.records import Record
 from medpeft.errors import DataError
+from medpeft.threads import available_cores
 
 MAX_LISTED = 10
 MAX_THREADS = 8
@@ -73,7 +73,7 @@ def unreadable_images(
             return str(error)
         return None
 
-    threads = min(MAX_THREADS, os.cpu_count() or 1)
+    threads = min(MAX_THREADS, available_cores())
     with ThreadPoolExecutor(threads) as pool:
         found = pool.map(problem, jobs)
         bar = tqdm(found, total=len(jobs), desc=f"checking {what} images", disable=not progress, leave=False)

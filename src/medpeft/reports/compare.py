@@ -10,6 +10,7 @@ from pathlib import Path
 from medpeft.atomic import atomic_write_text
 from medpeft.reports import html
 from medpeft.reports.page import PAGE, SUMMARY
+from medpeft.units import format_size
 
 COLUMNS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "auroc", "sensitivity", "specificity")
 
@@ -33,7 +34,7 @@ def write_comparison_page(pages: Mapping[str, Path], out: str | Path, lead: str 
         href = os.path.relpath(Path(pages[name]) / PAGE, out.parent)
         rows.append([
             name, f"{params['trainable']:,}", f"{100 * params['trainable'] / max(params['total'], 1):.2f}%",
-            f"{summary['adapter_weights_bytes'] / 1024:.1f}", *cells, html.link(href, "report"),
+            format_size(summary['adapter_weights_bytes'], suffix=False), *cells, html.link(href, "report"),
         ])
     header = ["run", "trainable", "% of model", "adapter KiB", *metrics, "page"]
     note = ('<p class="note">Test split; value and 95% bootstrap interval of each metric. '

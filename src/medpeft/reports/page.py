@@ -47,6 +47,7 @@ from medpeft.reports.stats import (
     operating_point,
 )
 from medpeft.runs.layout import ADAPTER_DIR, METRICS_CSV, RunLayout
+from medpeft.units import format_size
 
 PAGE = "index.html"
 SUMMARY = "summary.json"
@@ -285,8 +286,8 @@ def _size_table(facts: RunFacts) -> str:
         ("trainable parameters", f"{trainable:,}"),
         ("model parameters", f"{total:,}"),
         ("trainable share", f"{100 * trainable / max(total, 1):.3f}%"),
-        ("adapter weights file", f"{facts.weights_bytes / 1024:.1f} KiB"),
-        ("adapter folder", f"{facts.report['adapter_bytes'] / 1024:.1f} KiB ({ADAPTER_DIR}/)"),
+        ("adapter weights file", format_size(facts.weights_bytes)),
+        ("adapter folder", f"{format_size(facts.report['adapter_bytes'])} ({ADAPTER_DIR}/)"),
     ]
     return html.table(None, rows, css="facts")
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medpeft.units import format_size
+
 if TYPE_CHECKING:
     from medpeft.runs.train import RunReport
 
@@ -31,7 +33,7 @@ def markdown_table(
 
 def summary_header(metrics: Sequence[str] = SUMMARY_METRICS) -> list[str]:
     """Header of the run summary table (see `summary_row`)."""
-    return ["method", "trainable", "% of model", "adapter KB", *metrics]
+    return ["method", "trainable", "% of model", "adapter KiB", *metrics]
 
 
 def summary_row(
@@ -43,6 +45,6 @@ def summary_row(
         name,
         f"{report.params.trainable:,}",
         f"{report.params.percent:.2f}%",
-        f"{report.adapter_bytes / 1024:.1f}",
+        format_size(report.adapter_bytes, suffix=False),
         *(scores.get(m) for m in metrics),
     ]

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from medpeft.serve.metrics import ServeMetrics
+from medpeft.units import format_size
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -56,7 +57,7 @@ class BodyLimit:
 
 def too_large(size: int, limit: int) -> str:
     return (
-        f"upload of {size / 2**20:.1f} MiB is over the server's limit of {limit / 2**20:.1f} MiB "
+        f"upload of {format_size(size, 'MiB')} is over the server's limit of {format_size(limit, 'MiB')} "
         "(medpeft serve --max-upload-mb)"
     )
 

@@ -7,12 +7,9 @@ from dataclasses import dataclass, field
 
 from medpeft.data.imageio import MAX_PIXELS
 from medpeft.errors import ConfigError
+from medpeft.threads import available_cores
 
 TOKEN_ENV = "MEDPEFT_TOKEN"
-
-
-def _cores() -> int:
-    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class ServeSettings:
     max_upload_mb: float = 32.0
     token: str | None = None
     max_pixels: int = MAX_PIXELS
-    max_decodes: int = field(default_factory=_cores)
+    max_decodes: int = field(default_factory=available_cores)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "queue_size", "max_pixels", "max_decodes"):
