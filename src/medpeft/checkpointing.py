@@ -88,15 +88,17 @@ def carry_routing(fn: Callable[..., Any], captured: routing.Routing) -> Callable
     return routed
 
 
-def activation_bytes(model: nn.Module, batch_size: int, img_size: int) -> int:
+def activation_bytes(model: nn.Module, batch_size: int, img_size: int | None = None) -> int:
     """Rough activation memory of one training forward: batch x tokens x width x blocks x
-    :data:`BYTES_PER_ACTIVATION`, tokens counted as 16 px patches of every modality's image."""
+    :data:`BYTES_PER_ACTIVATION`, tokens counted as 16 px patches of every modality's image
+    (``img_size``, else the size each backbone was pretrained at)."""
     modalities = max(1, len(getattr(model, "modalities", ())))
-    tokens = modalities * max(1, (img_size // ASSUMED_PATCH) ** 2)
-    return sum(
-        batch_size * tokens * view.token_width * len(view.block_names()) * BYTES_PER_ACTIVATION
-        for view in _views(model).values()
-    )
+    total = 0
+    for view in _views(model).values():
+        side = img_size or view.preprocessing()["size"]
+        tokens = modalities * max(1, (side // ASSUMED_PATCH) ** 2)
+        total += batch_size * tokens * view.token_width * len(view.block_names()) * BYTES_PER_ACTIVATION
+    return total
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -118,13 +120,15 @@ def wants_checkpointing(
     setting: bool | str, model: nn.Module, batch_size: int, img_size: int | None, device: torch.device
 ) -> bool:
     """Whether ``train.activation_checkpointing`` turns checkpointing on for this run:
-    ``auto`` does when the estimated activations exceed half of the free memory."""
+    ``auto`` does when the estimated activations (:func:`activation_bytes`) exceed half of
+    the device's free memory, and never for a model without backbone blocks or an unknown device."""
     if setting != "auto":
         return bool(setting)
     free = available_bytes(device)
-    if free is None or img_size is None:
+    try:
+        return free is not None and activation_bytes(model, batch_size, img_size) > free // 2
+    except ConfigError:  # no backbone blocks to checkpoint (ViLT)
         return False
-    return activation_bytes(model, batch_size, img_size) > free // 2
 
 
 def _views(model: nn.Module) -> dict[str, Backbone]:

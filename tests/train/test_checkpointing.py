@@ -169,3 +169,25 @@ def test_adapt_turns_it_on():
 def test_a_model_without_backbone_blocks_is_named():
     with pytest.raises(ConfigError, match=r"activation checkpointing: Linear has no backbone blocks"):
         enable_checkpointing(nn.Linear(2, 2))
+
+
+def test_the_activation_estimate_counts_batch_tokens_width_and_blocks():
+    model, _ = _mor()  # 2 blocks of width 32; 32 px -> (32 // 16) ** 2 = 4 tokens
+    assert checkpointing.activation_bytes(model, batch_size=2, img_size=32) == 2 * 4 * 32 * 2 * 30
+    mora, _ = _mora()  # three modalities in one stream
+    assert checkpointing.activation_bytes(mora, batch_size=2, img_size=32) == 3 * 2 * 4 * 32 * 2 * 30
+
+
+@pytest.mark.parametrize(("free", "expected"), [(10**12, False), (2 * 15360 - 2, True), (None, False)])
+def test_auto_turns_on_when_activations_exceed_half_the_free_memory(free, expected, monkeypatch):
+    model, _ = _mor()
+    monkeypatch.setattr(checkpointing, "available_bytes", lambda device: free)
+    cpu = torch.device("cpu")
+    assert checkpointing.wants_checkpointing("auto", model, 2, 32, cpu) is expected
+    assert checkpointing.wants_checkpointing(True, model, 2, 32, cpu) and not checkpointing.wants_checkpointing(
+        False, model, 2, 32, cpu)
+    assert not checkpointing.wants_checkpointing("auto", nn.Linear(2, 2), 2, 32, cpu)  # nothing to checkpoint
+
+
+def test_the_host_memory_is_read_for_the_cpu():
+    assert checkpointing.available_bytes(torch.device("cpu")) > 0
