@@ -139,6 +139,6 @@ def _views(model: nn.Module) -> dict[str, Backbone]:
         return {"": describe(model)}
     except ConfigError:
         raise ConfigError(
-            f"activation checkpointing: {type(model).__name__} has no backbone blocks medpeft reads "
-            "(a fusion model or a timm, transformers or open_clip backbone)"
+            f"activation checkpointing: {type(model).__name__} has no backbone blocks medpeft can "
+            "checkpoint (timm, transformers and open_clip backbones and the fusion models over them have)"
         ) from None

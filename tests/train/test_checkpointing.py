@@ -12,7 +12,12 @@ from transformers import Dinov2Config, Dinov2Model
 
 import medpeft
 from medpeft import checkpointing
-from medpeft.checkpointing import backbone_blocks, disable_checkpointing, enable_checkpointing, is_checkpointed
+from medpeft.checkpointing import (
+    backbone_blocks,
+    disable_checkpointing,
+    enable_checkpointing,
+    is_checkpointed,
+)
 from medpeft.errors import ConfigError
 from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.methods import LoraSettings, MoraSettings, MorSettings, get_method
@@ -166,9 +171,15 @@ def test_adapt_turns_it_on():
         "vit_tiny_patch16_224", img_size=32, **TINY)).model.blocks)
 
 
-def test_a_model_without_backbone_blocks_is_named():
-    with pytest.raises(ConfigError, match=r"activation checkpointing: Linear has no backbone blocks"):
-        enable_checkpointing(nn.Linear(2, 2))
+def test_a_model_without_backbone_blocks_is_named(vilt_config, monkeypatch):
+    torch.manual_seed(0)
+    spec = ModelSpec(None, 3, "lora", kind="vilt", modalities=["image", "text"], vilt_config=vilt_config.to_dict())
+    vilt = build_model(spec)
+    expected = r"activation checkpointing: ViltClassifier has no backbone blocks medpeft can checkpoint \(timm"
+    with pytest.raises(ConfigError, match=expected):
+        enable_checkpointing(vilt)
+    monkeypatch.setattr(checkpointing, "available_bytes", lambda device: 0)  # any estimate exceeds it
+    assert not checkpointing.wants_checkpointing("auto", vilt, 2, 32, torch.device("cpu"))  # auto: off
 
 
 def test_the_activation_estimate_counts_batch_tokens_width_and_blocks():
@@ -186,7 +197,6 @@ def test_auto_turns_on_when_activations_exceed_half_the_free_memory(free, expect
     assert checkpointing.wants_checkpointing("auto", model, 2, 32, cpu) is expected
     assert checkpointing.wants_checkpointing(True, model, 2, 32, cpu) and not checkpointing.wants_checkpointing(
         False, model, 2, 32, cpu)
-    assert not checkpointing.wants_checkpointing("auto", nn.Linear(2, 2), 2, 32, cpu)  # nothing to checkpoint
 
 
 def test_the_host_memory_is_read_for_the_cpu():
