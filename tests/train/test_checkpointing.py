@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import timm
 import torch
+from fixtures.families import CONVNEXT, SWIN, write_open_clip
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
@@ -123,6 +124,36 @@ def _early_intervention() -> tuple[nn.Module, Loss]:
     return model, loss
 
 
+def _lora_family(name: str, kwargs: dict, side: int, **lora) -> tuple[nn.Module, Loss]:
+    torch.manual_seed(0)
+    spec = ModelSpec(name, 3, "lora", LoraSettings(rank=2, **lora), img_size=side, model_kwargs=dict(kwargs))
+    model = build_model(spec).eval()
+    _randomize_trainable(model)
+    images = _images(size=side)
+    return model, lambda net: net(images).square().sum()
+
+
+def _lora_open_clip(tmp_path) -> tuple[nn.Module, Loss]:
+    torch.manual_seed(0)
+    spec = ModelSpec(write_open_clip(tmp_path / "open_clip"), 3, "lora", LoraSettings(rank=2), kind="open_clip")
+    model = build_model(spec).eval()
+    _randomize_trainable(model)
+    images = _images()
+    return model, lambda net: net(images).square().sum()
+
+
+FAMILIES = {"swin": lambda tmp: _lora_family(*SWIN), "open_clip": _lora_open_clip,
+            "convnext": lambda tmp: _lora_family(*CONVNEXT, targets=("fc1", "fc2"))}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_checkpoints_each_block_with_equal_gradients(family, tmp_path):
+    model, loss = FAMILIES[family](tmp_path)
+    blocks = backbone_blocks(model)
+    assert _largest_difference(model, loss) <= 1e-6
+    assert len(blocks) >= 2 and all(is_checkpointed(block) for block in blocks)
+
+
 CASES = {"lora-timm": _lora_timm, "lora-dinov2": _lora_dinov2, "mora-missing": _mora, "mor": _mor,
          "early-intervention": _early_intervention, "mixed-tasks": _mixed_tasks}
 
@@ -201,3 +232,23 @@ def test_auto_turns_on_when_activations_exceed_half_the_free_memory(free, expect
 
 def test_the_host_memory_is_read_for_the_cpu():
     assert checkpointing.available_bytes(torch.device("cpu")) > 0
+
+
+def _saved_bytes(model: nn.Module, loss: Loss) -> int:
+    """Bytes of the tensors autograd keeps for backward outside the checkpointed blocks."""
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss(model)
+    return sum(saved)
+
+
+def test_checkpointed_blocks_keep_no_activations_for_backward():
+    model, loss = _mor()
+    plain = _saved_bytes(model, loss)
+    enable_checkpointing(model)
+    assert _saved_bytes(model, loss) < plain / 2
