@@ -27,7 +27,6 @@ from medpeft import routing
 from medpeft.backbones.base import Backbone, describe
 from medpeft.errors import ConfigError
 
-CHECKPOINTING_CHOICES = (True, False, "auto")
 _UNCHECKED = "_medpeft_unchecked_forward"
 BYTES_PER_ACTIVATION = 30
 """Bytes a transformer block keeps per token and channel for backward (rough, fp32 with AMP copies)."""
@@ -59,10 +58,13 @@ def enable_checkpointing(model: nn.Module) -> int:
 def disable_checkpointing(model: nn.Module) -> None:
     """Give every backbone block of ``model`` its own forward back."""
     for block in backbone_blocks(model):
-        if _UNCHECKED in vars(block):
-            block.forward = vars(block).pop(_UNCHECKED)
-            if getattr(block.forward, "__func__", None) is type(block).forward:
-                del block.forward  # the class's own forward again, nothing left on the instance
+        if _UNCHECKED not in vars(block):
+            continue
+        inner = vars(block).pop(_UNCHECKED)
+        if getattr(inner, "__func__", None) is type(block).forward:
+            del block.forward  # the class's own forward: nothing left on the instance
+        else:
+            block.forward = inner
 
 
 def is_checkpointed(block: nn.Module) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -252,3 +253,12 @@ def test_checkpointed_blocks_keep_no_activations_for_backward():
     plain = _saved_bytes(model, loss)
     enable_checkpointing(model)
     assert _saved_bytes(model, loss) < plain / 2
+
+
+def test_a_deep_copy_checkpoints_its_own_blocks():
+    model, loss = _mixed_tasks()
+    enable_checkpointing(model)
+    twin = copy.deepcopy(model)
+    assert all(vars(b)["forward"].__self__ is b for b in backbone_blocks(twin))
+    assert _largest_difference(twin, loss) <= 1e-6
+    assert all(p.grad is None for p in model.parameters())  # the copy's backward reached the copy only
