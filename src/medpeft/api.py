@@ -28,6 +28,7 @@ from medpeft.adapters_io.folder import HUB, adapter_parameters, read_adapter_fol
 from medpeft.adapters_io.folder import load_adapter as load_adapter_folder
 from medpeft.backbones.base import describe, native_name
 from medpeft.backbones.weights import copy_weights
+from medpeft.checkpointing import enable_checkpointing
 from medpeft.errors import ConfigError
 from medpeft.methods import method_for_settings
 from medpeft.model import ModelSpec, attach_method, build_model, wrap_backbone
@@ -112,6 +113,7 @@ def adapt(
     img_size: int | None = None,
     kind: str | None = None,
     adapter_name: str = "default",
+    activation_checkpointing: bool = False,
     **model_kwargs: Any,
 ) -> AdaptedModel:
     """Freeze ``backbone``, attach the method of ``settings`` and a new head.
@@ -131,6 +133,9 @@ def adapt(
             a preset's recommended size).
         kind: Library of a named backbone (default: a preset's, else ``timm``).
         adapter_name: Name of the adapter inside the model.
+        activation_checkpointing: Recompute each backbone block's activations in backward
+            instead of keeping them (:func:`medpeft.checkpointing.enable_checkpointing`;
+            per-call routing holds during the recomputation).
         **model_kwargs: For a name: architecture arguments of the library's constructor.
     """
     method = method_for_settings(settings)
@@ -144,13 +149,17 @@ def adapt(
             kind=kind, model_kwargs=dict(model_kwargs),
         )
         model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=adapter_name)
-        return AdaptedModel(model, spec, adapter_name, _weights_record(weights, pretrained))
-    if not isinstance(backbone, nn.Module):
+        adapted = AdaptedModel(model, spec, adapter_name, _weights_record(weights, pretrained))
+    elif isinstance(backbone, nn.Module):
+        spec = module_spec(backbone, num_classes, method.name, settings)
+        model = wrap_backbone(backbone, num_classes)
+        attach_method(model, method, settings, adapter_name)
+        adapted = AdaptedModel(model, spec, adapter_name, spec_rebuilds=False)
+    else:
         raise ConfigError(f"backbone: expected an nn.Module or a name, got {type(backbone).__name__}")
-    spec = module_spec(backbone, num_classes, method.name, settings)
-    model = wrap_backbone(backbone, num_classes)
-    attach_method(model, method, settings, adapter_name)
-    return AdaptedModel(model, spec, adapter_name, spec_rebuilds=False)
+    if activation_checkpointing:
+        enable_checkpointing(adapted.model)
+    return adapted
 
 
 def load_adapter(

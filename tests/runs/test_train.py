@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
+from medpeft import checkpointing
 from medpeft.cli import builtin_configs, main
 from medpeft.config import load_config
 from medpeft.data.missing import MissingSetting, MissingTable
@@ -101,3 +104,16 @@ def test_vilt_mora_run_on_odir_layout(tmp_path, make_odir, tiny_vilt_fields, voc
 
     again = evaluate_run(report.run_dir, overrides=CPU)
     assert again.metrics == pytest.approx(report.test.metrics, nan_ok=True)
+
+
+def test_a_checkpointed_mora_run_trains_the_same_adapter(tmp_path, mora_run, train_synthetic, monkeypatch):
+    calls = []
+    plain_checkpoint = checkpointing.checkpoint
+    monkeypatch.setattr(checkpointing, "checkpoint", lambda *a, **k: calls.append(1) or plain_checkpoint(*a, **k))
+    run = train_synthetic(tmp_path / "run", "train.epochs=1", "train.activation_checkpointing=true")
+    assert calls  # the blocks did run under checkpoint
+    assert yaml.safe_load((run / CONFIG).read_text())["train"]["activation_checkpointing"] is True
+    ours, plain = (load_file(r / ADAPTER_DIR / "adapter_model.safetensors") for r in (run, mora_run))
+    assert ours.keys() == plain.keys()
+    for key in plain:
+        torch.testing.assert_close(ours[key], plain[key], atol=1e-5, rtol=1e-4)

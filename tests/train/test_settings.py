@@ -28,6 +28,8 @@ from medpeft.train import TrainSettings
         ("device", "gpu9"),
         ("warmup", -1.0),
         ("epochs", "ten"),
+        ("activation_checkpointing", "sometimes"),
+        ("activation_checkpointing", 1),
     ],
 )
 def test_bad_value_names_field(field, value):

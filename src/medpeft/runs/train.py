@@ -20,6 +20,7 @@ from torch import nn
 from medpeft.adapters_io.folder import HUB, save_adapter
 from medpeft.backbones.checkpoints import backbone_identity
 from medpeft.backbones.timm_vit import check_backbone, patch_multiple
+from medpeft.checkpointing import enable_checkpointing, wants_checkpointing
 from medpeft.config import RunConfig, save_config
 from medpeft.config.paths import with_absolute_paths
 from medpeft.data.imageio import ReadOptions
@@ -46,7 +47,7 @@ from medpeft.runs.layout import METRICS_CSV, RunLayout
 from medpeft.runs.lock import run_lock
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
-from medpeft.train.settings import check_monitor
+from medpeft.train.settings import check_monitor, training_device
 from medpeft.train.trainer import Objective
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ def train_source(
     if "val" not in tables:
         raise ConfigError("the data needs non-empty train and val splits (check the split column/fractions)")
     set_backbone_dropout(model, config.model.dropout)
+    checkpoint_activations(model, config, spec)
     data = run_data(config, source, model)
     positive = run_positive_class(config, source)
     weights = config.model.weights or (HUB if config.model.pretrained else None)
@@ -281,6 +283,15 @@ def train_source(
     write_report(own, {"epochs": config.train.epochs, **report.to_dict()})
     distributed.barrier()  # the run folder is complete for every process
     return report
+
+
+def checkpoint_activations(model: nn.Module, config: RunConfig, spec: ModelSpec) -> None:
+    """Checkpoint the backbone blocks when ``train.activation_checkpointing`` asks (``auto``: by estimate)."""
+    train = config.train
+    batch, device = config.data.batch_size, training_device(train)
+    if wants_checkpointing(train.activation_checkpointing, model, batch, spec.img_size, device):
+        blocks = enable_checkpointing(model)
+        log.info("activation checkpointing: %d backbone blocks recompute their activations in backward", blocks)
 
 
 def format_report(report: RunReport) -> str:

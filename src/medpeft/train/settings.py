@@ -50,6 +50,9 @@ class TrainSettings:
             routing and checkpoints unchanged; the first steps pay the compilation).
         channels_last: keep image batches and the patch embedding in channels-last memory
             layout (faster convolutions on recent GPUs).
+        activation_checkpointing: recompute each backbone block's activations in backward
+            instead of keeping them (:mod:`medpeft.checkpointing`): true, false or "auto"
+            (on when the estimated activations exceed half of the training device's free memory).
         on_bad_sample: a sample that cannot be read (corrupt or truncated file, NaN
             pixels): ``stop`` ends the run with one line naming it; ``skip`` leaves it
             out, logs it once and lists it in ``report.json``.
@@ -82,6 +85,7 @@ class TrainSettings:
     device: str = "auto"
     compile: bool = False
     channels_last: bool = False
+    activation_checkpointing: bool | str = False
     on_bad_sample: str = "stop"
 
     def __post_init__(self) -> None:
@@ -181,6 +185,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": (_is_device, "'auto' or a torch device such as 'cpu', 'cuda:0'"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
+    "activation_checkpointing": (lambda v: isinstance(v, bool) or v == "auto", "true, false or 'auto'"),
     "on_bad_sample": (lambda v: v in ("stop", "skip"), "'stop' or 'skip'"),
 }
 
@@ -188,6 +193,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def autocast_dtype(settings: TrainSettings) -> torch.dtype | None:
     """The autocast dtype the settings ask for, or None without AMP."""
     return AMP_DTYPES[settings.amp_dtype] if settings.amp else None
+
+
+def training_device(settings: TrainSettings) -> torch.device:
+    """The device training runs on: the process's own GPU under ``accelerate launch``, else ``train.device``."""
+    return process_device() if is_distributed() else resolve_device(settings.device, "train.device")
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:

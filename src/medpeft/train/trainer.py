@@ -44,7 +44,7 @@ from medpeft.train.evaluation import autocast, evaluate, logits_of, to_device
 from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
-from medpeft.train.settings import TrainSettings, autocast_dtype, resolve_device
+from medpeft.train.settings import TrainSettings, autocast_dtype, training_device
 
 AuxLoss = Callable[[nn.Module], "torch.Tensor | None"]
 Objective = Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> loss
@@ -183,10 +183,7 @@ class _Run:
         self.objective: Objective | None = None
         self.positive = 1
         self.checkpoint_path = out_dir / CHECKPOINT
-        self.device = (
-            distributed.process_device() if distributed.is_distributed()
-            else resolve_device(settings.device, "train.device")
-        )
+        self.device = training_device(settings)
         self.dtype = autocast_dtype(settings)
         self.state = Progress()
         seed_everything(settings.seed)
