@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from medpeft.adapters_io.folder import save_adapter
+from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
 from medpeft.frozen_dtype import cast_frozen
-from medpeft.methods import get_method
 from medpeft.model import ModelSpec, build_model
 from medpeft.train.evaluation import autocast
 
@@ -25,7 +30,7 @@ DINOV2 = dict(
                       num_attention_heads=2, image_size=32, patch_size=8),
 )
 BACKBONES = {"vit": VIT, "dinov2": DINOV2}
-METHODS = ("lora", "dora", "mor")
+METHODS = ("lora", "dora", "mor", "linear")
 
 
 def _model(backbone: str, method: str = "lora", dtype: torch.dtype = torch.bfloat16):
@@ -85,8 +90,6 @@ def test_bf16_logits_agree_with_fp32(backbone):
 
 
 def test_saved_adapter_tensors_are_fp32(tmp_path):
-    from medpeft.adapters_io.folder import save_adapter
-
     model = _model("vit")
     spec = ModelSpec(num_classes=3, method="lora", **VIT)
     folder = save_adapter(model, tmp_path / "adapter", spec, ["a", "b", "c"], "multiclass")
@@ -115,3 +118,34 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_stays_off():
     assert torch.isfinite(logits).all()
     with autocast(torch.device("cpu"), torch.float16):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_run_trains_with_bf16_frozen_weights_and_cpu_autocast(tmp_path):
+    run = tmp_path / "run"
+    argv = [
+        "train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
+        "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "data.num_samples=40", "data.batch_size=16", "missing.grid.etas=[0.9]",
+        "train.device=cpu", "data.num_workers=0", "train.epochs=1",
+        "model.frozen_dtype=bfloat16", "train.amp=true", "train.amp_dtype=bf16", "--quiet",
+    ]
+    assert main(argv) == 0
+    tensors = {}
+    for path in run.rglob("adapter_model.safetensors"):
+        tensors.update(load_file(path))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+    assert "frozen_dtype: bfloat16" in (run / "config.yaml").read_text()
+
+
+def test_benchmark_quick_run_compares_every_configuration_with_fp32(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "frozen_dtype.md"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    subprocess.run([sys.executable, str(root / "benchmarks" / "frozen_dtype.py"), "--quick", "--threads", "1",
+                    "--steps", "1", "--out", str(out)], env=env, check=True, capture_output=True, timeout=300)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| frozen_dtype")]
+    assert [r[:2] for r in rows] == [["float32", "-"], ["bfloat16", "-"], ["float16", "-"],
+                                     ["float32", "bf16"], ["bfloat16", "bf16"]]
+    assert rows[0][2:4] == ["0", "100%"]
+    assert all(0 < float(r[2]) < 0.05 for r in rows[1:])
