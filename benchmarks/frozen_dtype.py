@@ -43,7 +43,6 @@ TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
 
 def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, logits_out: str) -> dict[str, Any]:
     """One configuration in this process: its logits (saved to ``logits_out``), step time, peak RSS."""
-    import medpeft  # noqa: F401  (before timm)
     import torch
 
     from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen

@@ -26,9 +26,9 @@ from medpeft.data.imageio import ReadOptions
 from medpeft.data.records import Source
 from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen
 from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
-from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.runs.data import (
