@@ -18,6 +18,7 @@ from medpeft.backbones.presets import find_preset, preset_kind
 from medpeft.data.imageio import MAX_PIXELS, ReadOptions
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.errors import ConfigError, did_you_mean
+from medpeft.frozen_dtype import FROZEN_DTYPES
 from medpeft.train.settings import TrainSettings
 
 TASKS = Literal["multiclass", "multilabel"]
@@ -52,6 +53,10 @@ class ModelSettings:
         kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``...),
             transformers config fields (``model_type`` for a random model) or
             ``open_clip.create_model`` arguments.
+        frozen_dtype: storage and matmul dtype of the frozen Linear and Conv layers:
+            ``float32``, ``bfloat16`` or ``float16`` (half the memory); adapters, head,
+            norms, optimizer state and saved adapters stay fp32 (`medpeft.frozen_dtype`).
+            A training option: ``eval``/``predict``/``serve`` rebuild in fp32.
     """
 
     kind: Literal["timm", "transformers", "open_clip", "vilt"] | None = None
@@ -65,9 +70,15 @@ class ModelSettings:
     dropout: float = 0.0
     fusion: Literal["auto", "early_intervention", "late"] = "auto"
     kwargs: dict = field(default_factory=dict)
+    frozen_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.kind = preset_kind(self.backbone, self.kind)
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            raise ConfigError(
+                f"model.frozen_dtype: {self.frozen_dtype!r} is not one of {list(FROZEN_DTYPES)}"
+                f"{did_you_mean(self.frozen_dtype, FROZEN_DTYPES)}"
+            )
         if self.img_size is None:  # a preset's size; timm's 224; the library model's own size
             preset = find_preset(self.backbone)
             self.img_size = preset.img_size if preset else DEFAULT_IMG_SIZE if self.kind == "timm" else None

@@ -27,6 +27,7 @@ from medpeft.data.imageio import ReadOptions
 from medpeft.data.records import Source
 from medpeft.data.scan import check_images
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen
 from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
@@ -195,6 +196,7 @@ def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progre
         spec, objective = model_spec(config, source), None
         torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
         model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
+    cast_frozen(model, FROZEN_DTYPES[config.model.frozen_dtype])
     return train_source(config, layout, source, spec, model, resume, progress, objective)
 
 

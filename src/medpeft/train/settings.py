@@ -36,7 +36,8 @@ class TrainSettings:
             ``lr``; EI: 1e-5..1e-3).
         cycle_epochs, cycle_decay: ``cyclic`` only: epochs from the lowest to the highest lr
             (half a cycle; EI: 4) and the amplitude factor per cycle (EI: 0.8).
-        amp: mixed precision (CUDA only): ``amp_dtype`` "fp16" (with GradScaler) or "bf16".
+        amp: mixed precision: ``amp_dtype`` "fp16" (CUDA only, with GradScaler) or "bf16"
+            (CUDA, and CPU autocast).
         max_grad_norm: clip the gradient norm to this value; None = no clipping.
         monitor: history value that selects the best epoch ("auroc", "f1_macro", "val_loss", ...).
         patience: stop after this many epochs (= validations) without improvement; None = never.

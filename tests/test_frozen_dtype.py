@@ -1,0 +1,151 @@
+"""Frozen weights in low precision (``model.frozen_dtype``, `medpeft.frozen_dtype.cast_frozen`)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medpeft.adapters_io.folder import save_adapter
+from medpeft.cli import main
+from medpeft.config.schema import ModelSettings
+from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import cast_frozen
+from medpeft.model import ModelSpec, build_model
+from medpeft.train.evaluation import autocast
+
+VIT = dict(
+    backbone="vit_tiny_patch16_224", img_size=32,
+    model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8),
+)
+DINOV2 = dict(
+    backbone="dinov2-tiny", kind="transformers", img_size=32,
+    model_kwargs=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, image_size=32, patch_size=8),
+)
+BACKBONES = {"vit": VIT, "dinov2": DINOV2}
+METHODS = ("lora", "dora", "mor", "linear")
+
+
+def _model(backbone: str, method: str = "lora", dtype: torch.dtype = torch.bfloat16):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(num_classes=3, method=method, **BACKBONES[backbone]))
+    cast_frozen(model, dtype)
+    return model
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_frozen_linear_and_conv_are_bf16_trainable_stay_fp32(backbone):
+    model = _model(backbone)
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert set(trainable.values()) == {torch.float32} and any("lora_A" in n for n in trainable)
+    low = [n for n, d in frozen.items() if d == torch.bfloat16]
+    assert any("base.weight" in n for n in low) and any("patch" in n for n in low)
+    kept = {n for n, d in frozen.items() if d == torch.float32}
+    assert kept and all("norm" in n or "token" in n or "pos" in n or "lambda" in n for n in kept), kept
+    assert sum(frozen[n] == torch.bfloat16 for n in frozen) > len(kept)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_one_step_moves_only_adapter_and_head(backbone, method):
+    model = _model(backbone, method)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.dtype == torch.float32
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert moved and moved <= trainable
+    assert any("head" in n or "classifier" in n for n in moved)
+    assert all(s.dtype == torch.float32 for state in optimizer.state.values() for s in state.values()
+               if torch.is_tensor(s) and s.is_floating_point())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_bf16_logits_agree_with_fp32(backbone):
+    """Random-init tiny models have logits of order 1; bf16 keeps 8 bits of mantissa
+    (relative error ~0.4% per rounding), so a 2-block model stays well within 0.05."""
+    reference = _model(backbone, dtype=torch.float32).eval()
+    for p in reference.parameters():  # non-zero adapters, so the update path is compared too
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    low = copy.deepcopy(reference)
+    cast_frozen(low, torch.bfloat16)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = reference(x), low(x)
+    assert (want - got).abs().max() < 0.05
+    assert (want.argmax(1) == got.argmax(1)).float().mean() >= 0.9
+    assert not torch.equal(want, got)  # the cast really happened
+
+
+def test_saved_adapter_tensors_are_fp32(tmp_path):
+    model = _model("vit")
+    spec = ModelSpec(num_classes=3, method="lora", **VIT)
+    folder = save_adapter(model, tmp_path / "adapter", spec, ["a", "b", "c"], "multiclass")
+    tensors = load_file(folder / "adapter_model.safetensors")
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+
+
+def test_float32_leaves_the_model_as_it_is():
+    model = _model("vit", dtype=torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert cast_frozen(model, torch.float32) == 0
+
+
+def test_frozen_dtype_config_is_checked_with_a_hint():
+    assert ModelSettings(frozen_dtype="bfloat16").frozen_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"^model.frozen_dtype: 'bfloat' is not one of "
+                       r"\['float32', 'bfloat16', 'float16'\]; did you mean 'bfloat16'\?$"):
+        ModelSettings(frozen_dtype="bfloat")
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_stays_off():
+    model = _model("vit", dtype=torch.float32)
+    with torch.no_grad(), autocast(torch.device("cpu"), torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        logits = model(torch.randn(2, 3, 32, 32))
+    assert torch.isfinite(logits).all()
+    with autocast(torch.device("cpu"), torch.float16):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_run_trains_with_bf16_frozen_weights_and_cpu_autocast(tmp_path):
+    run = tmp_path / "run"
+    argv = [
+        "train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
+        "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "data.num_samples=40", "data.batch_size=16", "missing.grid.etas=[0.9]",
+        "train.device=cpu", "data.num_workers=0", "train.epochs=1",
+        "model.frozen_dtype=bfloat16", "train.amp=true", "train.amp_dtype=bf16", "--quiet",
+    ]
+    assert main(argv) == 0
+    tensors = {}
+    for path in run.rglob("adapter_model.safetensors"):
+        tensors.update(load_file(path))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+    assert "frozen_dtype: bfloat16" in (run / "config.yaml").read_text()
+
+
+def test_benchmark_quick_run_compares_every_configuration_with_fp32(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "frozen_dtype.md"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    subprocess.run([sys.executable, str(root / "benchmarks" / "frozen_dtype.py"), "--quick", "--threads", "1",
+                    "--steps", "1", "--out", str(out)], env=env, check=True, capture_output=True, timeout=300)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| frozen_dtype")]
+    assert [r[:2] for r in rows] == [["float32", "-"], ["bfloat16", "-"], ["float16", "-"],
+                                     ["float32", "bf16"], ["bfloat16", "bf16"]]
+    assert rows[0][2:4] == ["0", "100%"]
+    assert all(0 < float(r[2]) < 0.05 for r in rows[1:])
