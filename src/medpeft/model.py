@@ -26,7 +26,7 @@ from torch import nn
 
 from medpeft.backbones.base import CapabilityError, describe
 from medpeft.backbones.presets import find_preset, preset_kind
-from medpeft.backbones.timm_vit import build_vit
+from medpeft.backbones.timm_build import build_vit
 from medpeft.errors import ConfigError
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention

@@ -32,7 +32,7 @@ from medpeft.adapters_io.export import (
 from medpeft.adapters_io.folder import load_adapter, save_adapter
 from medpeft.adapters_io.head_file import HEAD_CONFIG, HEAD_WEIGHTS
 from medpeft.backbones.base import describe
-from medpeft.backbones.timm_vit import check_rebuilds
+from medpeft.backbones.timm_build import check_rebuilds
 from medpeft.cli import main
 from medpeft.errors import ConfigError
 from medpeft.methods import DoraSettings, LoraSettings

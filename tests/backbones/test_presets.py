@@ -16,7 +16,7 @@ from transformers import Dinov2Config, Dinov2Model
 import medpeft
 from medpeft.backbones.library import build_open_clip, build_transformers
 from medpeft.backbones.presets import PRESETS, backbone_presets
-from medpeft.backbones.timm_vit import build_vit, resolve_layers
+from medpeft.backbones.timm_build import build_vit, resolve_layers
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
 from medpeft.model import ModelSpec

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medpeft.adapters_io.folder import default_preprocessing
-from medpeft.backbones.timm_vit import build_vit, patch_multiple
+from medpeft.backbones.timm_build import build_vit, patch_multiple
 from medpeft.data.transforms import CLIP_MEAN, CLIP_STD
 from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.methods.mor.attach import mor_layers

@@ -12,7 +12,7 @@ from timm.layers import GluMlp, SwiGLUPacked
 from torch import nn
 
 from medpeft.backbones import build_vit
-from medpeft.backbones.timm_vit import check_backbone, check_model, patch_multiple, resolve_layers
+from medpeft.backbones.timm_build import check_backbone, check_model, patch_multiple, resolve_layers
 from medpeft.errors import ConfigError, WeightsError
 
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)

@@ -22,7 +22,7 @@ from torch import nn
 from medpeft import __version__
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.checkpoints import BackboneIdentity
-from medpeft.backbones.timm_vit import build_vit
+from medpeft.backbones.timm_build import build_vit
 from medpeft.config.tools import from_dict
 from medpeft.errors import ConfigError
 from medpeft.methods import get_method

@@ -38,7 +38,7 @@ from medpeft.adapters_io.folder import load_adapter, read_config
 from medpeft.adapters_io.head_file import HEAD_WEIGHTS, task_linear, write_head
 from medpeft.adapters_io.peft import native_view
 from medpeft.atomic import atomic_folder, atomic_write, atomic_write_text
-from medpeft.backbones.timm_vit import build_vit, check_rebuilds, classifier_prefixes, config_layers
+from medpeft.backbones.timm_build import build_vit, check_rebuilds, classifier_prefixes, config_layers
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.fusion.pooled import PooledClassifier

@@ -87,7 +87,8 @@ def _preprocessing(spec: dict, img_size: int, kwargs: dict) -> Preprocessing:
     """0.1 multimodal preprocessing: ViLT's 0.5 mean/std, or the timm backbone's own."""
     if spec["kind"] == "vilt":
         return Preprocessing(img_size, VILT_MEAN_STD, VILT_MEAN_STD, "bicubic", resize="squash")
-    from medpeft.backbones.timm_vit import build_vit, data_config
+    from medpeft.backbones.timm_build import build_vit
+    from medpeft.backbones.timm_vit import data_config
 
     with torch.device("meta"):
         vit = build_vit(spec["backbone"], spec["num_classes"], img_size, weight_init="skip", **kwargs)

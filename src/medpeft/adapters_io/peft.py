@@ -45,7 +45,7 @@ from medpeft.adapters_io.head_file import task_linear, write_head
 from medpeft.atomic import atomic_folder, atomic_write_text
 from medpeft.backbones.base import Backbone, native_name
 from medpeft.backbones.open_clip import PackedAttention
-from medpeft.backbones.timm_vit import classifier_prefixes
+from medpeft.backbones.timm_build import classifier_prefixes
 from medpeft.backbones.weights import write_state_dict
 from medpeft.errors import ConfigError
 from medpeft.fusion.pooled import PooledClassifier

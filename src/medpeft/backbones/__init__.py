@@ -8,7 +8,8 @@ transformers.
 """
 
 from medpeft.backbones import hf, open_clip, timm_hier  # noqa: F401  (register the families; hf and open_clip import no library)
-from medpeft.backbones.timm_vit import build_vit, data_config, load_backbone_weights
+from medpeft.backbones.timm_build import build_vit, load_backbone_weights
+from medpeft.backbones.timm_vit import data_config
 from medpeft.backbones.weights import read_state_dict
 
 __all__ = ["build_vit", "data_config", "load_backbone_weights", "read_state_dict"]

@@ -1,6 +1,6 @@
 """Build transformers and open_clip backbones by name, from a local folder or file, or at random.
 
-timm backbones are built by :func:`medpeft.backbones.timm_vit.build_vit`. Here:
+timm backbones are built by :func:`medpeft.backbones.timm_build.build_vit`. Here:
 
 ``transformers``: ``name`` is a hub id or a local folder (``config.json`` + weights, as
 ``save_pretrained`` writes it); ``model_kwargs`` are config fields. Without weights and

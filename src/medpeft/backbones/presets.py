@@ -12,7 +12,7 @@ timm presets carry ``pretrained_cfg_overlay``: timm's own record of the hub repo
 (``hf_hub_id``) and preprocessing, so ``pretrained=True`` downloads through timm's hub code
 and the adapter records the preset's input size, mean and std. Two poolings timm has no
 ``global_pool`` for are medpeft's ``pooling`` argument (see
-:func:`medpeft.backbones.timm_vit.apply_pooling`): ``cls_mean`` (Virchow) and ``mae_avg``
+:func:`medpeft.backbones.timm_build.apply_pooling`): ``cls_mean`` (Virchow) and ``mae_avg``
 (RETFound).
 """
 

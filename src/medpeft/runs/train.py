@@ -19,7 +19,7 @@ from torch import nn
 
 from medpeft.adapters_io.folder import HUB, save_adapter
 from medpeft.backbones.checkpoints import backbone_identity
-from medpeft.backbones.timm_vit import check_backbone, patch_multiple
+from medpeft.backbones.timm_build import check_backbone, patch_multiple
 from medpeft.checkpointing import enable_checkpointing, wants_checkpointing
 from medpeft.config import RunConfig, save_config
 from medpeft.config.paths import with_absolute_paths
