@@ -51,6 +51,17 @@ def test_threads_option_beats_env_which_beats_omp_which_beats_the_cores(four_cor
     assert resolve_threads(None, {"OMP_NUM_THREADS": "1"}) == 1
     assert resolve_threads(None, {}) == 4
     assert resolve_threads(None, {"LOCAL_WORLD_SIZE": "2"}) == 2  # accelerate launch: cores shared
+    assert resolve_threads(None, {}, command_default=1) == 1  # the demo's own default
+    assert resolve_threads(None, {"MEDPEFT_THREADS": "2"}, command_default=1) == 2
+
+
+def test_the_demo_defaults_to_one_thread_and_other_commands_to_the_cores(four_cores):
+    from medpeft.cli import build_parser
+
+    demo = build_parser().parse_args(["demo"])
+    train = build_parser().parse_args(["train", "some.yaml"])
+    assert resolve_threads(demo.threads, {}, command_default=getattr(demo, "default_threads", None)) == 1
+    assert resolve_threads(train.threads, {}, command_default=getattr(train, "default_threads", None)) == 4
 
 
 @pytest.mark.parametrize(("requested", "environ", "message"), [

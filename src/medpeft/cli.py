@@ -24,6 +24,8 @@ from medpeft.threads import configure_threads, resolve_threads
 if TYPE_CHECKING:
     from medpeft.config import RunConfig
 
+DEMO_THREADS = 1  # the demo's tiny ViT: 42 s on one thread, 56 s on two idle cores (benchmarks/demo_threads.py)
+
 
 def builtin_configs() -> dict[str, Path]:
     """Built-in recipe configs by name (``melo_shenzhen``, ...)."""
@@ -368,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--epochs", type=int, default=25, help="epochs of each adaptation run")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, default_threads=DEMO_THREADS)
 
     p = sub.add_parser("report", help="HTML report page of a finished run (plots, CIs, per-class table)")
     p.add_argument("run", help="run folder (holds report.json, adapter/)")
@@ -437,7 +439,7 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N",
         help="CPU threads for torch (default: $MEDPEFT_THREADS, else $OMP_NUM_THREADS, else the "
-        "cores this process may use; idle threads sleep instead of spinning)",
+        "cores this process may use (the demo: 1); idle threads sleep instead of spinning)",
     )
 
 
@@ -462,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _show_messages()
     try:
-        configure_threads(resolve_threads(args.threads))
+        threads = resolve_threads(args.threads, command_default=getattr(args, "default_threads", None))
+        configure_threads(threads)
         status = args.func(args)
     except KeyboardInterrupt:
         if os.environ.get("MEDPEFT_DEBUG"):

@@ -48,15 +48,19 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> int | None:
     return None
 
 
-def resolve_threads(requested: int | None = None, environ: Mapping[str, str] = os.environ) -> int:
+def resolve_threads(requested: int | None = None, environ: Mapping[str, str] = os.environ,
+                    command_default: int | None = None) -> int:
     """Torch's intra-op threads: ``requested`` (``--threads``), else ``$MEDPEFT_THREADS``, else
-    ``$OMP_NUM_THREADS``, else `available_cores` shared among the processes of one
-    ``accelerate launch`` (``LOCAL_WORLD_SIZE``)."""
+    ``$OMP_NUM_THREADS``, else the command's own default (the demo's tiny model is fastest on
+    one thread), else `available_cores` shared among the processes of one ``accelerate
+    launch`` (``LOCAL_WORLD_SIZE``)."""
     if requested is not None:
         return _positive(requested, "--threads")
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         if environ.get(name, "").strip():
             return _positive(environ[name], name)
+    if command_default is not None:
+        return command_default
     processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, available_cores() // max(1, processes))
 
