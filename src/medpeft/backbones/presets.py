@@ -152,10 +152,10 @@ _PRESETS: tuple[Preset, ...] = (
         sources=("https://huggingface.co/microsoft/rad-dino-maira-2/commit/f45ff57afb374a10dd243951eb6e8f0c1e7ceeef "
                  "(config.json of the same encoder: hidden 768, 12 layers, 12 heads, patch 14, image 518, "
                  "layerscale 1.0, eps 1e-6)",
-                 "https://huggingface.co/microsoft/rad-dino/tree/main"),
-        notes="mean/std are the model card's preprocessor_config.json values as medpeft recorded them; no stored "
-              "copy of that file was found to re-check them: verify against "
-              "https://huggingface.co/microsoft/rad-dino/blob/main/preprocessor_config.json",
+                 "https://huggingface.co/microsoft/rad-dino/tree/main",
+                 "https://huggingface.co/microsoft/rad-dino/blob/refs%2Fpr%2F9/preprocessor_config.json "
+                 "(BitImageProcessor: mean 0.5307, std 0.2583, bicubic resize of the shorter side to 518, "
+                 "centre crop 518)"),
     ),
     Preset(
         name="biomedclip", kind="open_clip", backbone="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
