@@ -71,3 +71,19 @@ def test_eval_with_the_override_warns_and_writes_into_evals(weights_run, replace
     assert json.loads((folder / "eval.json").read_text())["allow_other_weights"] is True
     assert {name: (run / name).read_bytes() for name in own} == own
     assert os.listdir(run / "evals") == ["eval"]
+
+
+def test_resuming_onto_a_replaced_weights_file_is_refused_before_anything_is_rewritten(
+    weights_run, replaced, image_argv, capsys
+) -> None:
+    run, weights, digest = weights_run
+    before = snapshot(run)
+    assert json.loads((run / "backbone_weights.json").read_text())["sha256"] == digest
+    # continuing the run for a second epoch resumes it from its checkpoint
+    assert main(image_argv(run, "train.epochs=2", f"model.weights={weights}")) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"medpeft train: error: {run}: the backbone weights changed since the run started: {weights} has "
+        f"sha256 {replaced}, the run records sha256 {digest}; restore those weights to resume, or start "
+        "over with --no-resume or a new output_dir"
+    )
+    assert snapshot(run) == before

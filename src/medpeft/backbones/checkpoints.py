@@ -118,12 +118,15 @@ def cached_hub_identity(repo: str, files: tuple[str, ...], revision: str | None 
     return BackboneIdentity(hub=f"{repo}@{revision}" if revision else repo)
 
 
-def identity_mismatch(recorded: BackboneIdentity, actual: BackboneIdentity) -> str | None:
-    """How the weights loaded now differ from those recorded; None if they agree or cannot be compared."""
+def identity_mismatch(
+    recorded: BackboneIdentity, actual: BackboneIdentity, recorder: str = "the adapter"
+) -> str | None:
+    """How the weights loaded now differ from those ``recorder`` recorded; None if they agree or
+    cannot be compared."""
     if recorded.sha256 and actual.sha256 and recorded.sha256 != actual.sha256:
-        return f"{actual.source} has sha256 {actual.sha256}, the adapter records sha256 {recorded.sha256}"
+        return f"{actual.source} has sha256 {actual.sha256}, {recorder} records sha256 {recorded.sha256}"
     if recorded.hub and actual.hub and not _same_repo(recorded.hub, actual.hub):
-        return f"the hub weights are {actual.hub}, the adapter records {recorded.hub}"
+        return f"the hub weights are {actual.hub}, {recorder} records {recorded.hub}"
     return None
 
 

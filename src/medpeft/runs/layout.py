@@ -1,7 +1,8 @@
 """Every file name of a run folder, in one place.
 
 A run folder holds the resolved ``config.yaml`` (file paths absolute) and
-``data_fingerprint.json`` (which data it was trained on, `medpeft.runs.fingerprint`); the
+``data_fingerprint.json`` (which data it was trained on, `medpeft.runs.fingerprint`),
+``backbone_weights.json`` (which backbone weights, `medpeft.runs.backbone_record`); the
 trainer's ``metrics.csv``, ``tensorboard/``, ``checkpoint.pt`` (resume state) and
 ``best.safetensors``; the
 ``adapter/`` folder; ``{split}_metrics.json`` and the per-sample scores
@@ -23,6 +24,7 @@ from pathlib import Path
 
 CONFIG = "config.yaml"
 DATA_FINGERPRINT = "data_fingerprint.json"
+BACKBONE_RECORD = "backbone_weights.json"
 EVALS_DIR = "evals"
 EVAL_RECORD = "eval.json"
 ADAPTER_DIR = "adapter"
@@ -55,6 +57,11 @@ class RunLayout:
     @property
     def data_fingerprint(self) -> Path:
         return self.root / DATA_FINGERPRINT
+
+    @property
+    def backbone_record(self) -> Path:
+        """Which backbone weights the run started from (`medpeft.runs.backbone_record`)."""
+        return self.root / BACKBONE_RECORD
 
     @property
     def evals(self) -> Path:

@@ -42,6 +42,7 @@ from medpeft.runs.data import (
     split_tables,
 )
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
+from medpeft.runs.backbone_record import check_backbone_record, write_backbone_record
 from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
 from medpeft.runs.intervention import check_two_stage, two_stage_model
 from medpeft.runs.layout import METRICS_CSV, RunLayout
@@ -174,10 +175,13 @@ def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progre
     two_stage = config.model.fusion in ("early_intervention", "late")
     if two_stage:
         check_two_stage(config, source)
-    check_architecture(model_spec(config, source), config.model.weights, config.model.pretrained)
+    m = config.model
+    spec = model_spec(config, source)
+    check_architecture(spec, m.weights, m.pretrained)
     fingerprint = data_fingerprint(config.data, source)
-    if resume:
-        check_fingerprint(layout, fingerprint, OTHER_DATA)  # before anything is rewritten
+    if resume:  # before anything is rewritten
+        check_fingerprint(layout, fingerprint, OTHER_DATA)
+        check_backbone_record(layout, backbone_identity(m.kind, spec.backbone, m.weights, m.pretrained))
     own.report.unlink(missing_ok=True)
     save_config(config, own.config)
     write_fingerprint(own, fingerprint)
@@ -193,7 +197,7 @@ def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progre
     if two_stage:
         spec, model, objective = two_stage_model(config, layout, source, resume, progress)
     else:
-        spec, objective = model_spec(config, source), None
+        objective = None
         torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
         model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
     cast_frozen(model, FROZEN_DTYPES[config.model.frozen_dtype])
@@ -250,6 +254,7 @@ def train_source(
     weights = config.model.weights or (HUB if config.model.pretrained else None)
     m = config.model
     backbone = backbone_identity(m.kind, spec.backbone, m.weights, m.pretrained, model)  # before training
+    write_backbone_record(own, backbone)
     result = fit(
         model, data.loader("train", tables["train"], train=True), data.loader("val", tables["val"]),
         source.task, config.train, layout.root, class_names=source.labels, resume=resume,
