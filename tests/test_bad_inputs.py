@@ -15,7 +15,7 @@ import medpeft.train.trainer as trainer
 from medpeft.atomic import atomic_write
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
-from medpeft.runs.layout import CHECKPOINT, METRICS_CSV
+from medpeft.train.files import CHECKPOINT, METRICS_CSV
 
 TINY = [
     "model.backbone=vit_tiny_patch16_224", "model.img_size=32", "model.pretrained=false",

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from medpeft.cli import main
-from medpeft.runs.layout import ADAPTER_DIR, METRICS_CSV
+from medpeft.runs.layout import ADAPTER_DIR
+from medpeft.train.files import METRICS_CSV
 
 from .conftest import snapshot
 

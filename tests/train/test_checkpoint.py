@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medpeft.errors import WeightsError
 from medpeft.model import ModelSpec, build_model
-from medpeft.runs.layout import BEST, CHECKPOINT
 from medpeft.train import TrainSettings, fit
 from medpeft.train.checkpoint import (
     load_checkpoint,
@@ -21,6 +20,7 @@ from medpeft.train.checkpoint import (
     set_rng_state,
     trainable_state,
 )
+from medpeft.train.files import BEST, CHECKPOINT
 from medpeft.train.schedules import build_optimizer, build_scheduler
 
 

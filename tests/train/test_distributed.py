@@ -25,8 +25,9 @@ from medpeft.cli import main
 from medpeft.data.loader import BatchShard, EvalShard, build_loader
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import ConfigError
-from medpeft.runs.layout import ADAPTER_DIR, METRICS_CSV
+from medpeft.runs.layout import ADAPTER_DIR
 from medpeft.train import distributed
+from medpeft.train.files import METRICS_CSV
 
 # `accelerate launch` from Python: its CLI imports timm, which needs medpeft's torchvision shim.
 LAUNCH = "import medpeft, sys; from accelerate.commands.accelerate_cli import main; sys.argv[0] = 'accelerate'; main()"

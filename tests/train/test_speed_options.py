@@ -22,8 +22,8 @@ from medpeft.data.transforms import build_transform
 from medpeft.errors import DataError
 from medpeft.methods import LoraSettings
 from medpeft.model import ModelSpec, build_model
-from medpeft.runs.layout import METRICS_CSV
 from medpeft.train import TrainSettings, fit
+from medpeft.train.files import METRICS_CSV
 
 CPU = dict(device="cpu", amp=False, epochs=1, lr=0.01)
 TIMING = {"data_s", "compute_s", "eval_s", "checkpoint_s"}

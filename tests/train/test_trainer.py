@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medpeft.errors import ConfigError
 from medpeft.model import ModelSpec, build_model
-from medpeft.runs.layout import BEST, CHECKPOINT, METRICS_CSV
 from medpeft.train import TrainSettings, evaluate, fit, predict, to_device
+from medpeft.train.files import BEST, CHECKPOINT, METRICS_CSV
 
 CPU = dict(device="cpu", amp=False)
 

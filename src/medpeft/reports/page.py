@@ -46,7 +46,8 @@ from medpeft.reports.stats import (
     headline_metrics,
     operating_point,
 )
-from medpeft.runs.layout import ADAPTER_DIR, METRICS_CSV, RunLayout
+from medpeft.runs.layout import ADAPTER_DIR, RunLayout
+from medpeft.train.files import METRICS_CSV
 from medpeft.units import format_size
 
 PAGE = "index.html"

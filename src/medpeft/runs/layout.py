@@ -4,7 +4,7 @@ A run folder holds the resolved ``config.yaml`` (file paths absolute) and
 ``data_fingerprint.json`` (which data it was trained on, `medpeft.runs.fingerprint`),
 ``backbone_weights.json`` (which backbone weights, `medpeft.runs.backbone_record`); the
 trainer's ``metrics.csv``, ``tensorboard/``, ``checkpoint.pt`` (resume state) and
-``best.safetensors``; the
+``best.safetensors`` (named in `medpeft.train.files`); the
 ``adapter/`` folder; ``{split}_metrics.json`` and the per-sample scores
 ``predictions_{split}.csv``; ``report/`` (``medpeft report``); for several modalities the seeded
 ``missing_{split}.csv`` tables and the grid reports ``grid.md``, ``grid.json``,
@@ -28,10 +28,6 @@ BACKBONE_RECORD = "backbone_weights.json"
 EVALS_DIR = "evals"
 EVAL_RECORD = "eval.json"
 ADAPTER_DIR = "adapter"
-METRICS_CSV = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.safetensors"
 SYNTHETIC_DIR = "synthetic_data"
 REPORT = "report.json"
 GRID = "grid"

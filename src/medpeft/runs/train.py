@@ -45,10 +45,11 @@ from medpeft.runs.data import (
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
 from medpeft.runs.intervention import check_two_stage, two_stage_model
-from medpeft.runs.layout import METRICS_CSV, RunLayout
+from medpeft.runs.layout import RunLayout
 from medpeft.runs.lock import run_lock
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
+from medpeft.train.files import METRICS_CSV
 from medpeft.train.settings import check_monitor, training_device
 from medpeft.train.trainer import Objective
 

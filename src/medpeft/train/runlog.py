@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medpeft.atomic import atomic_write_text
 from medpeft.data.csvfile import SpreadsheetWriter
-from medpeft.runs.layout import METRICS_CSV, TENSORBOARD_DIR
+from medpeft.train.files import METRICS_CSV, TENSORBOARD_DIR
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> Path:

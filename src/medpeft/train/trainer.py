@@ -29,7 +29,6 @@ from torch import nn
 from tqdm import tqdm
 
 from medpeft.errors import ConfigError, DataError, TrainingError
-from medpeft.runs.layout import BEST, CHECKPOINT
 from medpeft.tasks import check_task
 from medpeft.train import distributed
 from medpeft.train.checkpoint import (
@@ -41,6 +40,7 @@ from medpeft.train.checkpoint import (
     seed_everything,
 )
 from medpeft.train.evaluation import autocast, evaluate, logits_of, to_device
+from medpeft.train.files import BEST, CHECKPOINT
 from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
 from medpeft.train.schedules import build_optimizer, build_scheduler
