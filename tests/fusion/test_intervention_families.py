@@ -3,15 +3,19 @@ backbones: copies, names, missing modalities, one training step, activation chec
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
-from fixtures.families import write_open_clip
+from fixtures.families import OPEN_CLIP_CONFIG, write_open_clip
 
+from medpeft.backbones.base import CapabilityError
 from medpeft.checkpointing import backbone_blocks, disable_checkpointing, enable_checkpointing
 from medpeft.fusion.intervention import EarlyIntervention, ei_loss
 from medpeft.fusion.pooled import PooledClassifier
 from medpeft.methods.lora import LoraSettings
-from medpeft.model import ModelSpec, build_model
+from medpeft.model import ModelSpec, build_architecture, build_model
 
 MODS = ("a", "b")
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
@@ -115,3 +119,21 @@ def test_checkpointing_every_copy_keeps_the_gradients(family, tmp_path):
     assert len(backbone_blocks(model)) == 8 and plain.keys() == checkpointed.keys()
     assert any("lora_A" in n for n in plain)
     assert max((plain[n] - checkpointed[n]).abs().max().item() for n in plain) <= 1e-6
+
+
+def test_open_clip_custom_attention_blocks_are_refused_in_one_line(tmp_path):
+    folder = tmp_path / "qk_norm"
+    folder.mkdir()
+    config = copy.deepcopy(OPEN_CLIP_CONFIG)
+    config["model_cfg"]["vision_cfg"]["qk_norm"] = True  # open_clip's own Attention: no key mask
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    spec = ModelSpec(f"local-dir:{folder}", 3, "lora", LoraSettings(rank=2), kind="open_clip", modalities=MODS,
+                     fusion="early_intervention")
+    with pytest.raises(CapabilityError) as error:
+        build_architecture(spec)
+    assert str(error.value) == (
+        f"model.kind 'open_clip' (local-dir:{folder}: VisionTransformer (open_clip), family open_clip) takes one "
+        "image modality with model.fusion: auto; model.fusion 'early_intervention' needs a backbone whose blocks "
+        "take an attention mask (timm ViTs, transformers, open_clip ViTs) (see the capability table in "
+        "docs/methods.md)"
+    )
