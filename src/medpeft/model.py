@@ -225,6 +225,7 @@ def check_fusion(spec: ModelSpec) -> None:
 
 
 def _fusion_refusal(spec: ModelSpec, what: str, user: str) -> CapabilityError:
+    """The one-line refusal of ``spec``'s fusion on the backbone ``what``, for ``user`` (:func:`_fusion_user`)."""
     return CapabilityError(
         f"{what} takes one image modality with model.fusion: auto; {user} needs {FUSION_NEEDS[spec.fusion]} "
         "(see the capability table in docs/methods.md)"
@@ -244,7 +245,7 @@ def check_architecture(spec: ModelSpec, weights: str | Path | None = None, pretr
 
 
 def _fusion_user(spec: ModelSpec) -> str | None:
-    """What in ``spec`` needs a timm ViT (None: one image modality, fusion ``auto``)."""
+    """What in ``spec`` reads more than one image modality's model (None: one image modality, fusion ``auto``)."""
     if spec.fusion != "auto":
         return f"model.fusion {spec.fusion!r}"
     if spec.missing_token:
@@ -358,7 +359,7 @@ def _library_intervention(spec: ModelSpec, backbone: nn.Module) -> EarlyInterven
     view = describe(backbone)
     if not view.capabilities.masked_stream:
         what = f"model.kind {spec.kind!r} ({spec.backbone}: {view.describe()}, family {view.family})"
-        raise _fusion_refusal(spec, what, f"model.fusion {spec.fusion!r}")
+        raise _fusion_refusal(spec, what, _fusion_user(spec))
     single = PooledClassifier(backbone, spec.num_classes)
     targets = {m: deepcopy(single) for m in spec.modalities}
     return EarlyIntervention(targets, {m: deepcopy(single) for m in spec.modalities})

@@ -137,3 +137,22 @@ def test_open_clip_custom_attention_blocks_are_refused_in_one_line(tmp_path):
         "take an attention mask (timm ViTs, transformers, open_clip ViTs) (see the capability table in "
         "docs/methods.md)"
     )
+
+
+def test_a_biomedclip_like_tower_gets_tokens_of_its_trunk_width():
+    """open_clip's TimmModel: 16-d projected features, 192-d trunk tokens; the timm trunk masks."""
+    vision = dict(timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False, timm_pool="",
+                  timm_proj="linear", image_size=224)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("biomedclip", 3, "lora", LoraSettings(rank=2), modalities=MODS,
+                                  fusion="early_intervention", model_kwargs=dict(embed_dim=16, vision_cfg=vision)))
+    projector = model.projectors["a_to_b"]
+    assert (projector[0].normalized_shape, projector[3].out_features) == ((16,), 192)
+    assert "targets.a.backbone.trunk.blocks.0.attn.qkv.lora_A.default" in dict(model.named_parameters())
+    g = torch.Generator().manual_seed(1)
+    images = {m: torch.randn(2, 3, 224, 224, generator=g) for m in MODS}
+    with torch.no_grad():
+        out = model.eval()({"images": images, "present": torch.tensor([[True, True], [True, False]])})
+        alone = model.targets["a"](images["a"])
+    torch.testing.assert_close(out.targets[0, 1], alone[1], atol=1e-5, rtol=0)
+    assert (out.targets[0, 0] - alone[0]).abs().max() > 1e-4
