@@ -7,7 +7,9 @@ parameter names unchanged), any other backbone with one image modality (timm Swi
 and ConvNeXt, transformers, open_clip) sits under
 :class:`~medpeft.fusion.pooled.PooledClassifier`; several image modalities (or learned
 missing tokens) share one timm ViT token stream with modality embeddings
-(:class:`~medpeft.fusion.concat.MultiStreamViT`). :func:`check_fusion` refuses the
+(:class:`~medpeft.fusion.concat.MultiStreamViT`); early intervention gives every
+modality a target and a reference copy of the one-modality model
+(:class:`~medpeft.fusion.intervention.EarlyIntervention`). :func:`check_fusion` refuses the
 fusions a backbone cannot run before anything is built. The method comes from the
 registry (:mod:`medpeft.methods`); everything but the method's parameters and the
 fusion's new ones (head, pooler, modality embeddings) is frozen.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,7 +72,8 @@ class ModelSpec:
         max_text_len: Tokens per text (ViLT; longer than 40: the table is interpolated).
         model_kwargs: Extra ``timm.create_model`` arguments (``depth``, ``drop_rate``...).
         fusion: ``auto`` (as above), ``early_intervention`` (a target and a reference
-            timm ViT per image modality, :class:`~medpeft.fusion.intervention.EarlyIntervention`)
+            classifier per image modality over a timm ViT, transformers or open_clip ViT,
+            :class:`~medpeft.fusion.intervention.EarlyIntervention`)
             or ``late`` (one ViT per modality, features joined at the end,
             :class:`~medpeft.fusion.late.LateFusion`).
     """
@@ -186,20 +190,29 @@ def _one_image(backbone: nn.Module, num_classes: int, modality: str) -> nn.Modul
     return PooledClassifier(backbone, num_classes, modality)
 
 
+FUSION_NEEDS = {
+    "auto": "a backbone with a token stream (timm ViTs, transformers, open_clip)",
+    "early_intervention": "a backbone whose blocks take an attention mask (timm ViTs, transformers, open_clip ViTs)",
+    "late": "a timm ViT (model.kind: timm, family timm_vit)",
+}
+"""What each fusion needs of its backbone when it reads more than one image modality."""
+
+
 def check_fusion(spec: ModelSpec) -> None:
     """CapabilityError unless the fusion ``spec`` asks for can read its backbone.
 
     Several image modalities in one token stream and learned missing tokens need a
     backbone with a token stream (timm ViTs, transformers, open_clip); early intervention
-    and late fusion are built from timm ViTs (family ``timm_vit``). A timm backbone is
-    built on the meta device (no memory, no weights) to find its family.
+    needs blocks that take a key mask (checked on a transformers or open_clip backbone
+    once built, :func:`_library_intervention`); late fusion is built from timm ViTs (family
+    ``timm_vit``). A timm backbone is built on the meta device (no memory, no weights) to
+    find its family.
     """
     user = _fusion_user(spec)
     if user is None or spec.kind == "vilt":
         return
-    one_stream = spec.fusion == "auto"
     if spec.kind in LIBRARY_KINDS:
-        if one_stream:
+        if spec.fusion != "late":
             return
         what = f"model.kind {spec.kind!r} ({spec.backbone})"
     else:
@@ -208,10 +221,13 @@ def check_fusion(spec: ModelSpec) -> None:
         if view.family == "timm_vit":
             return
         what = f"{spec.backbone} ({type(view.module).__name__}, family {view.family})"
-    need = ("a backbone with a token stream (timm ViTs, transformers, open_clip)" if one_stream
-            else "a timm ViT (model.kind: timm, family timm_vit)")
-    raise CapabilityError(
-        f"{what} takes one image modality with model.fusion: auto; {user} needs {need} "
+    raise _fusion_refusal(spec, what, user)
+
+
+def _fusion_refusal(spec: ModelSpec, what: str, user: str) -> CapabilityError:
+    """The one-line refusal of ``spec``'s fusion on the backbone ``what``, for ``user`` (:func:`_fusion_user`)."""
+    return CapabilityError(
+        f"{what} takes one image modality with model.fusion: auto; {user} needs {FUSION_NEEDS[spec.fusion]} "
         "(see the capability table in docs/methods.md)"
     )
 
@@ -229,7 +245,7 @@ def check_architecture(spec: ModelSpec, weights: str | Path | None = None, pretr
 
 
 def _fusion_user(spec: ModelSpec) -> str | None:
-    """What in ``spec`` needs a timm ViT (None: one image modality, fusion ``auto``)."""
+    """What in ``spec`` reads more than one image modality's model (None: one image modality, fusion ``auto``)."""
     if spec.fusion != "auto":
         return f"model.fusion {spec.fusion!r}"
     if spec.missing_token:
@@ -317,7 +333,9 @@ def _library_model(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
     Raises:
         ConfigError: ``spec.img_size`` differs from an open_clip tower's one input size.
     """
-    if len(spec.modalities) == 1 and not spec.missing_token:
+    if spec.fusion == "early_intervention":
+        model = _library_intervention(spec, backbone)
+    elif len(spec.modalities) == 1 and not spec.missing_token:
         model = PooledClassifier(backbone, spec.num_classes, spec.modalities[0])
     else:
         model = MultiStreamViT(backbone, spec.modalities, spec.missing_token, spec.num_classes)
@@ -329,6 +347,22 @@ def _library_model(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
             f"images only (its position embeddings are not interpolated); set model.img_size: {size} or null"
         )
     return model
+
+
+def _library_intervention(spec: ModelSpec, backbone: nn.Module) -> EarlyIntervention:
+    """Early intervention over copies of the one-modality model of ``backbone`` (a
+    PooledClassifier): every target and reference starts with the same backbone and head.
+
+    Raises:
+        CapabilityError: the backbone's blocks take no key mask (open_clip custom attention).
+    """
+    view = describe(backbone)
+    if not view.capabilities.masked_stream:
+        what = f"model.kind {spec.kind!r} ({spec.backbone}: {view.describe()}, family {view.family})"
+        raise _fusion_refusal(spec, what, _fusion_user(spec))
+    single = PooledClassifier(backbone, spec.num_classes)
+    targets = {m: deepcopy(single) for m in spec.modalities}
+    return EarlyIntervention(targets, {m: deepcopy(single) for m in spec.modalities})
 
 
 def _vilt_model(spec: ModelSpec, pretrained: bool, weights: str | Path | None) -> nn.Module:

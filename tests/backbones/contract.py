@@ -113,3 +113,28 @@ def check_token_feature_map(backbone: Backbone, images: torch.Tensor, grid: tupl
     assert features.shape == (len(images), tokens.shape[-1], rows, cols)
     torch.testing.assert_close(features[:, :, 0, 1], tokens[:, prefix + 1])
     torch.testing.assert_close(features[:, :, 1, 0], tokens[:, prefix + cols])
+
+
+def check_masked_stream(backbone: Backbone, images: torch.Tensor, junk_tokens: int = 3) -> None:
+    """Tokens masked out of attention are as if absent for the others (<= 1e-5): with
+    ``junk_tokens`` random tokens appended and masked, the real tokens leave every block
+    as without them; sample 0 keeps its first junk token, which then does change them."""
+    with torch.no_grad():
+        real = backbone.embed(images)
+        count = real.shape[1]
+        junk = 3 * torch.randn(len(images), junk_tokens, real.shape[-1], generator=torch.Generator().manual_seed(2))
+        stream = torch.cat([real, junk], 1)
+        mask = torch.ones(stream.shape[:2], dtype=torch.bool)
+        mask[:, count:] = False
+        mask[0, count] = True
+        alone, with_one, masked, unmasked = real, stream[:1, : count + 1], stream, stream
+        for index in range(len(backbone.block_names())):
+            alone = backbone.run_block(index, alone)
+            with_one = backbone.run_block(index, with_one)
+            masked = backbone.run_block(index, masked, key_mask=mask)
+            unmasked = backbone.run_block(index, unmasked)
+    torch.testing.assert_close(masked[1:, :count], alone[1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked[:1, : count + 1], with_one, atol=1e-5, rtol=0)
+    assert (unmasked[:, :count] - alone).abs().amax() > 1e-3  # the junk matters when not masked (100x the tolerance)
+    assert (with_one[:, :count] - alone[:1]).abs().amax() > 1e-3
+    assert backbone.capabilities.masked_stream

@@ -27,6 +27,7 @@ from medpeft.backbones.library import build_transformers
 from medpeft.errors import ConfigError
 from tests.backbones.contract import (
     check_attention_weights,
+    check_masked_stream,
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
     check_prepare,
@@ -212,3 +213,11 @@ def test_preprocessing_of_a_hub_id_is_its_cached_processor_file(tmp_path, monkey
     assert describe(model).preprocessing() == DINOV2_INPUT
     model.config._name_or_path = "org/other"  # not in the cache: the class's defaults
     assert describe(model).preprocessing()["mean"] == IMAGENET_MEAN_STD[0]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("name", MODELS)
+def test_masked_tokens_are_as_if_absent(name, attention, images):
+    model = BUILDERS[name]()
+    model.set_attn_implementation(attention)
+    check_masked_stream(describe(model), images)

@@ -17,6 +17,7 @@ from medpeft.backbones.library import build_open_clip
 from medpeft.backbones.open_clip import PackedAttention
 from medpeft.errors import ConfigError
 from tests.backbones.contract import (
+    check_masked_stream,
     check_native_checkpoint_loads,
     check_perturbation_reaches_output,
     check_prepare,
@@ -213,3 +214,27 @@ def test_preprocessing_is_the_towers_config_else_open_clips_defaults(tmp_path):
 def test_a_model_open_clip_cannot_build_is_named(name, message):
     with pytest.raises(ConfigError, match=message):
         build_open_clip(name)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_masked_tokens_are_as_if_absent(name, images):
+    check_masked_stream(describe(BUILDERS[name]()), images)
+
+
+def test_a_biomedclip_like_timm_trunk_masks_tokens_through_its_timm_view():
+    torch.manual_seed(0)
+    cfg = CLIPVisionCfg(timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False, timm_pool="",
+                        timm_proj="linear", image_size=224)
+    tower = _build_vision_tower(EMBED, cfg).eval()
+    backbone = describe(tower)
+    assert type(tower).__name__ == "TimmModel" and backbone.width == EMBED
+    check_masked_stream(backbone, torch.randn(2, 3, 224, 224))
+
+
+def test_custom_attention_blocks_take_no_key_mask(images):
+    backbone = describe(_tower(qk_norm=True)())
+    assert not backbone.capabilities.masked_stream
+    tokens = backbone.embed(images)
+    with pytest.raises(CapabilityError, match=r"^VisionTransformer \(open_clip\) has no masked token stream "
+                                              r"\(its blocks take no attention mask\)$"):
+        backbone.run_block(0, tokens, key_mask=torch.ones(tokens.shape[:2], dtype=torch.bool))

@@ -110,7 +110,9 @@ CONVNEXT_ARGS = _timm(*CONVNEXT)
      "convnext_tiny (ConvNeXt, family timm_hier) takes one image modality with model.fusion: auto; "
      "model.fusion 'late' needs a timm ViT"),
     ("mora_synthetic", ["method=lora", "model.fusion=early_intervention", *SWIN_ARGS],
-     "model.fusion 'early_intervention' needs a timm ViT"),
+     "swin_tiny_patch4_window7_224 (SwinTransformer, family timm_hier) takes one image modality with "
+     "model.fusion: auto; model.fusion 'early_intervention' needs a backbone whose blocks take an attention mask "
+     "(timm ViTs, transformers, open_clip ViTs)"),
     ("mora_synthetic", ["method=lora", "data.missing_image=token", *SWIN_ARGS],
      "data.missing_image: token (a learned token per missing image) needs a backbone with a token stream"),
     ("melo_shenzhen", ["model.kind=open_clip", "OPEN_CLIP", "model.img_size=64"],

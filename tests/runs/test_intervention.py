@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from medpeft.cli import main
 
@@ -96,3 +97,37 @@ def test_late_fusion_baseline_trains_from_the_same_stage_1(tmp_path):
     recorded = (run / "test_metrics.json").read_text()
     assert main(["eval", str(run)]) == 0
     assert (run / "test_metrics.json").read_text() == recorded
+
+
+def test_both_stages_train_on_a_transformers_backbone(tmp_path):
+    """EI over a tiny random-init Dinov2Model: LoRA in every copy's ``backbone``, stage 1 per modality,
+    eval reproduces the run, predict takes a sample without a modality."""
+    run = tmp_path / "run"
+    dinov2 = ["model.kind=transformers", "model.backbone=tiny", "model.pretrained=false", "model.img_size=32",
+              "model.kwargs={model_type: dinov2, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+              "image_size: 32, patch_size: 8}"]
+    settings = [s for s in EI if not s.startswith(("method=", "data.modalities=", "model."))]
+    argv = ["train", "mora_synthetic", f"output_dir={run}", "method=lora", "model.fusion=early_intervention",
+            "data.modalities={a: image, b: image}", *settings, *dinov2, "--quiet"]
+    assert main(argv) == 0
+    for m in "ab":
+        config = json.loads((run / "stage1" / m / "adapter" / "adapter_config.json").read_text())
+        assert (config["kind"], config["fusion"], list(config["modalities"])) == ("transformers", "auto", [m])
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert (config["kind"], config["fusion"]) == ("transformers", "early_intervention")
+    saved = safe_open(run / "adapter" / "adapter_model.safetensors", "pt").keys()
+    assert "references.b.backbone.encoder.layer.1.attention.v_proj.lora_A" in saved
+    assert {"targets.a.head.weight", "gate.weight", "projectors.b_to_a.3.weight"} <= set(saved)
+
+    recorded = (run / "test_metrics.json").read_text()
+    assert main(["eval", str(run)]) == 0
+    assert (run / "test_metrics.json").read_text() == recorded
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,a,b\nall,a/00000.png,b/00000.png\nno_b,a/00000.png,\n")
+    out = tmp_path / "preds.csv"
+    argv = ["predict", str(run / "adapter"), "--manifest", str(rows), "--root", str(run / "synthetic_data"),
+            "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    with open(out) as f:
+        preds = list(csv.DictReader(f))
+    assert [p["id"] for p in preds] == ["all", "no_b"] and all(p["status"] == "ok" for p in preds)

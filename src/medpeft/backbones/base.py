@@ -277,7 +277,7 @@ class Backbone(ABC):
     def refuse_mask(self, key_mask: torch.Tensor | None) -> None:
         """CapabilityError if a key mask is given to a family whose blocks take none."""
         if key_mask is not None:
-            raise self.missing("masked token stream (early intervention needs timm ViT blocks)")
+            raise self.missing("masked token stream (its blocks take no attention mask)")
 
     def describe(self) -> str:
         """``ClassName (library)`` for messages: the library's class, also under medpeft's

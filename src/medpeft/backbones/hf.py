@@ -34,6 +34,9 @@ Images of any size multiple of the patch go through: the position embeddings are
 interpolated (``interpolate_pos_encoding=True``; DINOv2 always interpolates). Attention
 weights are read per block with eager attention (:meth:`TransformersBackbone.attention_weights`:
 ``model.set_attn_implementation("eager")``, the attention modules' second output).
+A key mask (:meth:`TransformersBackbone.run_block`, early intervention) becomes the mask
+``create_bidirectional_mask`` builds from a padding mask for the model's attention
+implementation, so a masked token is as if absent for every other token.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ class TransformersBackbone(Backbone):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            token_stream=True, cls_token=True, patch_grid=True, attention_maps=True, feature_map=True
+            token_stream=True, cls_token=True, patch_grid=True, attention_maps=True, feature_map=True,
+            masked_stream=True,
         )
 
     @property
@@ -250,9 +254,11 @@ class TransformersBackbone(Backbone):
         return tokens
 
     def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One layer without attention mask (transformers 5.x layers return the tensor)."""
-        self.refuse_mask(key_mask)
-        return self.module.get_submodule(self.layout.layers)[index](tokens, None)
+        """One layer (transformers 5.x layers return the tensor); ``key_mask`` becomes the mask the
+        model's attention implementation reads (eager: additive, sdpa: boolean), as the model's
+        own forward builds it from a padding mask."""
+        mask = None if key_mask is None else self._attention_mask(tokens, key_mask)
+        return self.module.get_submodule(self.layout.layers)[index](tokens, mask)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The final layernorm of the CLS token (a layernorm is per token, so norm-then-CLS is the same)."""
@@ -268,6 +274,12 @@ class TransformersBackbone(Backbone):
                 f"{self.describe()} has no module {first}: medpeft reads the module layout of "
                 "transformers 5 (pip install 'transformers>=5')"
             ) from None
+
+    def _attention_mask(self, tokens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor | None:
+        """transformers' bidirectional mask of ``key_mask`` for the model's attention implementation."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(self.module.config, tokens, key_mask.to(tokens.device))
 
     def _interpolation(self) -> dict[str, bool]:
         return {"interpolate_pos_encoding": True} if self.layout.interpolation_flag else {}

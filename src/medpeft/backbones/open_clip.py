@@ -16,6 +16,9 @@ Two kinds of tower:
   (pooling, ``ln_post`` and ``proj`` included); the token stream is open_clip's own
   ``_embeds`` (conv1, class embedding, positions, patch dropout, ``ln_pre``) and
   ``_pool`` + ``proj``, so the image size is the tower's (no position interpolation).
+  A key mask (early intervention) reaches every block's :class:`PackedAttention` as an
+  additive ``[B, 1, 1, N]`` bias (``-inf`` on masked keys); towers with custom attention
+  blocks take none.
 - ``TimmModel`` (BiomedCLIP, SigLIP): a timm ``trunk`` and open_clip's ``head``
   (projection). Blocks, roles and tokens are those of the trunk's timm family, under
   ``trunk.``; pooled features pass the trunk's classifier (the projection of configs
@@ -98,7 +101,9 @@ class PackedAttention(nn.Module):
         need_weights: bool = False,
         attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
-        """``(output, None)`` for ``[B, L, width]`` inputs; ``attn_mask`` as in ``nn.MultiheadAttention``."""
+        """``(output, None)`` for ``[B, L, width]`` inputs; ``attn_mask`` as in ``nn.MultiheadAttention``
+        (``[L, S]`` or ``[B * heads, L, S]``), or an additive ``[B, 1 or heads, 1 or L, S]`` bias
+        (:func:`key_bias`)."""
         if need_weights:
             raise ValueError("PackedAttention does not return attention weights (need_weights=False)")
         batch, length, width = query.shape
@@ -127,6 +132,12 @@ def _additive_mask(
     if mask.dim() == 3:
         mask = mask.view(batch, heads, *mask.shape[-2:])
     return mask.to(dtype)
+
+
+def key_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias ``[B, 1, 1, N]`` of a key mask ``Bool[B, N]``: ``-inf`` where False."""
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    return bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]
 
 
 def tower_input(tower: nn.Module) -> ImageInput:
@@ -179,7 +190,8 @@ class OpenClipBackbone(Backbone):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            token_stream=True, cls_token=True, patch_grid=True, attention_maps=False, feature_map=True
+            token_stream=True, cls_token=True, patch_grid=True, attention_maps=False, feature_map=True,
+            masked_stream=self._torch_attention(),
         )
 
     @property
@@ -239,8 +251,18 @@ class OpenClipBackbone(Backbone):
                 hook.remove()
 
     def run_block(self, index: int, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        self.refuse_mask(key_mask)
-        return self.module.transformer.resblocks[index](tokens)
+        """Block ``index``; a ``key_mask`` goes to its :class:`PackedAttention` (put in place here)."""
+        block = self.module.transformer.resblocks[index]
+        if key_mask is None:
+            return block(tokens)
+        if not self._torch_attention():
+            self.refuse_mask(key_mask)
+        self.prepare()
+        return block(tokens, attn_mask=key_bias(key_mask.to(tokens.device), tokens.dtype))
+
+    def _torch_attention(self) -> bool:
+        """Every block attends with torch's attention (``nn.MultiheadAttention`` or :class:`PackedAttention`)."""
+        return all(isinstance(block.attn, (nn.MultiheadAttention, PackedAttention)) for block in self.blocks())
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         pooled, _ = self.module._pool(tokens)

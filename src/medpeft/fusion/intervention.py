@@ -11,6 +11,13 @@ goes to ``m``'s head. A gate ``Linear(M*dim -> M)`` on the detached target featu
 gives softmax weights ``alpha``; the fused logits are ``sum_m alpha_m * detach(logits_m)``,
 so the fused loss trains the gate only.
 
+Backbones (the paper's are timm ViTs): every copy is a per-modality classifier of
+any backbone whose blocks take a key mask (capability ``masked_stream``: timm ViTs,
+transformers ViT / DINOv2 / CLIP, open_clip ViTs): a timm ViT with its own ``head``, or
+a :class:`~medpeft.fusion.pooled.PooledClassifier` (``backbone`` + ``head``). Where the
+pooled features are narrower than the tokens (an open_clip projection), the projectors
+map the reference's features to the target's token width.
+
 Beyond the paper (whose code asserts every modality): a modality missing in a sample
 drops its intervention tokens (masked out of attention, exactly as if absent) and its
 gate entry; a sample needs at least one modality.
@@ -37,11 +44,12 @@ LOSS_WEIGHTS = (1.0, 1.0, 0.3, 0.1)  # fused, targets, references, gate
 
 
 class InterventionProjector(nn.Sequential):
-    """``LN -> Linear(dim, hidden) -> GELU -> Linear(hidden, dim)`` (hidden: dim / 2)."""
+    """``LN -> Linear(dim, hidden) -> GELU -> Linear(hidden, out)`` (hidden: dim / 2; out: dim
+    unless the token stream is wider than the pooled features)."""
 
-    def __init__(self, dim: int, hidden: int | None = None) -> None:
+    def __init__(self, dim: int, hidden: int | None = None, out: int | None = None) -> None:
         hidden = hidden or dim // 2
-        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out or dim))
 
 
 @dataclass
@@ -69,13 +77,18 @@ class EIOutput:
 
 
 class EarlyIntervention(nn.Module):
-    """EI over ``M`` image modalities, each with a target and a reference timm ViT.
+    """EI over ``M`` image modalities, each with a target and a reference classifier.
 
     Args:
-        targets: modality -> timm VisionTransformer (classifier head at ``head``), the
-            copy that receives intervention tokens.
-        references: modality -> timm VisionTransformer giving the reference [CLS] and
-            the reference logits (stage 1's model of that modality).
+        targets: modality -> classifier whose backbone receives intervention tokens: a
+            timm ViT (classifier ``head``) or a module with one backbone view and a
+            ``head`` (:class:`~medpeft.fusion.pooled.PooledClassifier`).
+        references: modality -> classifier of the same kind giving the reference
+            features and logits (stage 1's model of that modality).
+
+    Raises:
+        ConfigError: fewer than 2 modalities, or copies missing.
+        CapabilityError: a backbone whose blocks take no key mask.
     """
 
     def __init__(self, targets: Mapping[str, nn.Module], references: Mapping[str, nn.Module]) -> None:
@@ -88,26 +101,29 @@ class EarlyIntervention(nn.Module):
             )
         self.targets = nn.ModuleDict(dict(targets))
         self.references = nn.ModuleDict({m: references[m] for m in self.modalities})
-        self.views = {name: describe(vit) for name, vit in self.named_encoders().items()}
+        inner = {name: inner_backbone(classifier) for name, classifier in self.named_encoders().items()}
+        self.views = {name: view for name, (_, view) in inner.items()}
+        self.prefixes = {name: f"{name}.{prefix}" if prefix else name for name, (prefix, _) in inner.items()}
         for view in self.views.values():
             view.require("masked_stream", "early intervention")
-        first = next(iter(targets.values()))
-        dim, self.num_classes = self.views[f"targets.{self.modalities[0]}"].width, first.num_classes
-        self.projectors = nn.ModuleDict(
-            {pair_name(r, m): InterventionProjector(dim) for m in self.modalities for r in self.others(m)}
-        )
+        first = self.views[f"targets.{self.modalities[0]}"]
+        dim, self.num_classes = first.width, self.targets[self.modalities[0]].head.out_features
+        self.projectors = nn.ModuleDict({
+            pair_name(r, m): InterventionProjector(dim, out=first.token_width)
+            for m in self.modalities for r in self.others(m)
+        })
         self.gate = nn.Linear(len(self.modalities) * dim, len(self.modalities))
         heads = [f"{copy}.{m}.head." for copy in ("targets", "references") for m in self.modalities]
         self.trained_prefixes = ("projectors.", "gate.", *heads)
 
     def named_encoders(self) -> dict[str, nn.Module]:
-        """Every modality's target and reference ViT, by qualified name."""
+        """Every modality's target and reference classifier, by qualified name."""
         return {**{f"targets.{m}": v for m, v in self.targets.items()},
                 **{f"references.{m}": v for m, v in self.references.items()}}
 
     def backbone_views(self) -> dict[str, Backbone]:
-        """The views of :meth:`named_encoders`."""
-        return dict(self.views)
+        """The backbone views of :meth:`named_encoders`, by the qualified name of their backbone."""
+        return {self.prefixes[name]: view for name, view in self.views.items()}
 
     def others(self, modality: str) -> list[str]:
         """The reference modalities of a target, in modality order."""
@@ -166,6 +182,16 @@ class EarlyIntervention(nn.Module):
             x = view.run_block(index, x, key_mask=mask)
         feats = view.pool(x[:, :length])
         return feats.unflatten(0, (batch, per_sample)).mean(1)
+
+
+def inner_backbone(classifier: nn.Module) -> tuple[str, Backbone]:
+    """``(name of the backbone inside classifier, its view)``: the classifier itself (``""``)
+    for a timm ViT, the one backbone view of a fusion model (``backbone`` of a PooledClassifier)."""
+    views = getattr(classifier, "backbone_views", None)
+    if views is None:
+        return "", describe(classifier)
+    [(prefix, view)] = views().items()
+    return prefix, view
 
 
 def pair_name(reference: str, target: str) -> str:
