@@ -3,8 +3,9 @@
 Requests put their preprocessed sample on a bounded asyncio queue and await a
 future. One worker task takes the first waiting sample, keeps collecting until
 the batch holds ``max_batch`` samples or ``max_wait`` has passed since that first
-one, and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in a
-worker thread, so the event loop keeps accepting requests meanwhile.
+one, and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its
+one forward thread, so the event loop keeps accepting requests meanwhile; samples
+arriving during a forward make up the next batch, which thus grows with the load.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medpeft.errors import MedpeftError
+from medpeft.threads import set_thread_threads
 
 Inputs = Mapping[str, torch.Tensor]
 PredictFn = Callable[[Sequence[str], Sequence[Inputs]], list[torch.Tensor]]
@@ -46,6 +48,7 @@ class MicroBatcher:
         max_wait_s: How long a batch waits for more samples after its first.
         queue_size: Samples allowed to wait; `submit` refuses more.
         on_batch: Called with the size and duration of every finished batch.
+        threads: Torch intra-op threads of the forward thread (None: torch's setting).
     """
 
     def __init__(
@@ -55,8 +58,10 @@ class MicroBatcher:
         max_wait_s: float,
         queue_size: int,
         on_batch: BatchHook | None = None,
+        threads: int | None = None,
     ) -> None:
         self._predict = predict
+        self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -71,8 +76,14 @@ class MicroBatcher:
 
     def start(self) -> None:
         """Start the worker (inside the running event loop)."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medpeft-predict")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="medpeft-predict", initializer=self._set_up_thread
+        )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="medpeft-batcher")
+
+    def _set_up_thread(self) -> None:
+        if self._threads is not None:
+            set_thread_threads(self._threads)
 
     async def stop(self) -> None:
         """Stop the worker; samples still waiting fail with `Overloaded`."""
