@@ -164,12 +164,12 @@ class Server:
             raise RuntimeError(f"{name} did not start:\n" + "".join(self.log))
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def batches(self) -> tuple[float, float]:
-        """(samples, batches) so far, from ``/metrics``; (0, 0) without batch metrics."""
+    def batches(self) -> tuple[float, float, float]:
+        """(samples, batches, forward seconds) so far, from ``/metrics``; zeros without them."""
         text = httpx.get(self.url + "/metrics", timeout=30).text if self.name != "naive" else ""
-        total = re.search(r"^medpeft_batch_size_sum ([\d.e+]+)", text, re.M)
-        count = re.search(r"^medpeft_batch_size_count ([\d.e+]+)", text, re.M)
-        return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
+        names = ("medpeft_batch_size_sum", "medpeft_batch_size_count", "medpeft_batch_duration_seconds_sum")
+        found = [re.search(rf"^{name} ([\d.e+-]+)", text, re.M) for name in names]
+        return tuple(float(f.group(1)) if f else 0.0 for f in found)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -188,6 +188,7 @@ class Level:
     seconds: float = 0.0
     samples: float = 0.0
     batches: float = 0.0
+    forward_s: float = 0.0  # seconds the server spent in batched forwards
     first_error: str = ""
 
     @property
@@ -242,6 +243,7 @@ def measure(servers: list[Server], args: argparse.Namespace, bodies: list[bytes]
                 after = server.batches()
                 level.samples += after[0] - before[0]
                 level.batches += after[1] - before[1]
+                level.forward_s += after[2] - before[2]
                 print(f"round {round_ + 1} {server.name:6s} {clients:4d} clients: "
                       f"{level.throughput:7.1f} req/s so far, {level.errors} errors", flush=True)
     return results
@@ -286,16 +288,17 @@ def profile(directory: Path, body: bytes, max_batch: int) -> list[tuple[str, flo
 
 
 def table(results: dict[tuple[str, int], Level], args: argparse.Namespace) -> list[str]:
-    rows = ["| clients | server | req/s | p50 ms | p99 ms | mean batch | errors | vs naive |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| clients | server | req/s | p50 ms | p99 ms | mean batch | forward busy | errors | vs naive |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in args.clients:
         naive = results["naive", clients]
         for name in ("serve", "naive"):
             level = results[name, clients]
             batch = level.samples / level.batches if level.batches else 1.0
             ratio = level.throughput / naive.throughput if naive.throughput else float("nan")
+            busy = f"{level.forward_s / level.seconds:.0%}" if level.batches else "-"
             rows.append(f"| {clients} | {name} | {level.throughput:.1f} | {level.percentile(50):.1f} | "
-                        f"{level.percentile(99):.1f} | {batch:.1f} | {level.errors} | {ratio:.2f}x |")
+                        f"{level.percentile(99):.1f} | {batch:.1f} | {busy} | {level.errors} | {ratio:.2f}x |")
     return rows
 
 
