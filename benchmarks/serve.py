@@ -24,13 +24,17 @@ Run: ``python benchmarks/serve.py`` (table to ``benchmarks/results/serve.md``).
 
 from __future__ import annotations
 
+import os
+
 import medpeft  # noqa: F401  (torchvision shim before timm)
+from medpeft.threads import SLEEPING_THREADS
+
+os.environ.update(SLEEPING_THREADS)  # before torch is imported: idle OpenMP threads sleep, as in `medpeft serve`
 
 # isort: split
 import argparse
 import asyncio
 import io
-import os
 import re
 import statistics
 import subprocess
