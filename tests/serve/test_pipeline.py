@@ -48,6 +48,7 @@ def test_samples_arriving_during_a_forward_make_up_the_next_batch():
 
 
 def test_the_deadline_flushes_a_batch_that_is_not_full():
+    """A sample on its way that never comes holds a batch for ``max_wait_s``, not longer."""
     batches: list[int] = []
 
     def predict(tasks, inputs):
@@ -58,15 +59,32 @@ def test_the_deadline_flushes_a_batch_that_is_not_full():
         batcher = MicroBatcher(predict, max_batch=64, max_wait_s=0.05, queue_size=100)
         batcher.start()
         try:
-            first = await asyncio.wait_for(asyncio.gather(
-                *(batcher.submit("tb", {"x": torch.tensor(float(i))}) for i in range(3))), timeout=30)
-            second = await asyncio.wait_for(batcher.submit("tb", {"x": torch.tensor(3.0)}), timeout=30)
+            with batcher.arriving():  # e.g. an upload whose decoding fails
+                first = await asyncio.wait_for(asyncio.gather(
+                    *(batcher.submit("tb", {"x": torch.tensor(float(i))}) for i in range(3))), timeout=30)
+                second = await asyncio.wait_for(batcher.submit("tb", {"x": torch.tensor(3.0)}), timeout=30)
             return [*first, second]
         finally:
             await batcher.stop()
 
     assert [float(r) for r in asyncio.run(scenario())] == [0.0, 1.0, 2.0, 3.0]
     assert batches == [3, 1]  # each answered without 61 or 63 more samples
+
+
+def test_a_batch_waits_only_for_samples_on_their_way():
+    """With nothing being decoded a lone sample runs at once, not after ``max_wait_s`` (an hour)."""
+    seen: list[int] = []
+
+    async def scenario() -> float:
+        batcher = MicroBatcher(lambda tasks, inputs: [x["x"] for x in inputs], 8, 3600.0, 100,
+                               on_batch=lambda size, _: seen.append(size))
+        batcher.start()
+        try:
+            return float(await asyncio.wait_for(batcher.submit("tb", {"x": torch.tensor(7.0)}), timeout=30))
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == 7.0 and seen == [1]
 
 
 class Watched:

@@ -3,7 +3,7 @@
 Requests put their preprocessed sample on a bounded asyncio queue and await a
 future. One worker task takes the first waiting sample, keeps collecting until
 the batch holds ``max_batch`` samples or ``max_wait`` has passed since that first
-one, and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its
+one (at once when no other sample is on its way, see `MicroBatcher.arriving`), and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its
 one forward thread, so the event loop keeps accepting requests meanwhile; samples
 arriving during a forward make up the next batch, which thus grows with the load.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -67,6 +67,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Sample] = asyncio.Queue(maxsize=queue_size)
         self._on_batch = on_batch
+        self._arriving = 0  # samples being prepared (decoded) for `submit`
         self._worker: asyncio.Task | None = None
 
     @property
@@ -98,6 +99,16 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a sample on its way (its upload being decoded): a batch waits for it, up to
+        ``max_wait_s``; with none on the way a batch runs without waiting."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
     async def submit(self, task: str, inputs: Inputs) -> torch.Tensor:
         """The probabilities of one sample, once its batch has run.
 
@@ -119,7 +130,8 @@ class MicroBatcher:
             await self._predict_batch([s for s in batch if not s.future.done()])
 
     async def _collect(self) -> list[_Sample]:
-        """The next batch: the first waiting sample and whatever joins within ``max_wait_s``."""
+        """The next batch: the first waiting sample and whatever joins within ``max_wait_s``
+        (no wait when no sample is on its way)."""
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         deadline = loop.time() + self.max_wait_s
@@ -128,7 +140,7 @@ class MicroBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self._arriving:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -87,9 +87,9 @@ def as_task(info: TaskInfo) -> Task:
           responses=error_responses(400, 404, 413, 415, 422, 503))
 async def predict(request: Request, state: Server) -> Prediction:
     """Probabilities of one sample: a ``task`` field and one image file per modality."""
-    name, files = await read_upload(request)
-    loop = asyncio.get_running_loop()
-    info, inputs = await loop.run_in_executor(state.decoder, decode, state, name, files)
+    with state.batcher.arriving():  # a batch forming meanwhile waits for it (up to --max-wait-ms)
+        name, files = await read_upload(request)
+        info, inputs = await asyncio.get_running_loop().run_in_executor(state.decoder, decode, state, name, files)
     scores = await state.batcher.submit(name, inputs)
     return Prediction.of(as_task(info), scores.tolist(), list(files))
 
