@@ -19,7 +19,8 @@ the server's ``/metrics`` (``medpeft_batch_size``); the baseline's is 1 by const
 The stage profile times one request's parts in this process (decode, preprocess, forward
 at batch 1 and at ``--max-batch``, JSON) on the same bank.
 
-Run: ``python benchmarks/serve.py`` (table to ``benchmarks/results/serve.md``).
+Run: ``python benchmarks/serve.py`` (ViT-S/16 at 112 and at 224 px, 1/8/32/128 clients, about
+6 minutes; tables to ``benchmarks/results/serve.md``).
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ TARGET_CLIENTS, TARGET_RATIO = 32, 2.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT (random weights)")
-    parser.add_argument("--img-size", type=int, default=112, help="the model's input size")
+    parser.add_argument("--img-size", type=int, nargs="+", default=[112, 224],
+                        help="the model's input size; each gets its own adapters, servers and table")
     parser.add_argument("--png-size", type=int, default=256, help="side of the uploaded PNGs")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--seconds", type=float, default=6.0, help="per level, server and round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--serve-options", default="", help="extra `medpeft serve` options, e.g. '--max-batch 32'")
+    parser.add_argument("--max-batch", type=int, default=16, help="medpeft serve --max-batch (and the profile's)")
+    parser.add_argument("--serve-options", default="", help="more `medpeft serve` options, e.g. '--threads 1'")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--naive", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # run the baseline server
     return parser.parse_args(argv)
@@ -319,39 +322,28 @@ def verdict(results: dict[tuple[str, int], Level]) -> str:
             + ("target met." if ok else "target NOT met."))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.naive is not None:
-        run_naive(args.naive)
-        return 0
-    command = "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+def run_size(args: argparse.Namespace, img_size: int) -> list[str]:
+    """Profile and benchmark both servers on adapters of one input size; the section's markdown lines."""
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        directory = write_adapters(Path(tmp), args.model, args.img_size)
+        directory = write_adapters(Path(tmp), args.model, img_size)
         bodies = png_bodies(16, args.png_size)
-        serve_argv = [sys.executable, "-m", "medpeft.cli", "serve", str(directory), "--port", "0",
-                      "--device", "cpu", "--no-auth", *args.serve_options.split()]
-        naive_argv = [sys.executable, __file__, "--naive", str(directory)]
-        max_batch = int(re.search(r"--max-batch\s+(\d+)", args.serve_options).group(1)) \
-            if "--max-batch" in args.serve_options else 16
-        stages = profile(directory, bodies[0], max_batch)
-        servers = [Server("serve", serve_argv), Server("naive", naive_argv)]
+        serve_argv = [sys.executable, "-m", "medpeft.cli", "serve", str(directory), "--port", "0", "--device", "cpu",
+                      "--no-auth", "--max-batch", str(args.max_batch), *args.serve_options.split()]
+        stages = profile(directory, bodies[0], args.max_batch)
+        servers = [Server("serve", serve_argv), Server("naive", [sys.executable, __file__, "--naive", str(directory)])]
         try:
             results = measure(servers, args, bodies)
         finally:
             for server in servers:
                 server.stop()
     lines = [
-        "# Serving throughput: `medpeft serve` vs a naive FastAPI app",
+        f"## {args.model} at {img_size} px",
         "",
-        f"Command: `{command.strip()}`",
+        f"Random weights, 2 LoRA tasks (q+v, ranks 4 and 8) alternating per request; {args.png_size} px RGB "
+        f"PNG uploads; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.",
         "",
-        f"Model: {args.model} at {args.img_size} px (random weights), 2 LoRA tasks (q+v, ranks 4 and 8) "
-        f"alternating per request; {args.png_size} px RGB PNG uploads; torch {torch.__version__}, "
-        f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}. "
-        f"{args.rounds} interleaved rounds of {args.seconds:g} s per level and server.",
-        "",
-        "Stage profile (median ms, one request's parts in the benchmark process):",
+        "Stage profile (median ms, one request's parts in the benchmark process, the servers' torch threads):",
         "",
         "| stage | ms |",
         "|---|---:|",
@@ -364,7 +356,28 @@ def main(argv: list[str] | None = None) -> int:
     errors = {f"{n} {c}": level.first_error for (n, c), level in results.items() if level.first_error}
     if errors:
         lines += ["", "First error per level: " + "; ".join(f"{k}: {v}" for k, v in errors.items())]
-    text = "\n".join(lines) + "\n"
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.naive is not None:
+        run_naive(args.naive)
+        return 0
+    command = "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "# Serving throughput: `medpeft serve` vs a naive FastAPI app",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs shared with other work (see the load averages); "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per level and server; "
+        f"`medpeft serve --max-batch {args.max_batch} {args.serve_options}`, other options at their defaults.",
+        "",
+    ]
+    for img_size in args.img_size:
+        lines += run_size(args, img_size)
+    text = "\n".join(lines)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
