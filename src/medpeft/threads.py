@@ -98,8 +98,9 @@ def set_thread_threads(threads: int) -> None:
     """Run torch ops of the calling thread on ``threads`` intra-op threads (a pool initializer).
 
     With OpenMP the count is per calling thread: the server's decode threads take one each
-    while its forward thread keeps its own. Torch's own first-use set-up of this thread runs
-    first, so it cannot undo the count later.
+    while its forward thread sets its own. Torch's own first-use set-up of this thread runs
+    first, so it cannot undo the count later; threads that first use torch after this call
+    start from the same count unless they set theirs.
     """
     import torch
 
