@@ -19,8 +19,8 @@ the server's ``/metrics`` (``medpeft_batch_size``); the baseline's is 1 by const
 The stage profile times one request's parts in this process (decode, preprocess, forward
 at batch 1 and at ``--max-batch``, JSON) on the same bank.
 
-Run: ``python benchmarks/serve.py`` (ViT-S/16 at 112 and at 224 px, 1/8/32/128 clients, about
-6 minutes; tables to ``benchmarks/results/serve.md``).
+Run: ``python benchmarks/serve.py`` (ViT-S/16 at 64, 112 and 224 px, 1/8/32/128 clients, about
+10 minutes; tables to ``benchmarks/results/serve.md``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ TARGET_CLIENTS, TARGET_RATIO = 32, 2.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT (random weights)")
-    parser.add_argument("--img-size", type=int, nargs="+", default=[112, 224],
+    parser.add_argument("--img-size", type=int, nargs="+", default=[64, 112, 224],
                         help="the model's input size; each gets its own adapters, servers and table")
     parser.add_argument("--png-size", type=int, default=256, help="side of the uploaded PNGs")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
