@@ -3,8 +3,9 @@
 Requests put their preprocessed sample on a bounded asyncio queue and await a
 future. One worker task takes the first waiting sample, keeps collecting until
 the batch holds ``max_batch`` samples or ``max_wait`` has passed since that first
-one (at once when no other sample is on its way, see `MicroBatcher.arriving`), and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its
-one forward thread, so the event loop keeps accepting requests meanwhile; samples
+one (no wait when no other sample is on its way, see `MicroBatcher.arriving`), and
+runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its one
+forward thread, so the event loop keeps accepting requests meanwhile; samples
 arriving during a forward make up the next batch, which thus grows with the load.
 """
 
