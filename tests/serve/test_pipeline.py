@@ -38,7 +38,8 @@ def test_samples_arriving_during_a_forward_make_up_the_next_batch():
         try:
             first = asyncio.ensure_future(batcher.submit("tb", {"x": torch.tensor(0.0)}))
             await asyncio.sleep(0.05)  # the worker took it: the forward is running
-            rest = [batcher.submit(("tb", "blood")[i % 2], {"x": torch.tensor(float(i))}) for i in range(1, 6)]
+            tasks = ("tb", "blood")
+            rest = [batcher.submit(tasks[i % 2], {"x": torch.tensor(float(i))}) for i in range(1, 6)]
             return [float(r) for r in await asyncio.gather(first, *rest)]
         finally:
             await batcher.stop()
@@ -117,7 +118,9 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_uploads_decode_in_the_pool_on_one_torch_thread_and_forwards_in_one_thread(adapter_dir, two_torch_threads):
+def test_uploads_decode_in_the_pool_on_one_torch_thread_and_forwards_in_one_thread(
+    adapter_dir, two_torch_threads
+):
     bank = Watched(AdapterBank.from_directory(adapter_dir))
     app = create_app(bank, ServeSettings(max_batch=4, max_wait_ms=20, max_decodes=3), adapter_dir)
     tasks = list(TASKS)

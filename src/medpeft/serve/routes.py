@@ -89,7 +89,8 @@ async def predict(request: Request, state: Server) -> Prediction:
     """Probabilities of one sample: a ``task`` field and one image file per modality."""
     with state.batcher.arriving():  # a batch forming meanwhile waits for it (up to --max-wait-ms)
         name, files = await read_upload(request)
-        info, inputs = await asyncio.get_running_loop().run_in_executor(state.decoder, decode, state, name, files)
+        loop = asyncio.get_running_loop()
+        info, inputs = await loop.run_in_executor(state.decoder, decode, state, name, files)
     scores = await state.batcher.submit(name, inputs)
     return Prediction.of(as_task(info), scores.tolist(), list(files))
 
