@@ -403,14 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="0: any free port (the log names it)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--max-batch", type=int, default=16, help="samples per forward pass, any mix of tasks")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits to fill while other requests are on their way")
     p.add_argument("--queue-size", type=int, default=256, help="waiting samples before 503")
     p.add_argument("--max-upload-mb", "--max-body-mb", type=float, default=32.0,
                    help="largest request body before 413")
     p.add_argument("--max-pixels", type=int,
                    help="most pixels of an uploaded image or volume slice, checked before decoding "
                    "(default: 60 M, as data.max_pixels)")
-    p.add_argument("--max-decodes", type=int, help="uploads decoded at once (default: the CPU cores)")
+    p.add_argument("--max-decodes", type=int,
+                   help="threads decoding uploads, one torch thread each (default: the CPU cores)")
     p.add_argument("--token", help="bearer token every API call needs (default: $MEDPEFT_TOKEN; none: open)")
     p.add_argument("--no-auth", action="store_true",
                    help="serve without a token even if MEDPEFT_TOKEN is set (empty)")

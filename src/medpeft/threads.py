@@ -92,3 +92,17 @@ def configure_threads(threads: int, environ: MutableMapping[str, str] = os.envir
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # inter-op pool already started: too late
         torch.set_num_interop_threads(1)
+
+
+def set_thread_threads(threads: int) -> None:
+    """Run torch ops of the calling thread on ``threads`` intra-op threads (a pool initializer).
+
+    With OpenMP the count is per calling thread: the server's decode threads take one each
+    while its forward thread sets its own. Torch's own first-use set-up of this thread runs
+    first, so it cannot undo the count later; threads that first use torch after this call
+    start from the same count unless they set theirs.
+    """
+    import torch
+
+    torch.get_num_threads()  # torch's per-thread set-up, which would reset the count
+    torch.set_num_threads(threads)

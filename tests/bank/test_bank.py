@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from medpeft.methods import MorSettings
 from medpeft.model import ModelSpec, build_model
 from tests.bank.conftest import TASKS, write_task
 from tests.methods.conftest import BACKBONE, TINY
+from tests.serve.conftest import png_bytes
 
 MIXED = ["tb", "blood", "chest", "tb", "chest", "blood"]
 
@@ -189,3 +192,29 @@ def test_preprocess_reads_files_with_the_options_training_recorded(bank_dir, tmp
     saturated = (narrow == narrow.max()).float().mean() + (narrow == narrow.min()).float().mean()
     assert saturated > 0.8
     assert not torch.allclose(default, narrow)
+
+
+def test_task_lookups_and_preprocessing_do_not_wait_for_a_running_forward(bank_dir):
+    """The server decodes uploads while a batch runs: only the model waits for the model."""
+    bank = AdapterBank.from_directory(bank_dir)
+    inside, release = threading.Event(), threading.Event()
+    forward = bank._forward
+
+    def held_forward(images, names):
+        inside.set()
+        assert release.wait(30)
+        return forward(images, names)
+
+    bank._forward = held_forward
+    x = bank.preprocess("tb", {"image": png_bytes(0)})
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(bank.predict, ["tb"], [x])
+        assert inside.wait(30)
+        lookups = pool.submit(lambda: (bank.task("blood").labels, bank.tasks_by_name(), len(bank.tasks()),
+                                       bank.preprocess("blood", {"image": png_bytes(1)})["image"].shape))
+        try:
+            answered = lookups.result(timeout=30)
+        finally:
+            release.set()
+        assert answered == (TASKS["blood"][1], sorted(TASKS), 3, (3, 32, 32))
+        assert running.result(timeout=30)[0].shape == (3,)

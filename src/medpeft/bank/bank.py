@@ -95,7 +95,8 @@ class AdapterBank:
         self._preprocessors: dict[str, Preprocessor] = {}
         self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._cpu: dict[str, dict[str, torch.Tensor]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the model: loading, eviction, forwards
+        self._tasks_lock = threading.Lock()  # the task registry alone: lookups never wait for a forward
         self.skipped: dict[str, str] = {}  # task name -> why it is not served (skip_unservable)
 
     @classmethod
@@ -190,17 +191,17 @@ class AdapterBank:
 
     def tasks(self) -> list[TaskInfo]:
         """Every task, in registration order."""
-        with self._lock:
+        with self._tasks_lock:
             return [self._info(name) for name in self._configs]
 
     def tasks_by_name(self) -> list[str]:
         """The names of every task, in registration order."""
-        with self._lock:
+        with self._tasks_lock:
             return list(self._configs)
 
     def task(self, name: str) -> TaskInfo:
         """One task; UnknownTask for a name the bank does not hold."""
-        with self._lock:
+        with self._tasks_lock:
             return self._info(self._known(name))
 
     def register(self, name: str, folder: str | Path) -> TaskInfo:
@@ -225,7 +226,7 @@ class AdapterBank:
             )
         verify_weights(config, folder, self._weights_identity, self._allow_other_weights)
         size = tensor_bytes(folder)
-        with self._lock:
+        with self._lock, self._tasks_lock:
             if name in self._configs:
                 raise ConfigError(f"task {name!r} is already in the bank ({self._folders[name]})")
             self._folders[name], self._configs[name], self._bytes[name] = folder, config, size
@@ -234,7 +235,7 @@ class AdapterBank:
     def _check_joins(self, config: AdapterConfig, folder: Path) -> None:
         """ConfigError unless the adapter can join this bank: a fully fine-tuned model
         only as the one task of a bank of its own (it replaces the backbone's weights)."""
-        with self._lock:
+        with self._tasks_lock:
             alone = not self._configs
             owned = any(get_method(c.method).trains_everything for c in self._configs.values())
         if owned:
@@ -268,7 +269,7 @@ class AdapterBank:
             BadInput: naming the modality whose data cannot be decoded.
             WrongModality: for a modality the task does not read.
         """
-        with self._lock:
+        with self._tasks_lock:  # not the model's lock: uploads decode while a batch runs
             name = self._known(name)
             if name not in self._preprocessors:
                 self._preprocessors[name] = Preprocessor(name, self._configs[name])

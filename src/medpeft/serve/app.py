@@ -1,9 +1,11 @@
 """The FastAPI app of ``medpeft serve``: many task adapters on one frozen backbone over HTTP.
 
 :func:`create_app` wires an :class:`~medpeft.bank.AdapterBank` to the endpoints of
-:mod:`medpeft.serve.routes`, a :class:`~medpeft.serve.batcher.MicroBatcher` that
-merges concurrent requests of any tasks into one forward pass, Prometheus metrics,
-a request-body limit, a bound on uploads decoded at once and optional bearer-token
+:mod:`medpeft.serve.routes`, a pool of ``max_decodes`` threads that decode and
+preprocess uploads off the event loop (one torch thread each), a
+:class:`~medpeft.serve.batcher.MicroBatcher` that merges concurrent requests of any
+tasks into one forward pass in its own thread (torch's thread setting), Prometheus
+metrics, a request-body limit and optional bearer-token
 auth (the OpenAPI spec and its pages included). Error bodies never name server-side
 paths. The app keeps no state of its own beyond the bank's adapter cache, so
 replicas behind a load balancer need only the same adapter directory.
@@ -11,12 +13,13 @@ replicas behind a load balancer need only the same adapter directory.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -29,8 +32,10 @@ from medpeft.serve.metrics import ServeMetrics
 from medpeft.serve.middleware import BodyLimit, RequestMetrics, UploadTooLarge
 from medpeft.serve.routes import DOCS_ASSETS, STATIC, ServerState, api, docs_assets, public
 from medpeft.serve.settings import ServeSettings
+from medpeft.threads import set_thread_threads
 
 RETRY_AFTER_S = "1"
+DECODE_THREADS = 1  # torch threads of each decode thread: the forward thread keeps the cores' worth
 
 
 def create_app(
@@ -48,8 +53,10 @@ def create_app(
     metrics = ServeMetrics()
     batcher = MicroBatcher(
         bank.predict, settings.max_batch, settings.max_wait_ms / 1000,
-        settings.queue_size, on_batch=metrics.observe_batch,
+        settings.queue_size, on_batch=metrics.observe_batch, threads=torch.get_num_threads(),
     )
+    decoder = ThreadPoolExecutor(max_workers=settings.max_decodes, thread_name_prefix="medpeft-decode",
+                                 initializer=set_thread_threads, initargs=(DECODE_THREADS,))
     metrics.watch(lambda: batcher.depth, lambda: sum(t.loaded for t in bank.tasks()))
 
     @asynccontextmanager
@@ -59,6 +66,7 @@ def create_app(
             yield
         finally:
             await batcher.stop()
+            decoder.shutdown(wait=True)
 
     app = FastAPI(
         title="medpeft", version=__version__, lifespan=lifespan,
@@ -68,8 +76,7 @@ def create_app(
     )
     folder = Path(directory) if directory is not None else None
     skipped = {name: hide_paths(reason, folder) for name, reason in bank.skipped.items()}
-    app.state.medpeft = ServerState(bank, settings, batcher, metrics, folder,
-                                    asyncio.Semaphore(settings.max_decodes), skipped=skipped)
+    app.state.medpeft = ServerState(bank, settings, batcher, metrics, folder, decoder, skipped=skipped)
     app.include_router(public)
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

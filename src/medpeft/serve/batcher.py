@@ -3,8 +3,10 @@
 Requests put their preprocessed sample on a bounded asyncio queue and await a
 future. One worker task takes the first waiting sample, keeps collecting until
 the batch holds ``max_batch`` samples or ``max_wait`` has passed since that first
-one, and runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in a
-worker thread, so the event loop keeps accepting requests meanwhile.
+one (no wait when no other sample is on its way, see `MicroBatcher.arriving`), and
+runs a single ``predict(tasks, inputs)`` for the whole mix of tasks in its one
+forward thread, so the event loop keeps accepting requests meanwhile; samples
+arriving during a forward make up the next batch, which thus grows with the load.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from medpeft.errors import MedpeftError
+from medpeft.threads import set_thread_threads
 
 Inputs = Mapping[str, torch.Tensor]
 PredictFn = Callable[[Sequence[str], Sequence[Inputs]], list[torch.Tensor]]
@@ -46,6 +49,7 @@ class MicroBatcher:
         max_wait_s: How long a batch waits for more samples after its first.
         queue_size: Samples allowed to wait; `submit` refuses more.
         on_batch: Called with the size and duration of every finished batch.
+        threads: Torch intra-op threads of the forward thread (None: torch's setting).
     """
 
     def __init__(
@@ -55,13 +59,16 @@ class MicroBatcher:
         max_wait_s: float,
         queue_size: int,
         on_batch: BatchHook | None = None,
+        threads: int | None = None,
     ) -> None:
         self._predict = predict
+        self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Sample] = asyncio.Queue(maxsize=queue_size)
         self._on_batch = on_batch
+        self._arriving = 0  # samples being prepared (decoded) for `submit`
         self._worker: asyncio.Task | None = None
 
     @property
@@ -71,8 +78,14 @@ class MicroBatcher:
 
     def start(self) -> None:
         """Start the worker (inside the running event loop)."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medpeft-predict")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="medpeft-predict", initializer=self._set_up_thread
+        )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="medpeft-batcher")
+
+    def _set_up_thread(self) -> None:
+        if self._threads is not None:
+            set_thread_threads(self._threads)
 
     async def stop(self) -> None:
         """Stop the worker; samples still waiting fail with `Overloaded`."""
@@ -86,6 +99,16 @@ class MicroBatcher:
                 sample.future.set_exception(Overloaded("the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a sample on its way (its upload being decoded): a batch waits for it, up to
+        ``max_wait_s``; with none on the way a batch runs without waiting."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     async def submit(self, task: str, inputs: Inputs) -> torch.Tensor:
         """The probabilities of one sample, once its batch has run.
@@ -108,7 +131,8 @@ class MicroBatcher:
             await self._predict_batch([s for s in batch if not s.future.done()])
 
     async def _collect(self) -> list[_Sample]:
-        """The next batch: the first waiting sample and whatever joins within ``max_wait_s``."""
+        """The next batch: the first waiting sample and whatever joins within ``max_wait_s``
+        (no wait when no sample is on its way)."""
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         deadline = loop.time() + self.max_wait_s
@@ -117,7 +141,7 @@ class MicroBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self._arriving:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -8,6 +8,7 @@ import dataclasses
 import hmac
 import importlib.util
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -16,13 +17,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from medpeft.adapters_io.config import CONFIG_NAME
 from medpeft.bank import AdapterBank, BankGroup, TaskInfo, UnknownTask
 from medpeft.bank.tasks import check_task_name
-from medpeft.serve.batcher import MicroBatcher
+from medpeft.serve.batcher import Inputs, MicroBatcher
 from medpeft.serve.metrics import CONTENT_TYPE, ServeMetrics
 from medpeft.serve.schemas import (
     PREDICT_BODY,
@@ -49,7 +49,7 @@ class ServerState:
     batcher: MicroBatcher
     metrics: ServeMetrics
     directory: Path | None  # the bank's adapter directory (new task folders are looked up there)
-    decodes: asyncio.Semaphore  # uploads decoded at once
+    decoder: ThreadPoolExecutor  # decodes and preprocesses uploads, --max-decodes at once
     discovery: threading.Lock = field(default_factory=threading.Lock)
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it is not served (no server paths)
 
@@ -87,12 +87,18 @@ def as_task(info: TaskInfo) -> Task:
           responses=error_responses(400, 404, 413, 415, 422, 503))
 async def predict(request: Request, state: Server) -> Prediction:
     """Probabilities of one sample: a ``task`` field and one image file per modality."""
-    name, files = await read_upload(request)
-    task = as_task(await run_in_threadpool(find_task, state, name))
-    async with state.decodes:
-        inputs = await run_in_threadpool(state.bank.preprocess, name, files, state.settings.max_pixels)
+    with state.batcher.arriving():  # a batch forming meanwhile waits for it (up to --max-wait-ms)
+        name, files = await read_upload(request)
+        loop = asyncio.get_running_loop()
+        info, inputs = await loop.run_in_executor(state.decoder, decode, state, name, files)
     scores = await state.batcher.submit(name, inputs)
-    return Prediction.of(task, scores.tolist(), list(files))
+    return Prediction.of(as_task(info), scores.tolist(), list(files))
+
+
+def decode(state: ServerState, name: str, files: dict[str, bytes]) -> tuple[TaskInfo, Inputs]:
+    """The task ``name`` and its preprocessed inputs (in a decode thread, off the event loop)."""
+    info = find_task(state, name)
+    return info, state.bank.preprocess(name, files, state.settings.max_pixels)
 
 
 def find_task(state: ServerState, name: str) -> TaskInfo:

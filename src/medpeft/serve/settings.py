@@ -18,13 +18,15 @@ class ServeSettings:
 
     Attributes:
         max_batch: Samples per forward pass; a batch closes when it is full ...
-        max_wait_ms: ... or this long after its first sample arrived.
+        max_wait_ms: ... or this long after its first sample arrived (waiting only while
+            other requests are being read or decoded).
         queue_size: Samples waiting for a batch; beyond it requests get 503.
         max_upload_mb: Largest request body (all files together); beyond it 413.
         token: Bearer token every API call must carry (``None``: no auth).
         max_pixels: Most pixels of an uploaded image (or of the slice read from a
             volume), checked before decoding, for every task whatever its adapter records.
-        max_decodes: Uploads decoded at once (default: the CPU cores); others wait.
+        max_decodes: Threads decoding and preprocessing uploads, so uploads decoded at
+            once (default: the CPU cores); others wait.
     """
 
     max_batch: int = 16
