@@ -18,6 +18,13 @@ different adapters per sample computes all its deltas at once: each sample's
 ``A`` and dense ``B`` are gathered (zero-padded to the largest rank, which leaves
 the product unchanged) from stacks cached per layer, and applied with two
 batched matmuls.
+
+Inference with one adapter for the whole batch (eval mode, no gradients) runs the
+frozen Linear on a cached merged weight ``W + scale * B @ A`` instead: one matmul,
+the base model's cost. The cache holds one weight per layer (a copy of the frozen
+weight, for the adapter routed last) and is dropped when the layer goes back to
+training; a change to the adapter or the base weight, or another routed adapter,
+rebuilds it. Results depend only on the weights and the routing, not on earlier calls.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medpeft.methods.wrapped import WrappedLinear
-from medpeft.routing import current
+from medpeft.routing import current, note_adapters_changed
 
 Segment = tuple[int, int]
 
@@ -64,6 +71,7 @@ class LoRALinear(WrappedLinear):
         self.scaling: dict[str, float] = {}
         self.merged_adapters: list[str] = []
         self._stack_cache: tuple | None = None  # (key, slots, A^T stack, B^T stack)
+        self._merged_cache: tuple | None = None  # (key, merged weight)
 
     def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
         """Add a fresh adapter: A kaiming-uniform(a=sqrt 5), B zeros, scale = alpha / rank."""
@@ -82,7 +90,7 @@ class LoRALinear(WrappedLinear):
         )
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / rank  # real division: MeLo's `alpha // r` floors to 0
-        self._stack_cache = None
+        self._forget_caches()
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter (unmerging it first if it is merged)."""
@@ -90,7 +98,19 @@ class LoRALinear(WrappedLinear):
             self.unmerge(name)
         del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         del self.scaling[name]
+        self._forget_caches()
+
+    def _forget_caches(self) -> None:
+        """Drop the stacked and merged weights after an adapter was added or removed."""
         self._stack_cache = None
+        self._merged_cache = None
+        note_adapters_changed()
+
+    def train(self, mode: bool = True) -> LoRALinear:
+        """Set training mode; going back to training frees the merged weight (see :meth:`merged_for`)."""
+        if mode:
+            self._merged_cache = None
+        return super().train(mode)
 
     def adapter_or_first(self, name: str | None) -> str | None:
         """``name``, or the first adapter added to the layer (None: no adapter)."""
@@ -121,13 +141,16 @@ class LoRALinear(WrappedLinear):
         return dense.index_copy(0, self.segment_index, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         routing = current()
         if routing.is_mixed():
-            return self.add_mixed_delta(out, x, routing.adapters)
+            return self.add_mixed_delta(self.base(x), x, routing.adapters)
         name = routing.adapter_for(self.lora_A)
         if name not in self.lora_A or name in self.merged_adapters:
-            return out
+            return self.base(x)
+        merged = self.merged_for(name, x)
+        if merged is not None:
+            return F.linear(x, merged, self.base.bias)
+        out = self.base(x)
         # One matmul with the dense B over the full output, added in place (no scatter,
         # no delta-sized temporary: the output is read and written once).
         hidden = self.scaled_hidden(x, name).to(out.dtype)
@@ -192,6 +215,37 @@ class LoRALinear(WrappedLinear):
         if self._stack_cache is None:
             return 0
         return sum(t.numel() * t.element_size() for t in self._stack_cache[2:])
+
+    def merged_for(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """The cached ``W + scale * B @ A`` of adapter ``name`` to run ``x`` through, or None
+        (run unmerged).
+
+        Only for inference: eval mode, no gradients, not under ``torch.compile``, a plain
+        ``nn.Linear`` base without hooks whose weight has the dtype of ``x`` and of the
+        adapter (so never with ``model.frozen_dtype``). Built by the first such call and
+        reused while its key holds: the adapter's name and scale and the identity
+        (storage and version counter) of ``A``, ``B`` and the base weight, so an optimizer
+        step, a load, a merge or another routed adapter rebuilds it. One weight per layer,
+        read into a local first, so threads routing different adapters each get their own.
+        """
+        base = self.base
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        a, b = self.lora_A[name], self.lora_B[name]
+        plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
+        if not plain or not base.weight.dtype == a.dtype == x.dtype:
+            return None
+        key = (name, self.scaling[name], _identity(a), _identity(b), _identity(base.weight))
+        cache = self._merged_cache
+        if cache is None or cache[0] != key:
+            cache = (key, base.weight.index_add(0, self.segment_index, self.delta_weight(name)))
+            self._merged_cache = cache
+        return cache[1]
+
+    def merged_bytes(self) -> int:
+        """Bytes held by the cached merged weight (see :meth:`merged_for`)."""
+        cache = self._merged_cache
+        return 0 if cache is None else cache[1].numel() * cache[1].element_size()
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""
