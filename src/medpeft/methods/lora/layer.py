@@ -238,9 +238,21 @@ class LoRALinear(WrappedLinear):
         key = (name, self.scaling[name], _identity(a), _identity(b), _identity(base.weight))
         cache = self._merged_cache
         if cache is None or cache[0] != key:
-            cache = (key, base.weight.index_add(0, self.segment_index, self.delta_weight(name)))
+            cache = (key, self.merged_weight(name))
             self._merged_cache = cache
         return cache[1]
+
+    def merged_weight(self, name: str) -> torch.Tensor:
+        """A new tensor ``W + scale * B @ A`` of adapter ``name`` (the base weight is unchanged).
+
+        One copy of ``W`` and one ``addmm_`` per segment into its rows (contiguous), with the
+        scale as ``alpha``: about half the time of building ``delta_weight`` and adding it.
+        """
+        merged = self.base.weight.clone()
+        a, b = self.lora_A[name], self.lora_B[name]
+        for s, (start, stop) in enumerate(self.segments):
+            merged[start:stop].addmm_(b[s], a[s], alpha=self.scaling[name])
+        return merged
 
     def merged_bytes(self) -> int:
         """Bytes held by the cached merged weight (see :meth:`merged_for`)."""

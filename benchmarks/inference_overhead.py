@@ -1,0 +1,189 @@
+"""Inference overhead of one LoRA adapter: medpeft vs the plain timm model, PEFT alongside.
+
+For each backbone and batch size, in a fresh process: the plain timm ViT (the base), the
+model :func:`medpeft.adapt` gives (q+v LoRA r=4 + head, random ``B`` so the adapter acts;
+eval + ``no_grad``, the adapter not merged: its layers serve the cached merged weight),
+the same model with the cache off (training mode with dropout 0: the unmerged
+``W x + s B A x`` path, what every call paid before the cache), the adapter folded in by
+``merge_lora``, two tasks alternating call by call (the cache rebuilt at every call), and
+Hugging Face PEFT's unmerged LoRA (rank 2r on the fused ``qkv``, as
+``bench_lora_vs_peft.py`` puts it on timm). Variants run in turns within each round (the
+first of the round rotates) and each is reported as the median over rounds of its time
+divided by the base's time in the same round, so load from other processes cancels.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/inference_overhead.py [--seconds 60]``; the table
+is printed and written to ``benchmarks/results/inference_overhead.md``.
+"""
+
+from __future__ import annotations
+
+import medpeft  # noqa: F401  (torchvision shim before timm/peft)
+
+# isort: split
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import peft
+import timm
+import torch
+from torch import nn
+
+from medpeft.methods import LoraSettings
+from medpeft.methods.lora.attach import add_lora, merge_lora
+from medpeft.routing import route
+
+NUM_CLASSES = 4
+RANK = 4
+RESULTS = Path(__file__).parent / "results" / "inference_overhead.md"
+VARIANTS = ("medpeft", "cache off", "merged", "2 tasks alternating", "peft unmerged")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=60.0, help="time budget of each configuration")
+    parser.add_argument("--min-rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def randomize_lora(model: nn.Module, seed: int) -> None:
+    """Random ``B`` (zero at init) so the adapter changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+
+
+def medpeft_model(name: str, img_size: int, tasks: int = 1) -> nn.Module:
+    """What :func:`medpeft.adapt` gives (eval mode), with ``tasks`` adapters ``t0``, ``t1``..."""
+    torch.manual_seed(0)
+    settings = LoraSettings(rank=RANK, alpha=float(RANK))
+    adapted = medpeft.adapt(name, settings, NUM_CLASSES, img_size=img_size, adapter_name="t0")
+    for task in range(1, tasks):
+        add_lora(adapted.model, rank=RANK, alpha=float(RANK), adapter_name=f"t{task}")
+    randomize_lora(adapted, seed=1)
+    return adapted.eval()
+
+
+def peft_model(name: str, img_size: int) -> nn.Module:
+    """PEFT's LoRA on timm's fused ``qkv`` (rank 2r: q and v of medpeft's r each, as a free LoRA)."""
+    torch.manual_seed(0)
+    base = timm.create_model(name, num_classes=NUM_CLASSES, img_size=img_size)
+    config = peft.LoraConfig(r=2 * RANK, lora_alpha=2 * RANK, target_modules=["qkv"])
+    model = peft.get_peft_model(base, config)
+    randomize_lora(model, seed=1)
+    return model.eval()
+
+
+def variants(name: str, batch: int, img_size: int) -> tuple[dict[str, Callable[[], torch.Tensor]], dict]:
+    """One no-argument forward per variant (plus the base), and the exactness checks."""
+    torch.manual_seed(0)
+    base = timm.create_model(name, num_classes=NUM_CLASSES, img_size=img_size).eval()
+    ours, off, merged = (medpeft_model(name, img_size) for _ in range(3))
+    off.train()  # dropout 0 in timm and LoRA: the same function, without the cache
+    merge_lora(merged)
+    two = medpeft_model(name, img_size, tasks=2)
+    theirs = peft_model(name, img_size)
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(2))
+    turn = iter(range(10**9))
+
+    def alternating() -> torch.Tensor:
+        with route(adapters=f"t{next(turn) % 2}"):
+            return two(x)
+
+    forwards = {
+        "base": lambda: base(x), "medpeft": lambda: ours(x), "cache off": lambda: off(x),
+        "merged": lambda: merged(x), "2 tasks alternating": alternating, "peft unmerged": lambda: theirs(x),
+    }
+    with torch.no_grad():
+        checks = {
+            "max |medpeft - cache off|": (ours(x) - off(x)).abs().max().item(),
+            "max |medpeft - merged|": (ours(x) - merged(x)).abs().max().item(),
+        }
+    return forwards, checks
+
+
+def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
+    """Median ratio to the base of each variant, over rounds that run every variant once."""
+    torch.set_num_threads(args.threads)
+    forwards, checks = variants(name, batch, args.img_size)
+    order = list(forwards)
+    times: dict[str, list[float]] = {v: [] for v in order}
+    load_before = os.getloadavg()[0]
+    with torch.no_grad():
+        for forward in forwards.values():  # warm-up (and the first build of the merged cache)
+            forward()
+        start = time.perf_counter()
+        rounds = 0
+        while rounds < args.min_rounds or time.perf_counter() - start < args.seconds:
+            for variant in order[rounds % len(order):] + order[: rounds % len(order)]:
+                tic = time.perf_counter()
+                forwards[variant]()
+                times[variant].append(time.perf_counter() - tic)
+            rounds += 1
+    ratios = {v: statistics.median(t / b for t, b in zip(times[v], times["base"])) for v in VARIANTS}
+    return {
+        "model": name, "batch": batch, "rounds": rounds, "base_ms": 1e3 * statistics.median(times["base"]),
+        "ratios": ratios, "checks": checks, "load": (load_before, os.getloadavg()[0]),
+    }
+
+
+def _child(name: str, batch: int, args: argparse.Namespace, queue: mp.Queue) -> None:
+    queue.put(measure(name, batch, args))
+
+
+def isolated(name: str, batch: int, args: argparse.Namespace) -> dict:
+    """:func:`measure` in a fresh process (no allocator or cache state from other configurations)."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(name, batch, args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def markdown(results: list[dict], args: argparse.Namespace) -> str:
+    header = "| model | batch | base (ms) | " + " | ".join(VARIANTS) + " | rounds | load avg |"
+    rows = [header, "|---|---:|---:|" + "---:|" * len(VARIANTS) + "---:|---|"]
+    for r in results:
+        ratios = " | ".join(f"{r['ratios'][v]:.3f}" for v in VARIANTS)
+        load = f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}"
+        rows.append(f"| {r['model']} | {r['batch']} | {r['base_ms']:.1f} | {ratios} | {r['rounds']} | {load} |")
+    worst = max(max(r["checks"].values()) for r in results)
+    setup = (
+        f"CPU, {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+        f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}, timm {timm.__version__}, "
+        f"peft {peft.__version__}; {args.img_size} px, eval + no_grad; q+v LoRA r={RANK} (PEFT: qkv r={2 * RANK}); "
+        f"ratios are medians over rounds of time / base time in the same round; "
+        f"largest |medpeft - unmerged or merged| logit difference {worst:.1e}"
+    )
+    return "\n".join(["# Inference overhead of one LoRA adapter", "", setup, "", *rows, ""])
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    results = []
+    for name in args.models:
+        for batch in args.batches:
+            results.append(isolated(name, batch, args))
+            print(results[-1], flush=True)
+    table = markdown(results, args)
+    print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
