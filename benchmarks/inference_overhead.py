@@ -3,7 +3,7 @@
 For each backbone and batch size, in a fresh process: the plain timm ViT (the base), the
 model :func:`medpeft.adapt` gives (q+v LoRA r=4 + head, random ``B`` so the adapter acts;
 eval + ``no_grad``, the adapter not merged: its layers serve the cached merged weight),
-the same model with the cache off (training mode with dropout 0: the unmerged
+the same model with the cache off (``cache_merged_weights(model, False)``: the unmerged
 ``W x + s B A x`` path, what every call paid before the cache), the adapter folded in by
 ``merge_lora``, two tasks alternating call by call (the cache rebuilt at every call), and
 Hugging Face PEFT's unmerged LoRA (rank 2r on the fused ``qkv``, as
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from medpeft.methods import LoraSettings
-from medpeft.methods.lora.attach import add_lora, merge_lora
+from medpeft.methods.lora.attach import add_lora, cache_merged_weights, merge_lora
 from medpeft.routing import route
 
 NUM_CLASSES = 4
@@ -90,7 +90,7 @@ def variants(name: str, batch: int, img_size: int) -> tuple[dict[str, Callable[[
     torch.manual_seed(0)
     base = timm.create_model(name, num_classes=NUM_CLASSES, img_size=img_size).eval()
     ours, off, merged = (medpeft_model(name, img_size) for _ in range(3))
-    off.train()  # dropout 0 in timm and LoRA: the same function, without the cache
+    cache_merged_weights(off, False)
     merge_lora(merged)
     two = medpeft_model(name, img_size, tasks=2)
     theirs = peft_model(name, img_size)

@@ -12,7 +12,7 @@ from torch import nn
 
 from medpeft.frozen_dtype import cast_frozen
 from medpeft.methods import LoraSettings
-from medpeft.methods.lora.attach import add_lora, lora_layers
+from medpeft.methods.lora.attach import add_lora, cache_merged_weights, lora_layers
 from medpeft.methods.lora.layer import LoRALinear
 from medpeft.model import ModelSpec, build_model
 from medpeft.routing import route
@@ -147,3 +147,17 @@ def test_not_used_on_low_precision_frozen_weights_or_merged_layers():
     with torch.no_grad():
         plain(torch.randn(2, 8))
     assert plain.merged_bytes() == 0
+
+
+def test_cache_can_be_turned_off_and_on(randomize_lora):
+    model = _model("timm_vit", randomize_lora)
+    x = _images()
+    with torch.no_grad():
+        merged = model(x)
+        cache_merged_weights(model, False)
+        assert _merged_bytes(model) == 0
+        torch.testing.assert_close(model(x), merged, **TOLERANCE)
+        assert _merged_bytes(model) == 0
+        cache_merged_weights(model, True)
+        model(x)
+    assert _merged_bytes(model) > 0

@@ -71,6 +71,7 @@ class LoRALinear(WrappedLinear):
         self.scaling: dict[str, float] = {}
         self.merged_adapters: list[str] = []
         self._stack_cache: tuple | None = None  # (key, slots, A^T stack, B^T stack)
+        self.cache_merged = True  # serve single-adapter inference from a merged weight (merged_for)
         self._merged_cache: tuple | None = None  # (key, merged weight)
 
     def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
@@ -111,6 +112,12 @@ class LoRALinear(WrappedLinear):
         if mode:
             self._merged_cache = None
         return super().train(mode)
+
+    def set_cache_merged(self, enabled: bool) -> None:
+        """Turn the merged weight of :meth:`merged_for` on or off (off: frees it)."""
+        self.cache_merged = enabled
+        if not enabled:
+            self._merged_cache = None
 
     def adapter_or_first(self, name: str | None) -> str | None:
         """``name``, or the first adapter added to the layer (None: no adapter)."""
@@ -220,7 +227,8 @@ class LoRALinear(WrappedLinear):
         """The cached ``W + scale * B @ A`` of adapter ``name`` to run ``x`` through, or None
         (run unmerged).
 
-        Only for inference: eval mode, no gradients, not under ``torch.compile``, a plain
+        Only for inference, when :attr:`cache_merged` is on (the default): eval mode, no
+        gradients, not under ``torch.compile``, a plain
         ``nn.Linear`` base without hooks whose weight has the dtype of ``x`` and of the
         adapter (so never with ``model.frozen_dtype``). Built by the first such call and
         reused while its key holds: the adapter's name and scale and the identity
@@ -229,7 +237,7 @@ class LoRALinear(WrappedLinear):
         read into a local first, so threads routing different adapters each get their own.
         """
         base = self.base
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self.cache_merged or self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
         a, b = self.lora_A[name], self.lora_B[name]
         plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
