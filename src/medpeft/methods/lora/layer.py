@@ -25,6 +25,7 @@ the base model's cost. The cache holds one weight per layer (a copy of the froze
 weight, for the adapter routed last) and is dropped when the layer goes back to
 training; a change to the adapter or the base weight, or another routed adapter,
 rebuilds it. Results depend only on the weights and the routing, not on earlier calls.
+:attr:`LoRALinear.cache_merged` turns it off (the adapter bank does: its tasks alternate).
 """
 
 from __future__ import annotations
