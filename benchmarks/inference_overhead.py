@@ -8,8 +8,9 @@ the same model with the cache off (``cache_merged_weights(model, False)``: the u
 ``merge_lora``, two tasks alternating call by call (the cache rebuilt at every call), and
 Hugging Face PEFT's unmerged LoRA (rank 2r on the fused ``qkv``, as
 ``bench_lora_vs_peft.py`` puts it on timm). Variants run in turns within each round (the
-first of the round rotates) and each is reported as the median over rounds of its time
-divided by the base's time in the same round, so load from other processes cancels.
+first of the round rotates), each between two runs of the base, and is reported as the
+median over rounds of its time divided by the geometric mean of those two base times, so
+load from other processes cancels.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/inference_overhead.py [--seconds 60]``; the table
 is printed and written to ``benchmarks/results/inference_overhead.md``.
@@ -114,28 +115,39 @@ def variants(name: str, batch: int, img_size: int) -> tuple[dict[str, Callable[[
 
 
 def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
-    """Median ratio to the base of each variant, over rounds that run every variant once."""
+    """Median ratio to the base of each variant: each timed between two base forwards and
+    divided by their geometric mean, so load that changes during a round cancels too."""
     torch.set_num_threads(args.threads)
     forwards, checks = variants(name, batch, args.img_size)
-    order = list(forwards)
-    times: dict[str, list[float]] = {v: [] for v in order}
+    base = forwards.pop("base")
+    ratios: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    base_times: list[float] = []
     load_before = os.getloadavg()[0]
     with torch.no_grad():
-        for forward in forwards.values():  # warm-up (and the first build of the merged cache)
+        for forward in (base, *forwards.values()):  # warm-up (and the first build of the merged cache)
             forward()
         start = time.perf_counter()
+        before = timed(base)
         rounds = 0
         while rounds < args.min_rounds or time.perf_counter() - start < args.seconds:
-            for variant in order[rounds % len(order):] + order[: rounds % len(order)]:
-                tic = time.perf_counter()
-                forwards[variant]()
-                times[variant].append(time.perf_counter() - tic)
+            for variant in VARIANTS[rounds % len(VARIANTS):] + VARIANTS[: rounds % len(VARIANTS)]:
+                elapsed, after = timed(forwards[variant]), timed(base)
+                ratios[variant].append(elapsed / (before * after) ** 0.5)
+                base_times.append(after)
+                before = after
             rounds += 1
-    ratios = {v: statistics.median(t / b for t, b in zip(times[v], times["base"])) for v in VARIANTS}
     return {
-        "model": name, "batch": batch, "rounds": rounds, "base_ms": 1e3 * statistics.median(times["base"]),
-        "ratios": ratios, "checks": checks, "load": (load_before, os.getloadavg()[0]),
+        "model": name, "batch": batch, "rounds": rounds, "base_ms": 1e3 * statistics.median(base_times),
+        "ratios": {v: statistics.median(r) for v, r in ratios.items()}, "checks": checks,
+        "load": (load_before, os.getloadavg()[0]),
     }
+
+
+def timed(forward: Callable[[], torch.Tensor]) -> float:
+    """Seconds one call of ``forward`` takes."""
+    tic = time.perf_counter()
+    forward()
+    return time.perf_counter() - tic
 
 
 def _child(name: str, batch: int, args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -165,7 +177,7 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
         f"CPU, {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
         f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}, timm {timm.__version__}, "
         f"peft {peft.__version__}; {args.img_size} px, eval + no_grad; q+v LoRA r={RANK} (PEFT: qkv r={2 * RANK}); "
-        f"ratios are medians over rounds of time / base time in the same round; "
+        f"ratios: medians over rounds of time / geometric mean of the base runs just before and after; "
         f"largest |medpeft - unmerged or merged| logit difference {worst:.1e}"
     )
     return "\n".join(["# Inference overhead of one LoRA adapter", "", setup, "", *rows, ""])

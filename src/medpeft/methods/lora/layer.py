@@ -244,7 +244,9 @@ class LoRALinear(WrappedLinear):
         plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
         if not plain or not base.weight.dtype == a.dtype == x.dtype:
             return None
-        key = (name, self.scaling[name], _identity(a), _identity(b), _identity(base.weight))
+        w = base.weight  # a new storage (a move, a load by assignment) or an in-place change (version):
+        key = (name, self.scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version,
+               w.data_ptr(), w._version)
         cache = self._merged_cache
         if cache is None or cache[0] != key:
             cache = (key, self.merged_weight(name))
