@@ -18,7 +18,7 @@ is printed and written to ``benchmarks/results/inference_overhead.md``.
 
 from __future__ import annotations
 
-import medpeft  # noqa: F401  (torchvision shim before timm/peft)
+import medpeft  # first: its torchvision shim must precede timm/peft
 
 # isort: split
 import argparse

@@ -229,9 +229,9 @@ class LoRALinear(WrappedLinear):
         (run unmerged).
 
         Only for inference, when :attr:`cache_merged` is on (the default): eval mode, no
-        gradients, not under ``torch.compile``, a plain
-        ``nn.Linear`` base without hooks whose weight has the dtype of ``x`` and of the
-        adapter (so never with ``model.frozen_dtype``). Built by the first such call and
+        gradients, not under ``torch.compile``, a plain ``nn.Linear`` base without hooks
+        whose weight has the dtype of ``x`` and of the adapter (so never with
+        ``model.frozen_dtype``). Built by the first such call and
         reused while its key holds: the adapter's name and scale and the identity
         (storage and version counter) of ``A``, ``B`` and the base weight, so an optimizer
         step, a load, a merge or another routed adapter rebuilds it. One weight per layer,
@@ -244,7 +244,7 @@ class LoRALinear(WrappedLinear):
         plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
         if not plain or not base.weight.dtype == a.dtype == x.dtype:
             return None
-        w = base.weight  # a new storage (a move, a load by assignment) or an in-place change (version):
+        w = base.weight  # storage pointers catch moves and reassignments, versions in-place changes
         key = (name, self.scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version,
                w.data_ptr(), w._version)
         cache = self._merged_cache
