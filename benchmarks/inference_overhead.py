@@ -103,8 +103,12 @@ def variants(name: str, batch: int, img_size: int) -> tuple[dict[str, Callable[[
             return two(x)
 
     forwards = {
-        "base": lambda: base(x), "medpeft": lambda: ours(x), "cache off": lambda: off(x),
-        "merged": lambda: merged(x), "2 tasks alternating": alternating, "peft unmerged": lambda: theirs(x),
+        "base": lambda: base(x),
+        "medpeft": lambda: ours(x),
+        "cache off": lambda: off(x),
+        "merged": lambda: merged(x),
+        "2 tasks alternating": alternating,
+        "peft unmerged": lambda: theirs(x),
     }
     with torch.no_grad():
         checks = {
@@ -130,15 +134,19 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
         before = timed(base)
         rounds = 0
         while rounds < args.min_rounds or time.perf_counter() - start < args.seconds:
-            for variant in VARIANTS[rounds % len(VARIANTS):] + VARIANTS[: rounds % len(VARIANTS)]:
+            for variant in VARIANTS[rounds % len(VARIANTS) :] + VARIANTS[: rounds % len(VARIANTS)]:
                 elapsed, after = timed(forwards[variant]), timed(base)
                 ratios[variant].append(elapsed / (before * after) ** 0.5)
                 base_times.append(after)
                 before = after
             rounds += 1
     return {
-        "model": name, "batch": batch, "rounds": rounds, "base_ms": 1e3 * statistics.median(base_times),
-        "ratios": {v: statistics.median(r) for v, r in ratios.items()}, "checks": checks,
+        "model": name,
+        "batch": batch,
+        "rounds": rounds,
+        "base_ms": 1e3 * statistics.median(base_times),
+        "ratios": {v: statistics.median(r) for v, r in ratios.items()},
+        "checks": checks,
         "load": (load_before, os.getloadavg()[0]),
     }
 
@@ -171,7 +179,9 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     for r in results:
         ratios = " | ".join(f"{r['ratios'][v]:.3f}" for v in VARIANTS)
         load = f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}"
-        rows.append(f"| {r['model']} | {r['batch']} | {r['base_ms']:.1f} | {ratios} | {r['rounds']} | {load} |")
+        rows.append(
+            f"| {r['model']} | {r['batch']} | {r['base_ms']:.1f} | {ratios} | {r['rounds']} | {load} |"
+        )
     worst = max(max(r["checks"].values()) for r in results)
     setup = (
         f"CPU, {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "

@@ -13,17 +13,40 @@ from tests.test_presets_bench_smoke import table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "inference_overhead.py"
-COLUMNS = ["model", "batch", "base (ms)", "medpeft", "cache off", "merged", "2 tasks alternating",
-           "peft unmerged", "rounds", "load avg"]
+COLUMNS = [
+    "model",
+    "batch",
+    "base (ms)",
+    "medpeft",
+    "cache off",
+    "merged",
+    "2 tasks alternating",
+    "peft unmerged",
+    "rounds",
+    "load avg",
+]
 
 
 def test_tiny_run_writes_a_measured_row_and_the_exactness_check(tmp_path):
     out = tmp_path / "overhead.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    args = ["--models", "vit_tiny_patch16_224", "--batches", "2", "--img-size", "32",
-            "--seconds", "0", "--min-rounds", "2", "--output", str(out)]
-    subprocess.run([sys.executable, str(SCRIPT), *args], env=env, check=True, capture_output=True,
-                   text=True, timeout=300)
+    args = [
+        "--models",
+        "vit_tiny_patch16_224",
+        "--batches",
+        "2",
+        "--img-size",
+        "32",
+        "--seconds",
+        "0",
+        "--min-rounds",
+        "2",
+        "--output",
+        str(out),
+    ]
+    subprocess.run(
+        [sys.executable, str(SCRIPT), *args], env=env, check=True, capture_output=True, text=True, timeout=300
+    )
     text = out.read_text()
     header, _separator, *rows = table_rows(text)
     assert header == COLUMNS and len(rows) == 1

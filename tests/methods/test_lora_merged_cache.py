@@ -24,11 +24,21 @@ TOLERANCE = dict(rtol=0, atol=1e-5)
 def _model(family: str, randomize_lora) -> nn.Module:
     """A tiny adapted model of ``family`` in eval mode with a random (acting) adapter."""
     if family == "timm_vit":
-        spec = ModelSpec("vit_tiny_patch16_224", 3, settings=LoraSettings(rank=4), img_size=32,
-                         model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8))
+        spec = ModelSpec(
+            "vit_tiny_patch16_224",
+            3,
+            settings=LoraSettings(rank=4),
+            img_size=32,
+            model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, patch_size=8),
+        )
     else:
-        spec = ModelSpec("tiny-dinov2", 3, settings=LoraSettings(rank=2, targets=("q", "v", "fc1")),
-                         kind="transformers", model_kwargs=dict(model_type="dinov2", **HF, mlp_ratio=2))
+        spec = ModelSpec(
+            "tiny-dinov2",
+            3,
+            settings=LoraSettings(rank=2, targets=("q", "v", "fc1")),
+            kind="transformers",
+            model_kwargs=dict(model_type="dinov2", **HF, mlp_ratio=2),
+        )
     torch.manual_seed(0)
     model = build_model(spec).eval()
     randomize_lora(model)

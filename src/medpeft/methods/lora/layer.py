@@ -244,9 +244,7 @@ class LoRALinear(WrappedLinear):
         plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
         if not plain or not base.weight.dtype == a.dtype == x.dtype:
             return None
-        w = base.weight  # storage pointers catch moves and reassignments, versions in-place changes
-        key = (name, self.scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version,
-               w.data_ptr(), w._version)
+        key = (name, self.scaling[name], *map(_storage_version, (a, b, base.weight)))
         cache = self._merged_cache
         if cache is None or cache[0] != key:
             cache = (key, self.merged_weight(name))
@@ -303,3 +301,9 @@ class LoRALinear(WrappedLinear):
 def _identity(t: torch.Tensor) -> tuple:
     """Changes whenever the tensor's storage or contents change (in-place updates bump the version)."""
     return t.data_ptr(), t._version, t.device, t.dtype
+
+
+def _storage_version(t: torch.Tensor) -> tuple[int, int]:
+    """Changes when the tensor moves or is reassigned (storage) or changes in place (version);
+    cheaper than :func:`_identity` (no device and dtype objects) for a check on every call."""
+    return t.data_ptr(), t._version
