@@ -10,7 +10,8 @@ Hugging Face PEFT's unmerged LoRA (rank 2r on the fused ``qkv``, as
 ``bench_lora_vs_peft.py`` puts it on timm). Variants run in turns within each round (the
 first of the round rotates), each between two runs of the base, and is reported as the
 median over rounds of its time divided by the geometric mean of those two base times, so
-load from other processes cancels.
+load from other processes cancels. Times are the process's CPU time (``time.process_time``):
+on a machine shared with other jobs, wall time also counts the waits for a core.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/inference_overhead.py [--seconds 60]``; the table
 is printed and written to ``benchmarks/results/inference_overhead.md``.
@@ -152,10 +153,11 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
 
 
 def timed(forward: Callable[[], torch.Tensor]) -> float:
-    """Seconds one call of ``forward`` takes."""
-    tic = time.perf_counter()
+    """CPU seconds one call of ``forward`` takes (the process's: time spent waiting for a
+    core taken by other jobs does not count; with one thread, the wall time of an idle machine)."""
+    tic = time.process_time()
     forward()
-    return time.perf_counter() - tic
+    return time.process_time() - tic
 
 
 def _child(name: str, batch: int, args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -174,7 +176,7 @@ def isolated(name: str, batch: int, args: argparse.Namespace) -> dict:
 
 
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
-    header = "| model | batch | base (ms) | " + " | ".join(VARIANTS) + " | rounds | load avg |"
+    header = "| model | batch | base (CPU ms) | " + " | ".join(VARIANTS) + " | rounds | load avg |"
     rows = [header, "|---|---:|---:|" + "---:|" * len(VARIANTS) + "---:|---|"]
     for r in results:
         ratios = " | ".join(f"{r['ratios'][v]:.3f}" for v in VARIANTS)
@@ -187,7 +189,8 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
         f"CPU, {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
         f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}, timm {timm.__version__}, "
         f"peft {peft.__version__}; {args.img_size} px, eval + no_grad; q+v LoRA r={RANK} (PEFT: qkv r={2 * RANK}); "
-        f"ratios: medians over rounds of time / geometric mean of the base runs just before and after; "
+        f"CPU time of the process per forward; ratios: medians over rounds of time / geometric "
+        f"mean of the base runs just before and after; "
         f"largest |medpeft - unmerged or merged| logit difference {worst:.1e}"
     )
     return "\n".join(["# Inference overhead of one LoRA adapter", "", setup, "", *rows, ""])
