@@ -16,7 +16,7 @@ SCRIPT = ROOT / "benchmarks" / "inference_overhead.py"
 COLUMNS = [
     "model",
     "batch",
-    "base (ms)",
+    "base (CPU ms)",
     "medpeft",
     "cache off",
     "merged",
