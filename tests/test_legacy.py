@@ -33,7 +33,9 @@ def test_format_1_adapters_give_the_same_logits(method):
         assert config.settings == {"targets": ["q", "v"], "blocks": None, "rank": 4, "alpha": 8.0, "dropout": 0.0}
     with torch.no_grad():
         logits = model.eval()(EXPECTED["lora_images"])
-    torch.testing.assert_close(logits, EXPECTED[f"{method}_logits"], rtol=0, atol=1e-6)
+    # recorded on the unmerged path; eval + no_grad now runs LoRA on a merged weight, whose
+    # sums round differently (float32, logits ~1): within the 1e-5 it promises
+    torch.testing.assert_close(logits, EXPECTED[f"{method}_logits"], rtol=0, atol=1e-5)
 
 
 def test_mora_run_folder_adapter_gives_the_same_logits():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medpeft.errors import ConfigError
-from medpeft.routing import current
+from medpeft.routing import current, note_adapters_changed
 
 HEAD_NAME = "head"  # the classifier attribute of every model (timm's name)
 HEADS_DICT = "heads"  # TaskHeads' ModuleDict: parameters are head.heads.<adapter>.*
@@ -30,6 +30,12 @@ class TaskHeads(nn.Module):
     def __init__(self, heads: Mapping[str, nn.Module]) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(dict(heads))
+        note_adapters_changed()
+
+    def add_head(self, name: str, head: nn.Module) -> None:
+        """Give adapter ``name`` its own head."""
+        self.heads[name] = head
+        note_adapters_changed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = current()

@@ -62,6 +62,21 @@ class Routing:
         return isinstance(self.adapters, tuple) and len(set(self.adapters)) > 1
 
 
+_adapter_changes = 0
+
+
+def note_adapters_changed() -> None:
+    """Record that some model gained or lost an adapter (a layer's or a head's), so caches of the
+    adapter names a model holds (:func:`medpeft.methods.layers.adapter_names`) are rebuilt."""
+    global _adapter_changes
+    _adapter_changes += 1
+
+
+def adapters_version() -> int:
+    """How many adapter additions and removals :func:`note_adapters_changed` has recorded."""
+    return _adapter_changes
+
+
 _ROUTING: ContextVar[Routing] = ContextVar("medpeft_routing", default=Routing())  # noqa: B039 (frozen)
 
 

@@ -18,6 +18,7 @@ from medpeft.adapters_io.folder import save_adapter
 from medpeft.bank import AdapterBank, BadInput, UnknownTask, WrongModality
 from medpeft.errors import ConfigError, WeightsError
 from medpeft.methods import MorSettings
+from medpeft.methods.lora.attach import lora_layers
 from medpeft.model import ModelSpec, build_model
 from tests.bank.conftest import TASKS, write_task
 from tests.methods.conftest import BACKBONE, TINY
@@ -38,6 +39,15 @@ def test_mixed_batch_equals_each_task_alone_in_one_forward(bank_dir, images, alo
         torch.testing.assert_close(probs[i], alone[name][i], rtol=0, atol=1e-5)
     assert probs[2].sum() != pytest.approx(1.0)  # multilabel: sigmoid, not softmax
     assert probs[0].sum() == pytest.approx(1.0)
+
+
+def test_tasks_served_in_turn_keep_no_merged_weights(bank_dir, images, alone):
+    bank = AdapterBank.from_directory(bank_dir)
+    for name in ("tb", "blood", "tb"):  # single-task batches, one task after another
+        probs = bank.predict([name, name], [{"image": x} for x in images[:2]])
+        torch.testing.assert_close(torch.stack(probs), alone[name][:2], rtol=0, atol=1e-5)
+    layers = lora_layers(bank.model).values()
+    assert layers and not any(layer.cache_merged or layer.merged_bytes() for layer in layers)
 
 
 def test_tasks_are_lazy_and_the_cache_is_lru_by_count(bank_dir, images):

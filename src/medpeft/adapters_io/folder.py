@@ -378,7 +378,7 @@ def _add_head(model: nn.Module, name: str, outputs: int) -> None:
         heads = TaskHeads({owner: heads})
         setattr(model, HEAD_NAME, heads)
     ref = next(iter(heads.heads.values())).weight
-    heads.heads[name] = nn.Linear(ref.shape[1], outputs, device=ref.device, dtype=ref.dtype)
+    heads.add_head(name, nn.Linear(ref.shape[1], outputs, device=ref.device, dtype=ref.dtype))
 
 
 def check_backbone(model: nn.Module, config: AdapterConfig, source: str | Path) -> None:

@@ -51,7 +51,7 @@ from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_b
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
 from medpeft.methods import Method, get_method, method_names
 from medpeft.methods.layers import delete_adapter
-from medpeft.methods.lora.attach import lora_layers
+from medpeft.methods.lora.attach import cache_merged_weights, lora_layers
 from medpeft.routing import route
 
 BASE_HEAD = "base"  # the backbone's own head, which no task uses
@@ -383,6 +383,7 @@ class AdapterBank:
         method = get_method(config.method)
         add_adapter_weights(self.model, name, method, config.method_settings(), state, source)
         self.model.requires_grad_(False)
+        cache_merged_weights(self.model, False)  # tasks alternate: no merged copy to rebuild at each switch
         if self.cpu_tier:
             self._cpu[name] = state
         self._loaded[name] = None

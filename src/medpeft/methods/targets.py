@@ -21,6 +21,7 @@ from torch import nn
 
 from medpeft.backbones.base import Backbone
 from medpeft.errors import ConfigError, did_you_mean
+from medpeft.routing import note_adapters_changed
 
 BLOCK_LIST_NAMES = ("blocks", "layer", "layers")  # timm, Hugging Face encoders
 _BLOCK_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(BLOCK_LIST_NAMES)})\.(\d+)\.")
@@ -63,10 +64,11 @@ def check_hits(
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the submodule called ``name`` is."""
+    """Put ``new`` where the submodule called ``name`` is (an adapter layer in or out)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    note_adapters_changed()
 
 
 ROLE_TARGETS = ("q", "k", "v", "out", "fc1", "fc2")

@@ -149,6 +149,14 @@ def unmerge_lora(model: nn.Module, name: str | None = None) -> None:
         layer.unmerge(name)
 
 
+def cache_merged_weights(model: nn.Module, enabled: bool = True) -> None:
+    """Let the LoRA layers of ``model`` run single-adapter inference on a cached merged weight
+    (the default; :meth:`LoRALinear.merged_for`), or not: a model serving many tasks in turn
+    (the adapter bank) saves the rebuild at each switch and one copy of each adapted weight."""
+    for layer in lora_layers(model).values():
+        layer.set_cache_merged(enabled)
+
+
 def count_adapter_parameters(model: nn.Module, adapter_name: str = "default") -> int:
     """Number of LoRA parameters of one adapter (MeLo ViT-B/16 r=4 q+v: 147,456)."""
     return sum(

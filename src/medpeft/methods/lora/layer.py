@@ -18,6 +18,14 @@ different adapters per sample computes all its deltas at once: each sample's
 ``A`` and dense ``B`` are gathered (zero-padded to the largest rank, which leaves
 the product unchanged) from stacks cached per layer, and applied with two
 batched matmuls.
+
+Inference with one adapter for the whole batch (eval mode, no gradients) runs the
+frozen Linear on a cached merged weight ``W + scale * B @ A`` instead: one matmul,
+the base model's cost. The cache holds one weight per layer (a copy of the frozen
+weight, for the adapter routed last) and is dropped when the layer goes back to
+training; a change to the adapter or the base weight, or another routed adapter,
+rebuilds it. Results depend only on the weights and the routing, not on earlier calls.
+:attr:`LoRALinear.cache_merged` turns it off (the adapter bank does: its tasks alternate).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medpeft.methods.wrapped import WrappedLinear
-from medpeft.routing import current
+from medpeft.routing import current, note_adapters_changed
 
 Segment = tuple[int, int]
 
@@ -64,6 +72,8 @@ class LoRALinear(WrappedLinear):
         self.scaling: dict[str, float] = {}
         self.merged_adapters: list[str] = []
         self._stack_cache: tuple | None = None  # (key, slots, A^T stack, B^T stack)
+        self.cache_merged = True  # serve single-adapter inference from a merged weight (merged_for)
+        self._merged_cache: tuple | None = None  # (key, merged weight)
 
     def add_adapter(self, name: str, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0) -> None:
         """Add a fresh adapter: A kaiming-uniform(a=sqrt 5), B zeros, scale = alpha / rank."""
@@ -82,7 +92,7 @@ class LoRALinear(WrappedLinear):
         )
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / rank  # real division: MeLo's `alpha // r` floors to 0
-        self._stack_cache = None
+        self._forget_caches()
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter (unmerging it first if it is merged)."""
@@ -90,7 +100,25 @@ class LoRALinear(WrappedLinear):
             self.unmerge(name)
         del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         del self.scaling[name]
+        self._forget_caches()
+
+    def _forget_caches(self) -> None:
+        """Drop the stacked and merged weights after an adapter was added or removed."""
         self._stack_cache = None
+        self._merged_cache = None
+        note_adapters_changed()
+
+    def train(self, mode: bool = True) -> LoRALinear:
+        """Set training mode; going back to training frees the merged weight (see :meth:`merged_for`)."""
+        if mode:
+            self._merged_cache = None
+        return super().train(mode)
+
+    def set_cache_merged(self, enabled: bool) -> None:
+        """Turn the merged weight of :meth:`merged_for` on or off (off: frees it)."""
+        self.cache_merged = enabled
+        if not enabled:
+            self._merged_cache = None
 
     def adapter_or_first(self, name: str | None) -> str | None:
         """``name``, or the first adapter added to the layer (None: no adapter)."""
@@ -121,13 +149,16 @@ class LoRALinear(WrappedLinear):
         return dense.index_copy(0, self.segment_index, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         routing = current()
         if routing.is_mixed():
-            return self.add_mixed_delta(out, x, routing.adapters)
+            return self.add_mixed_delta(self.base(x), x, routing.adapters)
         name = routing.adapter_for(self.lora_A)
         if name not in self.lora_A or name in self.merged_adapters:
-            return out
+            return self.base(x)
+        merged = self.merged_for(name, x)
+        if merged is not None:
+            return F.linear(x, merged, self.base.bias)
+        out = self.base(x)
         # One matmul with the dense B over the full output, added in place (no scatter,
         # no delta-sized temporary: the output is read and written once).
         hidden = self.scaled_hidden(x, name).to(out.dtype)
@@ -193,6 +224,50 @@ class LoRALinear(WrappedLinear):
             return 0
         return sum(t.numel() * t.element_size() for t in self._stack_cache[2:])
 
+    def merged_for(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """The cached ``W + scale * B @ A`` of adapter ``name`` to run ``x`` through, or None
+        (run unmerged).
+
+        Only for inference, when :attr:`cache_merged` is on (the default): eval mode, no
+        gradients, not under ``torch.compile``, a plain ``nn.Linear`` base without hooks
+        whose weight has the dtype of ``x`` and of the adapter (so never with
+        ``model.frozen_dtype``). Built by the first such call and
+        reused while its key holds: the adapter's name and scale and the identity
+        (storage and version counter) of ``A``, ``B`` and the base weight, so an optimizer
+        step, a load, a merge or another routed adapter rebuilds it. One weight per layer,
+        read into a local first, so threads routing different adapters each get their own.
+        """
+        base = self.base
+        if not self.cache_merged or self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        a, b = self.lora_A[name], self.lora_B[name]
+        plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
+        if not plain or not base.weight.dtype == a.dtype == x.dtype:
+            return None
+        key = (name, self.scaling[name], *map(_storage_version, (a, b, base.weight)))
+        cache = self._merged_cache
+        if cache is None or cache[0] != key:
+            cache = (key, self.merged_weight(name))
+            self._merged_cache = cache
+        return cache[1]
+
+    def merged_weight(self, name: str) -> torch.Tensor:
+        """A new tensor ``W + scale * B @ A`` of adapter ``name`` (the base weight is unchanged).
+
+        One copy of ``W`` and one ``addmm_`` per segment into its rows (contiguous), with the
+        scale as ``alpha``: about half the time of building ``delta_weight`` and adding it.
+        """
+        merged = self.base.weight.clone()
+        a, b = self.lora_A[name], self.lora_B[name]
+        for s, (start, stop) in enumerate(self.segments):
+            merged[start:stop].addmm_(b[s], a[s], alpha=self.scaling[name])
+        return merged
+
+    def merged_bytes(self) -> int:
+        """Bytes held by the cached merged weight (see :meth:`merged_for`)."""
+        cache = self._merged_cache
+        return 0 if cache is None else cache[1].numel() * cache[1].element_size()
+
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scale * B @ A`` for every segment, shape ``(S*seg, in)``."""
         a, b = self.lora_A[name], self.lora_B[name]
@@ -226,3 +301,9 @@ class LoRALinear(WrappedLinear):
 def _identity(t: torch.Tensor) -> tuple:
     """Changes whenever the tensor's storage or contents change (in-place updates bump the version)."""
     return t.data_ptr(), t._version, t.device, t.dtype
+
+
+def _storage_version(t: torch.Tensor) -> tuple[int, int]:
+    """Changes when the tensor moves or is reassigned (storage) or changes in place (version);
+    cheaper than :func:`_identity` (no device and dtype objects) for a check on every call."""
+    return t.data_ptr(), t._version

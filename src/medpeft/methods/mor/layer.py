@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medpeft.methods.wrapped import WrappedLinear
-from medpeft.routing import current
+from medpeft.routing import current, note_adapters_changed
 
 DEFAULT_RANKS = (2, 4, 8)
 DEFAULT_SCALE = 2.0  # alpha_k = 2 r_k
@@ -113,6 +113,7 @@ class MoRLinear(WrappedLinear):
         self.mor_router_bias[name] = nn.Parameter(router_b)
         self.ranks[name] = ranks
         self.scaling[name] = float(scale)
+        note_adapters_changed()
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``."""
@@ -121,6 +122,7 @@ class MoRLinear(WrappedLinear):
         del self.ranks[name], self.scaling[name]
         self.modalities.pop(name, None)
         self._expert_of_column = {k: v for k, v in self._expert_of_column.items() if k[0] != name}
+        note_adapters_changed()
 
     def routing_weights(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Softmax router output per token, ``(..., K+1)``; column 0 is the bypass."""

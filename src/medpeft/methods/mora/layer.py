@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.routing import current
+from medpeft.routing import current, note_adapters_changed
 
 
 class ModalityDelta(nn.Module):
@@ -65,10 +65,12 @@ class ModalityDelta(nn.Module):
         shape = (len(modalities), self.out_features, rank)
         self.mora_B[name] = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
         self.modalities[name] = tuple(modalities)
+        note_adapters_changed()
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``."""
         del self.mora_A[name], self.mora_B[name], self.modalities[name]
+        note_adapters_changed()
 
     def _routed(self, x: torch.Tensor) -> tuple[str | None, torch.Tensor]:
         """The adapter and presence mask ``Bool[B, M]`` of the call in progress."""
