@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import weakref
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
