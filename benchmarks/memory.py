@@ -25,8 +25,10 @@ steps' peak above the memory after the build (``/proc/self/clear_refs`` resets `
 *s/step*: the median of ``--steps`` AdamW steps after the first. The table holds the median
 over the repeats. A configuration whose estimated peak exceeds ``--limit-gib`` is skipped.
 
-Run: ``python benchmarks/memory.py`` (writes benchmarks/results/memory.md after every
-process); ``--models vit-b --configs lora peft --steps 2 --repeats 1`` for a quick run.
+Run: ``python benchmarks/memory.py`` (writes benchmarks/results/memory.md and its raw results,
+memory.json, after every process); ``--models vit-b --configs lora peft --steps 2 --repeats 1``
+for a quick run; ``--combine a.json b.json`` makes one page of several runs (models run side by
+side, each with its own ``--out``).
 """
 
 from __future__ import annotations
@@ -248,14 +250,15 @@ def cells(row: dict[str, Any] | None, full: dict[str, Any] | None) -> list[str]:
 
 
 METHOD = """\
-`{command}` on {day}: {device}, torch {torch}, timm {timm}, peft {peft}, {threads} torch thread(s),
+{command} on {day}: {device}, torch {torch}, timm {timm}, peft {peft}, {threads} torch thread(s),
 OMP_NUM_THREADS={threads}, batch {batch}, 224 px, random init, fp32 compute, AdamW. A shared machine
 (other people's jobs ran at the same time): the 1-minute load average when each model's last
-configuration ended is in the notes below the table; step times are indicative, memory hardly
+configuration ended is in the notes; step times are indicative, memory hardly
 depends on the load.
 
 Each configuration is its own process, run one at a time, the configurations of a model in turn
-and the whole round {repeats} time(s); each cell is the median over the rounds. *peak*: the
+and the whole round repeated (the rounds of each model are in the notes below the table); each
+cell is the median over the rounds. *peak*: the
 process's peak {peak_what} (GiB; the build included); *incr.*: the training steps' peak above the
 memory right after the build (GiB: activations, gradients, optimizer state); *s/step*: median of
 {steps} steps after the first; *vs full*: peak / full fine-tuning's peak of the same model. Configurations:
@@ -271,15 +274,15 @@ are skipped (weights x 4 bytes, x 16 under full fine-tuning, + stored activation
 
 
 def render(keys: list[str], configs: list[str], rows: dict[tuple[str, str], dict], notes: dict[str, str],
-           args: argparse.Namespace, command: str) -> str:
+           args: argparse.Namespace, commands: list[str]) -> str:
     """The results page."""
     import peft
     import torch
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    method = METHOD.format(command=command, day=date.today().isoformat(), device=device,
+    method = METHOD.format(command=", ".join(f"`{c}`" for c in commands), day=date.today().isoformat(), device=device,
                            torch=version("torch"), timm=version("timm"), peft=peft.__version__,
-                           threads=args.threads, batch=args.batch, repeats=args.repeats, steps=args.steps - 1,
+                           threads=args.threads, batch=args.batch, steps=args.steps - 1,
                            limit=args.limit_gib,
                            peak_what="GPU memory allocated by torch" if args.device == "cuda" else "resident memory")
     head = "| config | " + " | ".join(f"{k} peak | {k} incr. | {k} s/step | {k} vs full" for k in keys) + " |"
@@ -304,6 +307,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit-gib", type=float, default=16.0, help="skip CPU configurations estimated above")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON", help="one page from earlier runs' .json")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device is None:
@@ -324,10 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         key, config = args.worker
         print(json.dumps(measure(MODELS[key][0], config, args.batch, args.steps, args.device)))
         return
+    if args.combine:
+        combine(args)
+        return
     command = "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    record: dict[str, Any] = {"commands": [command.strip()], "runs": [], "notes": {}}
     runs: dict[tuple[str, str], list[dict]] = {}
-    rows: dict[tuple[str, str], dict] = {}
-    notes: dict[str, str] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for key in args.models:
         for _ in range(args.repeats):
@@ -336,11 +342,36 @@ def main(argv: list[str] | None = None) -> None:
                     continue  # the same every round
                 result = run_config(key, config, args)
                 runs.setdefault((key, config), []).append(result)
-                rows[(key, config)] = summary(runs[(key, config)])
+                record["runs"].append([key, config, result])
                 print(key, config, json.dumps(result), flush=True)
-                args.out.write_text(render(args.models, args.configs, rows, notes, args, command.strip()))
-        notes[key] = f"load average {os.getloadavg()[0]:.1f} at the end"
-        args.out.write_text(render(args.models, args.configs, rows, notes, args, command.strip()))
+                write(record, args.models, args.configs, args)
+        rounds = max(len(r) for (k, _), r in runs.items() if k == key)
+        record["notes"][key] = f"{rounds} round(s); load average {os.getloadavg()[0]:.1f} at the end"
+        write(record, args.models, args.configs, args)
+    print(args.out.read_text())
+
+
+def write(record: dict[str, Any], keys: list[str], configs: list[str], args: argparse.Namespace) -> None:
+    """The page and its raw results (``.json`` beside it, which ``--combine`` reads)."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for key, config, result in record["runs"]:
+        runs.setdefault((key, config), []).append(result)
+    rows = {pair: summary(results) for pair, results in runs.items()}
+    args.out.write_text(render(keys, configs, rows, record["notes"], args, record["commands"]))
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+
+
+def combine(args: argparse.Namespace) -> None:
+    """One page from the ``.json`` files of several runs (e.g. one model each, run side by side)."""
+    record: dict[str, Any] = {"commands": [], "runs": [], "notes": {}}
+    for path in args.combine:
+        part = json.loads(path.read_text())
+        record["commands"] += part["commands"]
+        record["runs"] += part["runs"]
+        record["notes"].update(part["notes"])
+    keys = [k for k in MODELS if any(run[0] == k for run in record["runs"])]
+    configs = [c for c in CONFIGS if any(run[1] == c for run in record["runs"])]
+    write(record, keys, configs, args)
     print(args.out.read_text())
 
 

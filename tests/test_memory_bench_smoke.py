@@ -46,6 +46,6 @@ def test_planned_skips_name_their_reason_and_the_table_shows_them():
             ("vit-b", "lora"): {"peak_gib": 0.5, "increment_gib": 0.2, "step_s": 1.0},
             ("vit-g", "full"): {"skipped": "GPU only (no CUDA here)"}}
     page = bench.render(["vit-b", "vit-g"], ["full", "lora"], rows, {}, argparse.Namespace(
-        device="cpu", threads=2, batch=8, repeats=2, steps=2, limit_gib=16.0), "python benchmarks/memory.py")
+        device="cpu", threads=2, batch=8, steps=2, limit_gib=16.0), ["python benchmarks/memory.py"])
     assert "| lora | 0.50 | 0.20 | 1.0 | 0.25x | not run |" in page
     assert "| full | 2.00 | 1.00 | 3.0 | 1.00x | skipped: GPU only (no CUDA here) |" in page
