@@ -252,8 +252,8 @@ def cells(row: dict[str, Any] | None, full: dict[str, Any] | None) -> list[str]:
 METHOD = """\
 {command} on {day}: {device}, torch {torch}, timm {timm}, peft {peft}, {threads} torch thread(s),
 OMP_NUM_THREADS={threads}, batch {batch}, 224 px, random init, fp32 compute, AdamW. A shared machine
-(other people's jobs ran at the same time): the 1-minute load average when each model's last
-configuration ended is in the notes; step times are indicative, memory hardly
+(other people's jobs ran at the same time): the range of the 1-minute load average at the end of
+each model's configurations is in the notes; step times are indicative only, memory hardly
 depends on the load.
 
 Each configuration is its own process, run one at a time, the configurations of a model in turn
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         combine(args)
         return
     command = "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    record: dict[str, Any] = {"commands": [command.strip()], "runs": [], "notes": {}}
+    record: dict[str, Any] = {"commands": [command.strip()], "runs": []}
     runs: dict[tuple[str, str], list[dict]] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for key in args.models:
@@ -345,9 +345,6 @@ def main(argv: list[str] | None = None) -> None:
                 record["runs"].append([key, config, result])
                 print(key, config, json.dumps(result), flush=True)
                 write(record, args.models, args.configs, args)
-        rounds = max(len(r) for (k, _), r in runs.items() if k == key)
-        record["notes"][key] = f"{rounds} round(s); load average {os.getloadavg()[0]:.1f} at the end"
-        write(record, args.models, args.configs, args)
     print(args.out.read_text())
 
 
@@ -357,18 +354,30 @@ def write(record: dict[str, Any], keys: list[str], configs: list[str], args: arg
     for key, config, result in record["runs"]:
         runs.setdefault((key, config), []).append(result)
     rows = {pair: summary(results) for pair, results in runs.items()}
-    args.out.write_text(render(keys, configs, rows, record["notes"], args, record["commands"]))
+    args.out.write_text(render(keys, configs, rows, notes(runs), args, record["commands"]))
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+
+
+def notes(runs: dict[tuple[str, str], list[dict]]) -> dict[str, str]:
+    """Per model: the rounds its configurations ran and the load averages when they ended."""
+    out = {}
+    for key in dict.fromkeys(k for k, _ in runs):
+        done = [[r for r in results if "load" in r] for (k, _), results in runs.items() if k == key]
+        loads = [r["load"] for results in done for r in results]
+        if loads:
+            rounds = "-".join(str(n) for n in sorted({len(d) for d in done if d}))
+            out[key] = f"{rounds} round(s); load average {min(loads):.1f} to {max(loads):.1f}"
+    return out
 
 
 def combine(args: argparse.Namespace) -> None:
     """One page from the ``.json`` files of several runs (e.g. one model each, run side by side)."""
-    record: dict[str, Any] = {"commands": [], "runs": [], "notes": {}}
+    record: dict[str, Any] = {"commands": [], "runs": []}
     for path in args.combine:
         part = json.loads(path.read_text())
         record["commands"] += part["commands"]
         record["runs"] += part["runs"]
-        record["notes"].update(part["notes"])
+    record["commands"].append("python benchmarks/memory.py --combine " + " ".join(str(p) for p in args.combine))
     keys = [k for k in MODELS if any(run[0] == k for run in record["runs"])]
     configs = [c for c in CONFIGS if any(run[1] == c for run in record["runs"])]
     write(record, keys, configs, args)
