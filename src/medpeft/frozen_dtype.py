@@ -11,10 +11,11 @@ to know. Parameter names are unchanged.
 
 :func:`low_precision_build` builds a model without ever holding its fp32 copy: inside the
 block, each Linear/Conv layer created is cast to the low dtype as soon as the next layer
-starts registering parameters (its own ``__init__``, random init included, ran in fp32, so
-the values are those of an fp32 build rounded; inits a library applies to the whole model
-afterwards run in the low dtype). :func:`restore_trainable` then puts what trains (a new
-head, adapters created next to a low-precision layer) back in fp32.
+starts registering parameters (its own ``__init__``, random init included, ran in fp32), and
+later in-place writes into it (a library's init of the whole model, loaded weights) run on
+an fp32 copy of that one tensor: the values are those of an fp32 build cast afterwards.
+:func:`restore_trainable` then puts what trains (a new head, adapters created next to a
+low-precision layer) back in fp32.
 """
 
 from __future__ import annotations
