@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,87 @@ def test_benchmark_quick_run_compares_every_configuration_with_fp32(tmp_path):
                                      ["float32", "bf16"], ["bfloat16", "bf16"]]
     assert rows[0][2:4] == ["0", "100%"]
     assert all(0 < float(r[2]) < 0.05 for r in rows[1:])
+
+
+def _fp32_parameter_peak(build) -> tuple[object, int]:
+    """``build()`` and the most bytes of fp32 parameters alive at once while it ran (every
+    parameter registered is counted until it is freed: deterministic, no timing)."""
+    alive = peak = 0
+
+    def release(nbytes: int) -> None:
+        nonlocal alive
+        alive -= nbytes
+
+    def on_register(module, name, param) -> None:
+        nonlocal alive, peak
+        if param is not None and param.dtype == torch.float32 and not param.is_meta:
+            alive += param.nbytes
+            peak = max(peak, alive)
+            weakref.finalize(param, release, param.nbytes)
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(on_register)
+    try:
+        return build(), peak
+    finally:
+        handle.remove()
+
+
+DEEP_VIT = dict(VIT, model_kwargs=dict(depth=6, embed_dim=64, num_heads=2, patch_size=8))
+
+
+@pytest.mark.parametrize("frozen", [torch.float32, torch.bfloat16])
+def test_a_bf16_build_never_holds_the_fp32_backbone(frozen):
+    spec = ModelSpec(num_classes=3, method="lora", **DEEP_VIT)
+    torch.manual_seed(0)
+    model, peak = _fp32_parameter_peak(lambda: build_model(spec, frozen_dtype=frozen))
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    if frozen == torch.float32:  # the measure sees a whole fp32 build
+        assert peak >= fp32_bytes
+    else:
+        assert peak < fp32_bytes / 4
+        assert sum(p.dtype == torch.bfloat16 for p in model.parameters()) > 20
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_a_bf16_build_has_the_frozen_values_of_an_fp32_build_cast(backbone):
+    """Same seed: the frozen tensors are bit for bit the fp32 build's, rounded once (a whole-model
+    truncated-normal init run in bf16 would put some weights at the +-2 clamp instead)."""
+    torch.manual_seed(0)
+    built = build_model(ModelSpec(num_classes=3, **BACKBONES[backbone]), frozen_dtype=torch.bfloat16)
+    cast = _model(backbone)
+    frozen = {n: p for n, p in cast.named_parameters() if not p.requires_grad}
+    assert frozen and all(torch.equal(p, built.get_parameter(n)) for n, p in frozen.items())
+    trainable = {n: p for n, p in built.named_parameters() if p.requires_grad}
+    assert trainable.keys() == {n for n, p in cast.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (built.eval()(x) - cast.eval()(x)).abs().max() < 0.01
+
+
+def test_weights_loaded_into_a_bf16_build_are_the_file_rounded(tmp_path):
+    torch.manual_seed(5)
+    source = build_model(ModelSpec(num_classes=3, method="linear", **VIT))
+    file = tmp_path / "vit.pth"
+    torch.save({n: p for n, p in source.state_dict().items() if not n.startswith("head")}, file)
+    model = build_model(ModelSpec(num_classes=3, **VIT), weights=file, frozen_dtype=torch.bfloat16)
+    weight = model.get_parameter("blocks.1.mlp.fc1.weight")
+    assert weight.dtype == torch.bfloat16
+    assert torch.equal(weight, source.get_parameter("blocks.1.mlp.fc1.weight").bfloat16())
+
+
+def test_full_fine_tuning_is_built_in_fp32():
+    model = build_model(ModelSpec(num_classes=3, method="full", **VIT), frozen_dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_adapt_builds_in_bf16_and_names_a_bad_dtype():
+    import medpeft
+
+    model = medpeft.adapt("vit_tiny_patch16_224", num_classes=3, img_size=32, frozen_dtype="bfloat16",
+                          **VIT["model_kwargs"])
+    assert model.model.get_parameter("blocks.0.mlp.fc1.weight").dtype == torch.bfloat16
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    with pytest.raises(ConfigError, match=r"^frozen_dtype: 'bf16' is not one of \['float32', 'bfloat16', "
+                       r"'float16'\]; did you mean 'bfloat16'\?$"):
+        medpeft.adapt("vit_tiny_patch16_224", num_classes=3, frozen_dtype="bf16")

@@ -30,6 +30,7 @@ from medpeft.backbones.base import describe, native_name
 from medpeft.backbones.weights import copy_weights
 from medpeft.checkpointing import enable_checkpointing
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import cast_frozen, frozen_dtype_named
 from medpeft.methods import method_for_settings
 from medpeft.model import ModelSpec, attach_method, build_model, wrap_backbone
 
@@ -114,6 +115,7 @@ def adapt(
     kind: str | None = None,
     adapter_name: str = "default",
     activation_checkpointing: bool = False,
+    frozen_dtype: str = "float32",
     **model_kwargs: Any,
 ) -> AdaptedModel:
     """Freeze ``backbone``, attach the method of ``settings`` and a new head.
@@ -136,10 +138,15 @@ def adapt(
         activation_checkpointing: Recompute each backbone block's activations in backward
             instead of keeping them (:func:`medpeft.checkpointing.enable_checkpointing`;
             per-call routing holds during the recomputation).
+        frozen_dtype: ``float32``, ``bfloat16`` or ``float16``: dtype of the frozen Linear and
+            Conv layers (:mod:`medpeft.frozen_dtype`; adapters and head stay fp32). A named
+            backbone is built in it layer by layer (never as a whole fp32 model); a module
+            passed in is cast.
         **model_kwargs: For a name: architecture arguments of the library's constructor.
     """
     method = method_for_settings(settings)
     settings = settings if settings is not None else method.settings_type()
+    dtype = frozen_dtype_named(frozen_dtype)
     if isinstance(backbone, (str, Path)):
         backbone = str(backbone)
         if kind is None and (Path(backbone) / "config.json").is_file():  # a save_pretrained folder
@@ -148,12 +155,14 @@ def adapt(
             backbone, num_classes, method.name, settings, img_size=img_size,
             kind=kind, model_kwargs=dict(model_kwargs),
         )
-        model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=adapter_name)
+        model = build_model(spec, pretrained=pretrained, weights=weights, adapter_name=adapter_name,
+                            frozen_dtype=dtype)
         adapted = AdaptedModel(model, spec, adapter_name, _weights_record(weights, pretrained))
     elif isinstance(backbone, nn.Module):
         spec = module_spec(backbone, num_classes, method.name, settings)
         model = wrap_backbone(backbone, num_classes)
         attach_method(model, method, settings, adapter_name)
+        cast_frozen(model, dtype)
         adapted = AdaptedModel(model, spec, adapter_name, spec_rebuilds=False)
     else:
         raise ConfigError(f"backbone: expected an nn.Module or a name, got {type(backbone).__name__}")

@@ -8,14 +8,28 @@ cast layer gets two hooks: its floating inputs are cast to its own dtype before 
 matmul and its output back to fp32, so activations between layers, adapter updates,
 gradients, optimizer state and saved adapters stay fp32 and no layer of a method needs
 to know. Parameter names are unchanged.
+
+:func:`low_precision_build` builds a model without ever holding its fp32 copy: inside the
+block, each Linear/Conv layer created is cast to the low dtype as soon as the next layer
+starts registering parameters (its own ``__init__``, random init included, ran in fp32), and
+later in-place writes into it (a library's init of the whole model, loaded weights) run on
+an fp32 copy of that one tensor: the values are those of an fp32 build cast afterwards.
+:func:`restore_trainable` then puts what trains (a new head, adapters created next to a
+low-precision layer) back in fp32.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from medpeft.errors import ConfigError, did_you_mean
 
 FROZEN_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -23,6 +37,17 @@ FROZEN_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 CAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def frozen_dtype_named(name: str, key: str = "frozen_dtype") -> torch.dtype:
+    """The dtype called ``name`` in :data:`FROZEN_DTYPES`.
+
+    Raises:
+        ConfigError: ``name`` is not one of them (``key`` names the setting).
+    """
+    if name not in FROZEN_DTYPES:
+        raise ConfigError(f"{key}: {name!r} is not one of {list(FROZEN_DTYPES)}{did_you_mean(name, FROZEN_DTYPES)}")
+    return FROZEN_DTYPES[name]
 
 
 def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
@@ -47,6 +72,120 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
         module.register_forward_hook(_output_to_float32)
         cast += sum(p.numel() for p in params)
     return cast
+
+
+@contextmanager
+def low_precision_build(dtype: torch.dtype) -> Iterator[None]:
+    """Inside the block, every Linear/Conv layer built is held in ``dtype`` once its own
+    ``__init__`` has run; ``float32`` changes nothing.
+
+    Each layer's floating parameters are swapped for new ``dtype`` parameters (the fp32 ones are
+    freed) when a parameter of another module is registered, and the last ones when the block
+    ends. In-place writes to a swapped parameter afterwards (a library's init of the whole model,
+    weights loaded into it) run on an fp32 copy of that one tensor, rounded once when another
+    tensor is touched (:class:`_Fp32Writes`), so the values are those of an fp32 build cast
+    after it, and at most about one layer is ever alive in fp32. The layers get no hooks here:
+    :func:`cast_frozen` adds them once the trainable parameters are known.
+    """
+    if dtype == torch.float32:
+        yield
+        return
+    writes = _Fp32Writes()
+    pending: list[nn.Module] = []
+
+    def swap(layer: nn.Module) -> None:
+        for param in _swap_parameters(layer, dtype):
+            writes.track(param)
+
+    def on_register(module: nn.Module, name: str, param: Any) -> None:
+        for layer in [m for m in pending if m is not module]:
+            swap(layer)
+            pending.remove(layer)
+        if isinstance(module, CAST_LAYERS) and module not in pending:
+            pending.append(module)
+
+    handle = nn.modules.module.register_module_parameter_registration_hook(on_register)
+    try:
+        with writes:
+            yield
+            for layer in pending:
+                swap(layer)
+    finally:
+        handle.remove()
+
+
+class _Fp32Writes(TorchFunctionMode):
+    """In-place ops on tracked low-precision tensors run on an fp32 copy of the tensor written
+    to; the copy is rounded back into it when any other op runs, so a sequence of in-place
+    ops (``uniform_``, ``erfinv_``, ``mul_``, ``clamp_``: a truncated-normal init) rounds once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracked: dict[int, weakref.ref] = {}  # data_ptr -> parameter
+        self.open: tuple[torch.Tensor, torch.Tensor] | None = None  # (low tensor, its fp32 copy)
+
+    def track(self, param: torch.Tensor) -> None:
+        self.tracked[param.data_ptr()] = weakref.ref(param)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        target = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if target is None or not self._is_tracked_write(func, target):
+            self._close()
+            return func(*args, **kwargs)
+        if self.open is None or self.open[0].data_ptr() != target.data_ptr():
+            self._close()
+            self.open = (target, target.detach().float())
+        func(self.open[1], *args[1:], **kwargs)
+        return target
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._close()
+        return super().__exit__(*exc)
+
+    def _is_tracked_write(self, func: Any, target: torch.Tensor) -> bool:
+        name = getattr(func, "__name__", "")
+        if not name.endswith("_") or name.endswith("__") or target.is_meta:
+            return False
+        param = self.tracked.get(target.data_ptr(), lambda: None)()
+        return param is not None and param.dtype == target.dtype
+
+    def _close(self) -> None:
+        if self.open is not None:
+            low, copy = self.open
+            self.open = None
+            with torch.no_grad():
+                low.copy_(copy)
+
+
+def restore_trainable(model: nn.Module) -> int:
+    """Put the parameters of every module of ``model`` that has a trainable parameter of its own
+    back in fp32 (new Parameter objects: build optimizers after); returns how many were restored.
+
+    Such a module is not frozen, so :func:`cast_frozen` leaves it in fp32: after
+    :func:`low_precision_build` this undoes the build's cast of a new head or of adapters
+    created in their base layer's dtype (their random init keeps bf16 precision).
+    """
+    restored = 0
+    for module in model.modules():
+        own = module._parameters
+        if not any(p is not None and p.requires_grad for p in own.values()):
+            continue
+        for name, param in list(own.items()):
+            if param is not None and param.is_floating_point() and param.dtype != torch.float32:
+                own[name] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
+                restored += 1
+    return restored
+
+
+def _swap_parameters(module: nn.Module, dtype: torch.dtype) -> list[nn.Parameter]:
+    """Replace ``module``'s own floating parameters by new ``dtype`` ones (the old ones are freed)."""
+    swapped = []
+    for name, param in list(module._parameters.items()):
+        if param is not None and param.is_floating_point() and param.dtype != dtype:
+            module._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
+            swapped.append(module._parameters[name])
+    return swapped
 
 
 def _inputs_to_own_dtype(module: nn.Module, args: tuple) -> tuple:

@@ -31,6 +31,7 @@ from medpeft.backbones.base import CapabilityError, describe
 from medpeft.backbones.presets import find_preset, preset_kind
 from medpeft.backbones.timm_build import build_vit
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import cast_frozen, low_precision_build, restore_trainable
 from medpeft.fusion.concat import MultiStreamViT
 from medpeft.fusion.intervention import EarlyIntervention
 from medpeft.fusion.late import LateFusion
@@ -120,6 +121,7 @@ def build_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     adapter_name: str = "default",
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build backbone + fusion, attach the method's adapter and freeze what does not train.
 
@@ -128,9 +130,16 @@ def build_model(
         pretrained: Load the backbone's hub weights.
         weights: Local backbone checkpoint (file, or a ViLT folder); wins over ``pretrained``.
         adapter_name: Key of the adapter's weights in the model.
+        frozen_dtype: dtype of the frozen Linear/Conv layers (:mod:`medpeft.frozen_dtype`); a low
+            one is built layer by layer in it (:func:`~medpeft.frozen_dtype.low_precision_build`),
+            never as a whole fp32 model, unless the method trains everything.
     """
-    model = _fusion_model(spec, pretrained, weights)
-    attach_method(model, get_method(spec.method), spec.settings, adapter_name)
+    method = get_method(spec.method)
+    with low_precision_build(torch.float32 if method.trains_everything else frozen_dtype):
+        model = _fusion_model(spec, pretrained, weights)
+    attach_method(model, method, spec.settings, adapter_name)
+    restore_trainable(model)
+    cast_frozen(model, frozen_dtype)
     return model
 
 

@@ -18,7 +18,7 @@ from medpeft.backbones.presets import find_preset, preset_kind
 from medpeft.data.imageio import MAX_PIXELS, ReadOptions
 from medpeft.data.missing import MIXED_KINDS, MissingSetting
 from medpeft.errors import ConfigError, did_you_mean
-from medpeft.frozen_dtype import FROZEN_DTYPES
+from medpeft.frozen_dtype import frozen_dtype_named
 from medpeft.train.settings import TrainSettings
 
 TASKS = Literal["multiclass", "multilabel"]
@@ -74,11 +74,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         self.kind = preset_kind(self.backbone, self.kind)
-        if self.frozen_dtype not in FROZEN_DTYPES:
-            raise ConfigError(
-                f"model.frozen_dtype: {self.frozen_dtype!r} is not one of {list(FROZEN_DTYPES)}"
-                f"{did_you_mean(self.frozen_dtype, FROZEN_DTYPES)}"
-            )
+        frozen_dtype_named(self.frozen_dtype, "model.frozen_dtype")
         if self.img_size is None:  # a preset's size; timm's 224; the library model's own size
             preset = find_preset(self.backbone)
             self.img_size = preset.img_size if preset else DEFAULT_IMG_SIZE if self.kind == "timm" else None

@@ -195,13 +195,15 @@ def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progre
         records = source.records if every else source.split("test")
         what = "data" if every else "test split"
         check_images(records, source.kinds, what, progress, config.data.read_options())
+    frozen_dtype = FROZEN_DTYPES[config.model.frozen_dtype]
     if two_stage:
         spec, model, objective = two_stage_model(config, layout, source, resume, progress)
+        cast_frozen(model, frozen_dtype)
     else:
         objective = None
         torch.manual_seed(config.train.seed)  # a random-init backbone is the same on every rebuild
-        model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights)
-    cast_frozen(model, FROZEN_DTYPES[config.model.frozen_dtype])
+        model = build_model(spec, pretrained=config.model.pretrained, weights=config.model.weights,
+                            frozen_dtype=frozen_dtype)  # built in it: no fp32 backbone at any time
     return train_source(config, layout, source, spec, model, resume, progress, objective)
 
 

@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/memory.py on a small timm ViT in this process: every kind of
+configuration builds and trains, the planned skips say why, the table has a row per config."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("memory_bench", ROOT / "benchmarks" / "memory.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+SMALL = "vit_tiny_patch16_224"
+
+
+@pytest.mark.parametrize("config", ["full", "lora+ckpt+bf16", "peft+ckpt+bf16"])
+def test_each_kind_of_configuration_trains_and_is_measured(config):
+    row = bench.measure(SMALL, config, batch=2, steps=2, device="cpu")
+    assert row["peak_gib"] > row["increment_gib"] > 0 and row["step_s"] > 0
+    assert 0 < row["trainable"] < 6e6 if config != "full" else row["trainable"] > 5e6
+
+
+def test_the_builds_are_what_the_configuration_names():
+    torch.manual_seed(0)
+    lora = bench.build(SMALL, "lora+ckpt+bf16")
+    assert lora.get_parameter("blocks.0.attn.qkv.base.weight").dtype == torch.bfloat16
+    assert lora.blocks[0].forward.__func__.__name__ == "_checkpointed_forward"
+    peft = bench.build(SMALL, "peft+ckpt")
+    assert peft.base_model.model.grad_checkpointing
+    assert sum(p.numel() for p in peft.parameters() if p.requires_grad) > sum(
+        p.numel() for p in lora.parameters() if p.requires_grad)
+
+
+def test_planned_skips_name_their_reason_and_the_table_shows_them():
+    args = argparse.Namespace(device="cpu", batch=8, limit_gib=16.0)
+    assert bench.run_config("vit-g", "lora", args) == {"skipped": "GPU only (no CUDA here)"}
+    assert bench.estimate_gib("vit_huge_patch14_224", "full", 8) > bench.estimate_gib(
+        "vit_huge_patch14_224", "lora+ckpt+bf16", 8) * 3
+    small = argparse.Namespace(device="cpu", batch=8, limit_gib=1.0)
+    assert bench.run_config("vit-b", "full", small)["skipped"].startswith("estimated ")
+    rows = {("vit-b", "full"): {"peak_gib": 2.0, "increment_gib": 1.0, "step_s": 3.0},
+            ("vit-b", "lora"): {"peak_gib": 0.5, "increment_gib": 0.2, "step_s": 1.0},
+            ("vit-g", "full"): {"skipped": "GPU only (no CUDA here)"}}
+    page = bench.render(["vit-b", "vit-g"], ["full", "lora"], rows, {}, argparse.Namespace(
+        device="cpu", threads=2, batch=8, steps=2, limit_gib=16.0), ["python benchmarks/memory.py"])
+    assert "| lora | 0.50 | 0.20 | 1.0 | 0.25x | not run |" in page
+    assert "| full | 2.00 | 1.00 | 3.0 | 1.00x | skipped: GPU only (no CUDA here) |" in page
