@@ -21,7 +21,9 @@ shared machine's load average at the start of each configuration is in the table
 
 Run: ``python benchmarks/presets.py`` (writes benchmarks/results/presets.md after every
 configuration; about 20 minutes on a loaded 2-core CPU); ``--only dinov2-s phikon`` picks
-presets; ``--quick`` runs one tiny timm ViT (seconds) for a smoke test.
+presets; ``--quick`` runs one tiny timm ViT (seconds) for a smoke test; ``--low-memory`` turns
+on activation checkpointing and bf16 frozen weights (docs/scale.md), e.g.
+``python benchmarks/presets.py --low-memory --out benchmarks/results/presets_low_memory.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ BYTES = 4  # fp32
 GIB = 1024 ** 3
 OVERHEAD_BYTES = GIB // 2  # libraries and allocator of the first step, beyond weights and activations
 TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+LOW_MEMORY = ("`--low-memory`: activation checkpointing on and the frozen Linear/Conv weights in bf16, "
+              "built in bf16 (`adapt(..., activation_checkpointing=True, frozen_dtype=\"bfloat16\")`); adapters, "
+              "head, optimizer state and the compute between layers fp32")
 COLUMNS = ("preset", "input (px)", "params (M)", "estimate (GiB)", "build (s)", "step (s)",
            "peak RSS (MiB)", "step increment (MiB)", "load avg")
 # Every preset at 224 px and at its recommended size, cheap ones first, so that a run stopped
@@ -94,16 +99,22 @@ def status_kib(name: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {name}")
 
 
-def build(case: Case) -> Any:
-    """The case's adapted model: MeLo LoRA, a 2-class head, random init, offline."""
+def build(case: Case, low_memory: bool = False) -> Any:
+    """The case's adapted model: MeLo LoRA, a 2-class head, random init, offline; ``low_memory``:
+    activation checkpointing and bf16 frozen weights (built in bf16)."""
     import medpeft
 
+    options = {"activation_checkpointing": True, "frozen_dtype": "bfloat16"} if low_memory else {}
     return medpeft.adapt(case.preset, medpeft.LoraSettings(), num_classes=2, img_size=case.img_size,
-                         **case.model_kwargs)
+                         **options, **case.model_kwargs)
 
 
-def estimate_bytes(case: Case, batch: int) -> tuple[int, int]:
-    """``(parameters, estimated bytes of build + one step)`` from the model on the meta device."""
+def estimate_bytes(case: Case, batch: int, low_memory: bool = False) -> tuple[int, int]:
+    """``(parameters, estimated bytes of build + one step)`` from the model on the meta device.
+
+    fp32: parameters x 4 bytes x 3 + the activations of every Linear; ``low_memory``: parameters
+    x 2 bytes x 3 + a quarter of those activations (checkpointing keeps the block inputs only).
+    """
     import torch
     from torch import nn
 
@@ -113,7 +124,10 @@ def estimate_bytes(case: Case, batch: int) -> tuple[int, int]:
     patch = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).stride[0]
     tokens = (case.img_size // patch) ** 2 + 1
     linear = sum(m.in_features + m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    return params, params * BYTES * 3 + batch * tokens * linear * BYTES + OVERHEAD_BYTES
+    activations = batch * tokens * linear * BYTES
+    if low_memory:
+        return params, params * 2 * 3 + activations // 4 + OVERHEAD_BYTES
+    return params, params * BYTES * 3 + activations + OVERHEAD_BYTES
 
 
 def train_step(model: Any, batch: int, img_size: int) -> None:
@@ -128,19 +142,19 @@ def train_step(model: Any, batch: int, img_size: int) -> None:
     optimizer.step()
 
 
-def measure(case: Case, batch: int, threads: int, limit_gib: float) -> dict[str, Any]:
+def measure(case: Case, batch: int, threads: int, limit_gib: float, low_memory: bool = False) -> dict[str, Any]:
     """One case: the estimate, then (under the limit) build time, step time and memory."""
     import torch
 
     torch.set_num_threads(threads)
-    params, estimate = estimate_bytes(case, batch)
+    params, estimate = estimate_bytes(case, batch, low_memory)
     row: dict[str, Any] = {"params_m": params / 1e6, "estimate_gib": estimate / GIB,
                            "load": os.getloadavg()[0]}
     if estimate > limit_gib * GIB:
         return {**row, "skipped": f"estimated {estimate / GIB:.1f} GiB > {limit_gib:g} GiB limit"}
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build(case)
+    model = build(case, low_memory)
     row["build_s"] = time.perf_counter() - start
     after_build = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
@@ -159,7 +173,8 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """The case's row from a fresh process (a failure or timeout becomes the row's note)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, __file__, "--worker", json.dumps(asdict(case)), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--limit-gib", str(args.limit_gib)]
+               "--threads", str(args.threads), "--limit-gib", str(args.limit_gib),
+               *(["--low-memory"] if args.low_memory else [])]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -187,7 +202,7 @@ METHOD = """\
 `{command}` on {day}. Machine: a shared 2-core CPU ({cpu}) with other people's jobs running: the
 last column is the machine's 1-minute load average when the configuration started (above 2, other
 jobs competed for the two cores, so times are slower than on an idle machine; memory hardly
-depends on it). torch {torch}, {threads} torch threads, OMP_NUM_THREADS={threads}, fp32.
+depends on it). torch {torch}, {threads} torch threads, OMP_NUM_THREADS={threads}, {precision}.
 
 Each row is its own process, run one after the other: `medpeft.adapt(preset, medpeft.LoraSettings(),
 num_classes=2)` offline at random init (MeLo LoRA: q and v of every block, rank 4), then ONE training
@@ -207,7 +222,8 @@ def render(cases: list[Case], rows: dict[str, dict[str, Any]], args: argparse.Na
     """The results page: how it was measured, then one table row per case."""
     method = METHOD.format(command=command, day=date.today().isoformat(),
                            cpu=platform.processor() or platform.machine(), torch=version("torch"),
-                           threads=args.threads, batch=args.batch, limit=args.limit_gib)
+                           threads=args.threads, batch=args.batch, limit=args.limit_gib,
+                           precision=LOW_MEMORY if args.low_memory else "fp32")
     lines = ["# Foundation-model presets: build time and LoRA fine-tuning memory (CPU)", "", method,
              "| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     lines += ["| " + " | ".join(cells(case, rows.get(case.label))) + " |" for case in cases]
@@ -223,6 +239,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="activation checkpointing + bf16 frozen weights (docs/scale.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -232,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         import medpeft  # noqa: F401  (torchvision shim before timm/transformers)
 
-        print(json.dumps(measure(Case(**json.loads(args.worker)), args.batch, args.threads, args.limit_gib)))
+        case = Case(**json.loads(args.worker))
+        print(json.dumps(measure(case, args.batch, args.threads, args.limit_gib, args.low_memory)))
         return
     cases = quick_cases() if args.quick else full_cases(args.only)
     command = "python benchmarks/presets.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "presets.py"
 COLUMNS = ["preset", "input (px)", "params (M)", "estimate (GiB)", "build (s)", "step (s)",
@@ -20,12 +22,15 @@ def table_rows(markdown: str) -> list[list[str]]:
             for line in markdown.splitlines() if line.startswith("|")]
 
 
-def test_quick_run_writes_a_measured_row_under_the_documented_columns(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--low-memory"]])
+def test_quick_run_writes_a_measured_row_under_the_documented_columns(tmp_path, options):
     out = tmp_path / "presets.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out)],
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out), *options],
                    env=env, check=True, capture_output=True, text=True, timeout=300)
-    header, _separator, *rows = table_rows(out.read_text())
+    page = out.read_text()
+    assert ("activation checkpointing on" in page) == bool(options)
+    header, _separator, *rows = table_rows(page)
     assert header == COLUMNS
     assert len(rows) == 1
     row = dict(zip(COLUMNS, rows[0], strict=True))
