@@ -212,7 +212,8 @@ wall time of that one step (the first, so it includes one-off allocation; indica
 *peak RSS*: the process's peak resident memory (`ru_maxrss`: the build, Python, torch and the
 libraries included); *step increment*: the step's peak above the resident size after the build
 (activations, gradients of the adapter, optimizer state). *estimate*: the guard's estimate before
-building (parameters x 4 bytes x 3 + activations, fused attention assumed, + 0.5 GiB);
+building (parameters x 4 bytes x 3 + activations, fused attention assumed, + 0.5 GiB; with
+`--low-memory` parameters x 2 bytes x 3 + a quarter of the activations);
 configurations above {limit:g} GiB are skipped. Presets whose recommended input is 518 px are also
 measured at 224 px (the input column).
 """
