@@ -45,18 +45,25 @@ def test_one_config_trains_both_stages(ei_run):
     assert (ei_run / "report.json").is_file() and (ei_run / "grid.md").is_file()
 
 
-def test_eval_reproduces_the_test_metrics_and_predict_takes_a_missing_modality(ei_run, tmp_path, capsys):
-    recorded = (ei_run / "test_metrics.json").read_text()
-    assert main(["eval", str(ei_run)]) == 0
-    assert (ei_run / "test_metrics.json").read_text() == recorded
-    rows = tmp_path / "rows.csv"
-    rows.write_text("id,a,b,c\nall,a/00000.png,b/00000.png,c/00000.png\nno_b,a/00000.png,,c/00000.png\n")
-    out = tmp_path / "preds.csv"
-    argv = ["predict", str(ei_run / "adapter"), "--manifest", str(rows), "--root",
-            str(ei_run / "synthetic_data"), "--output", str(out), "--quiet"]
+def eval_then_predict(run: Path, rows: str, tmp_path: Path) -> list[dict[str, str]]:
+    """``medpeft eval RUN`` must rewrite test_metrics.json identically; then the rows of
+    ``medpeft predict`` on the manifest text ``rows`` (paths under the run's synthetic data)."""
+    recorded = (run / "test_metrics.json").read_text()
+    assert main(["eval", str(run)]) == 0
+    assert (run / "test_metrics.json").read_text() == recorded
+    manifest, out = tmp_path / "rows.csv", tmp_path / "preds.csv"
+    manifest.write_text(rows)
+    argv = ["predict", str(run / "adapter"), "--manifest", str(manifest), "--root", str(run / "synthetic_data"),
+            "--output", str(out), "--quiet"]
     assert main(argv) == 0
     with open(out) as f:
-        preds = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def test_eval_reproduces_the_test_metrics_and_predict_takes_a_missing_modality(ei_run, tmp_path, capsys):
+    preds = eval_then_predict(
+        ei_run, "id,a,b,c\nall,a/00000.png,b/00000.png,c/00000.png\nno_b,a/00000.png,,c/00000.png\n", tmp_path
+    )
     labels = [k for k in preds[0] if k not in ("id", "prediction", "status", "error")]
     assert [p["id"] for p in preds] == ["all", "no_b"]
     assert all(sum(float(p[k]) for k in labels) == pytest.approx(1.0, abs=1e-3) for p in preds)
@@ -119,15 +126,5 @@ def test_both_stages_train_on_a_transformers_backbone(tmp_path):
     assert "references.b.backbone.encoder.layer.1.attention.v_proj.lora_A" in saved
     assert {"targets.a.head.weight", "gate.weight", "projectors.b_to_a.3.weight"} <= set(saved)
 
-    recorded = (run / "test_metrics.json").read_text()
-    assert main(["eval", str(run)]) == 0
-    assert (run / "test_metrics.json").read_text() == recorded
-    rows = tmp_path / "rows.csv"
-    rows.write_text("id,a,b\nall,a/00000.png,b/00000.png\nno_b,a/00000.png,\n")
-    out = tmp_path / "preds.csv"
-    argv = ["predict", str(run / "adapter"), "--manifest", str(rows), "--root", str(run / "synthetic_data"),
-            "--output", str(out), "--quiet"]
-    assert main(argv) == 0
-    with open(out) as f:
-        preds = list(csv.DictReader(f))
+    preds = eval_then_predict(run, "id,a,b\nall,a/00000.png,b/00000.png\nno_b,a/00000.png,\n", tmp_path)
     assert [p["id"] for p in preds] == ["all", "no_b"] and all(p["status"] == "ok" for p in preds)
