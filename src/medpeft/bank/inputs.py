@@ -19,8 +19,8 @@ from PIL import Image
 from medpeft.adapters_io.config import AdapterConfig
 from medpeft.bank.errors import BadInput, WrongModality
 from medpeft.data.imageio import ReadOptions, load_image
+from medpeft.data.transforms import image_transforms
 from medpeft.errors import DataError
-from medpeft.runs.data import image_transforms
 
 Input = str | Path | bytes
 Transform = Callable[[Image.Image], torch.Tensor]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from PIL import Image
 from torchvision import transforms as T
@@ -127,3 +128,38 @@ def ei_augmentation(img_size: int, hflip: float, mode: T.InterpolationMode) -> l
     steps.append(T.Resize((img_size, img_size), interpolation=mode))
     steps += [T.ColorJitter(**{name: EI_COLOUR}) for name in ("contrast", "brightness", "saturation")]
     return steps
+
+
+class ImageGeometry(Protocol):
+    """What `image_transforms` reads of a model's preprocessing
+    (`medpeft.adapters_io.config.Preprocessing` has it)."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    interpolation: str
+    crop: float
+    resize: str
+
+
+def image_transforms(
+    kinds: Mapping[str, str],
+    combine: Mapping[str, str],
+    pre: ImageGeometry,
+    augment: bool,
+    hflip: float = 0.5,
+    policy: str = "timm",
+) -> dict:
+    """Per image modality: resize + normalise, augmented (``policy``) when ``augment``.
+
+    Side-by-side (``hconcat``) modalities are never flipped: a flip swaps the images.
+    """
+    return {
+        m: build_transform(
+            pre.size, pre.mean, pre.std, train=augment, interpolation=pre.interpolation,
+            crop_pct=pre.crop, keep_aspect=pre.resize == "crop",
+            hflip=0.0 if combine.get(m) == "hconcat" else hflip, policy=policy,
+        )
+        for m, kind in kinds.items()
+        if kind == "image"
+    }

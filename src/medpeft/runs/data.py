@@ -36,7 +36,7 @@ from medpeft.data.missing import (
 from medpeft.data.records import Source
 from medpeft.data.sources import RECIPES, csv_source, folder_source, recipe_source, synthetic_source
 from medpeft.data.splits import SPLITS, assign_splits
-from medpeft.data.transforms import NORMALIZATIONS, build_transform
+from medpeft.data.transforms import NORMALIZATIONS, image_transforms
 from medpeft.errors import ConfigError, did_you_mean
 from medpeft.runs.layout import RunLayout
 
@@ -209,29 +209,6 @@ def preprocessing(config: RunConfig, model: nn.Module) -> Preprocessing:
     if config.data.normalize != "backbone":
         pre.mean, pre.std = NORMALIZATIONS[config.data.normalize]
     return pre
-
-
-def image_transforms(
-    kinds: Mapping[str, str],
-    combine: Mapping[str, str],
-    pre: Preprocessing,
-    augment: bool,
-    hflip: float = 0.5,
-    policy: str = "timm",
-) -> dict:
-    """Per image modality: resize + normalise, augmented (``policy``) when ``augment``.
-
-    Side-by-side (``hconcat``) modalities are never flipped: a flip swaps the images.
-    """
-    return {
-        m: build_transform(
-            pre.size, pre.mean, pre.std, train=augment, interpolation=pre.interpolation,
-            crop_pct=pre.crop, keep_aspect=pre.resize == "crop",
-            hflip=0.0 if combine.get(m) == "hconcat" else hflip, policy=policy,
-        )
-        for m, kind in kinds.items()
-        if kind == "image"
-    }
 
 
 def make_collate(kinds: Mapping[str, str], tokenizer: str, max_text_len: int) -> Collate:

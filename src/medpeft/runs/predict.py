@@ -37,8 +37,9 @@ from medpeft.data.records import Record
 from medpeft.data.scan import unreadable_images
 from medpeft.data.sources.csv import read_inputs
 from medpeft.data.sources.folder import image_files
+from medpeft.data.transforms import image_transforms
 from medpeft.errors import ConfigError, DataError, did_you_mean
-from medpeft.runs.data import image_transforms, make_collate
+from medpeft.runs.data import make_collate
 from medpeft.train import predict
 from medpeft.train.settings import resolve_device
 
