@@ -29,7 +29,7 @@ from medpeft.methods import LoraSettings
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.reports.compare import write_comparison_page
 from medpeft.reports.page import write_report_page
-from medpeft.runs.layout import ADAPTER_DIR
+from medpeft.run_layout import ADAPTER_DIR
 from medpeft.runs.train import RunReport, train_run
 from medpeft.train.settings import TrainSettings
 

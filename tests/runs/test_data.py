@@ -12,8 +12,8 @@ from PIL import Image
 
 from medpeft.config import load_config
 from medpeft.errors import ConfigError, DataError
+from medpeft.run_layout import RunLayout
 from medpeft.runs.data import describe_source, load_source, run_positive_class
-from medpeft.runs.layout import RunLayout
 
 
 def write_patients(folder, patients=20, per_patient=3, labels=("abnormal", "normal")):

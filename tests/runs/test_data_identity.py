@@ -16,8 +16,8 @@ import yaml
 from medpeft.cli import main
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import DataError
+from medpeft.run_layout import CONFIG, DATA_FINGERPRINT, RunLayout
 from medpeft.runs.fingerprint import check_fingerprint, describe_changes
-from medpeft.runs.layout import CONFIG, DATA_FINGERPRINT, RunLayout
 
 from .conftest import one_line, snapshot
 

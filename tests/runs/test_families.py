@@ -19,8 +19,8 @@ from fixtures.families import CONVNEXT, DINOV2_INPUT, OPEN_CLIP_INPUT, SWIN, sav
 from medpeft.backbones.base import IMAGENET_MEAN_STD
 from medpeft.cli import main
 from medpeft.config import load_config
+from medpeft.run_layout import RunLayout
 from medpeft.runs.data import load_source
-from medpeft.runs.layout import RunLayout
 
 from .conftest import CPU, one_line
 

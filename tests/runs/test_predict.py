@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medpeft.cli import main
-from medpeft.runs.layout import ADAPTER_DIR, SYNTHETIC_DIR
+from medpeft.run_layout import ADAPTER_DIR, SYNTHETIC_DIR
 from medpeft.runs.predict import Predictions, predict_files, predict_manifest
 
 

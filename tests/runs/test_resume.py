@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from medpeft.cli import main
-from medpeft.runs.layout import ADAPTER_DIR
+from medpeft.run_layout import ADAPTER_DIR
 from medpeft.train.files import METRICS_CSV
 
 from .conftest import snapshot

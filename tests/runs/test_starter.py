@@ -11,8 +11,8 @@ from PIL import Image
 
 from medpeft.cli import main
 from medpeft.config import load_config
+from medpeft.run_layout import RunLayout
 from medpeft.runs.data import load_source
-from medpeft.runs.layout import RunLayout
 from medpeft.runs.lock import LOCK
 from tests.runs.conftest import TINY_IMAGE, one_line
 

@@ -20,8 +20,8 @@ from medpeft import checkpointing
 from medpeft.cli import builtin_configs, main
 from medpeft.config import load_config
 from medpeft.data.missing import MissingSetting, MissingTable
+from medpeft.run_layout import ADAPTER_DIR, CONFIG
 from medpeft.runs.evaluate import evaluate_run
-from medpeft.runs.layout import ADAPTER_DIR, CONFIG
 from medpeft.runs.train import RunReport, train_run
 from medpeft.train.files import METRICS_CSV
 

@@ -25,7 +25,7 @@ from medpeft.cli import main
 from medpeft.data.loader import BatchShard, EvalShard, build_loader
 from medpeft.data.synthetic import make_synthetic_dataset
 from medpeft.errors import ConfigError
-from medpeft.runs.layout import ADAPTER_DIR
+from medpeft.run_layout import ADAPTER_DIR
 from medpeft.train import distributed
 from medpeft.train.files import METRICS_CSV
 

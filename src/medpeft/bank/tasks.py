@@ -11,7 +11,7 @@ from pathlib import Path
 from medpeft.adapters_io.config import CONFIG_NAME, WEIGHTS_NAME
 from medpeft.errors import ConfigError, WeightsError
 
-RUN_ADAPTER_DIR = "adapter"  # a run folder's adapter (medpeft.runs.layout.ADAPTER_DIR)
+RUN_ADAPTER_DIR = "adapter"  # a run folder's adapter (medpeft.run_layout.ADAPTER_DIR)
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # no "/", no leading "." (so no "..")
 _HEADER_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 

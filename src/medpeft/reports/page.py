@@ -46,7 +46,7 @@ from medpeft.reports.stats import (
     headline_metrics,
     operating_point,
 )
-from medpeft.runs.layout import ADAPTER_DIR, RunLayout
+from medpeft.run_layout import ADAPTER_DIR, RunLayout
 from medpeft.train.files import METRICS_CSV
 from medpeft.units import format_size
 

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from medpeft.methods.layers import ParameterCount
 from medpeft.units import format_size
 
-if TYPE_CHECKING:
-    from medpeft.runs.train import RunReport
+
+class RunSummary(Protocol):
+    """What `summary_row` reads of a finished run (`medpeft.runs.train.RunReport` has it)."""
+
+    val_metrics: dict[str, float]
+    params: ParameterCount
+    adapter_bytes: int
+
+    @property
+    def test_metrics(self) -> dict[str, float]: ...
+
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map")
 
@@ -37,7 +47,7 @@ def summary_header(metrics: Sequence[str] = SUMMARY_METRICS) -> list[str]:
 
 
 def summary_row(
-    name: str, report: RunReport, metrics: Sequence[str] = SUMMARY_METRICS
+    name: str, report: RunSummary, metrics: Sequence[str] = SUMMARY_METRICS
 ) -> list[object]:
     """One table row: method, trainable parameters and %, adapter size, test metrics."""
     scores = report.test_metrics or report.val_metrics

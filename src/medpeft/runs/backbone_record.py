@@ -16,7 +16,7 @@ import json
 from medpeft.atomic import atomic_write_text
 from medpeft.backbones.checkpoints import BackboneIdentity, identity_mismatch
 from medpeft.errors import ConfigError
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 
 OTHER_WEIGHTS = ("restore those weights to resume, or start over with --no-resume or a new output_dir")
 

@@ -38,7 +38,7 @@ from medpeft.data.sources import RECIPES, csv_source, folder_source, recipe_sour
 from medpeft.data.splits import SPLITS, assign_splits
 from medpeft.data.transforms import NORMALIZATIONS, image_transforms
 from medpeft.errors import ConfigError, did_you_mean
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 
 SOURCES = ("csv", "folder", "synthetic", *RECIPES)
 SYNTHETIC_MODALITIES = {"a": "image", "b": "image"}

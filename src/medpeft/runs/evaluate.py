@@ -32,6 +32,7 @@ from medpeft.errors import ConfigError
 from medpeft.metrics import format_metrics_table
 from medpeft.reports import Results, missing_grid_table, plot_missing_curves, plot_missing_heatmap
 from medpeft.reports.scores import SplitScores, path_columns
+from medpeft.run_layout import ADAPTER_DIR, RunLayout
 from medpeft.runs.data import (
     RunData,
     grid_tables,
@@ -42,7 +43,6 @@ from medpeft.runs.data import (
     saved_or_new_tables,
 )
 from medpeft.runs.fingerprint import Fingerprint, check_fingerprint, data_fingerprint
-from medpeft.runs.layout import ADAPTER_DIR, RunLayout
 from medpeft.runs.resume import FREE_KEYS, changed_keys
 from medpeft.train import EvalResult, evaluate
 from medpeft.train.settings import autocast_dtype, resolve_device

@@ -19,7 +19,7 @@ from medpeft.config import DataSettings
 from medpeft.data.records import Source
 from medpeft.errors import DataError
 from medpeft.hashing import stream_sha256
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 
 GENERATED_SOURCES = ("synthetic",)
 MAX_NAMED = 3

@@ -23,7 +23,7 @@ from medpeft.data.records import Source
 from medpeft.errors import ConfigError
 from medpeft.fusion.intervention import ei_loss
 from medpeft.model import ModelSpec, build_model
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 from medpeft.runs.resume import check_resume, finished_report
 from medpeft.train.trainer import Objective
 

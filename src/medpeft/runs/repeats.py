@@ -20,7 +20,7 @@ from pathlib import Path
 from medpeft.atomic import atomic_write_text
 from medpeft.config import RunConfig
 from medpeft.reports import markdown_table
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 from medpeft.runs.train import RunReport, train_run
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from medpeft.atomic import atomic_write_text
 from medpeft.config import RunConfig, config_dict, load_config
 from medpeft.errors import ConfigError
-from medpeft.runs.layout import RunLayout
+from medpeft.run_layout import RunLayout
 
 EPOCHS = "train.epochs"
 FREE_KEYS = (

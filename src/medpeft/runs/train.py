@@ -32,6 +32,7 @@ from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
 from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
 from medpeft.reports import markdown_table, summary_header, summary_row
+from medpeft.run_layout import RunLayout
 from medpeft.runs.backbone_record import check_backbone_record, write_backbone_record
 from medpeft.runs.data import (
     describe_source,
@@ -45,7 +46,6 @@ from medpeft.runs.data import (
 from medpeft.runs.evaluate import Evaluation, evaluate_split, format_evaluation
 from medpeft.runs.fingerprint import check_fingerprint, data_fingerprint, write_fingerprint
 from medpeft.runs.intervention import check_two_stage, two_stage_model
-from medpeft.runs.layout import RunLayout
 from medpeft.runs.lock import run_lock
 from medpeft.runs.resume import check_resume, finished_report, write_report
 from medpeft.train import distributed, fit
