@@ -274,6 +274,11 @@ def test_a_report_reads_back_label_names_a_spreadsheet_would_evaluate(tmp_path):
     summary = json.loads((tmp_path / "page" / "summary.json").read_text())
     assert list(summary["per_class"]) == labels
 
+    (run / "predictions_test.csv").unlink()  # from Python, without an `evaluate` to write them again
+    with pytest.raises(ConfigError) as error:
+        write_report_page(run, tmp_path / "page2", resamples=50)
+    assert str(error.value) == f"{run}: no predictions_test.csv; evaluate the run first (medpeft eval {run})"
+
 
 def test_scores_csv_escapes_formulas_and_reads_them_back(tmp_path):
     labels = ["=HYPERLINK(\"http://x\",\"y\")", "-1", "+x", "@sum", "'quoted", "plain"]
@@ -307,3 +312,4 @@ def test_predictions_name_each_sample_and_the_page_shows_the_worst_mistakes(tmp_
     shown = re.findall(r'<a href="([^"]+)"><img src="data:image/jpeg;base64,', section)
     assert shown and all((tmp_path / "page" / href).resolve().is_file() for href in shown)
     assert {row["id"] for row in wrong} >= set(re.findall(r"<figcaption>([^<]+)<br>", section))
+

@@ -198,11 +198,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from medpeft.reports.page import write_report_page
+    from medpeft.reports.page import SPLIT, write_report_page
     from medpeft.reports.stats import parse_operating_point
+    from medpeft.runs.evaluate import evaluate_run
+
+    def evaluate(run: Path) -> None:
+        evaluate_run(run, split=SPLIT, progress=True)
 
     result = write_report_page(
-        args.run, args.out, parse_operating_point(args.threshold), args.resamples, args.seed, progress=True
+        args.run, args.out, parse_operating_point(args.threshold), args.resamples, args.seed, evaluate=evaluate
     )
     print(f"wrote {result.page}")
 

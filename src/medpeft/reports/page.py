@@ -9,13 +9,15 @@ specificity at an operating point, thumbnails of the worst misclassified test sa
 two-class run names its positive class wherever sensitivity, specificity, PPV, ROC or
 thresholds appear. ``summary.json`` holds the numbers. Test scores come from the run's
 ``predictions_test.csv``; a run without it (trained before medpeft saved it) is
-evaluated again with its saved adapter first.
+evaluated again with its saved adapter first by the ``evaluate`` the caller passes
+(``medpeft report`` passes `medpeft.runs.evaluate.evaluate_run`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ PAGE = "index.html"
 SUMMARY = "summary.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SPLIT = "test"
+Evaluate = Callable[[Path], object]
 POSITIVE_METRICS = ("auroc", "sensitivity", "specificity")  # a two-class run's: of its positive class
 
 
@@ -83,8 +86,9 @@ class RunFacts:
         return self.adapter.positive_class or self.report.get("positive_class") or labels[1]
 
 
-def read_run(run_dir: str | Path, progress: bool = False) -> RunFacts:
-    """Read a finished run folder; evaluate its adapter on the test split if no scores are saved."""
+def read_run(run_dir: str | Path, evaluate: Evaluate | None = None) -> RunFacts:
+    """Read a finished run folder; ``evaluate(run_dir)`` writes its test scores when none are
+    saved (a run trained before they were; without it such a run is a ConfigError)."""
     layout = RunLayout.at(run_dir)
     if not layout.report.is_file():
         raise ConfigError(
@@ -97,9 +101,11 @@ def read_run(run_dir: str | Path, progress: bool = False) -> RunFacts:
     adapter = read_config(layout.adapter)
     scores_path = layout.predictions(SPLIT)
     if not scores_path.is_file():
-        from medpeft.runs.evaluate import evaluate_run  # runs import reports: imported late
-
-        evaluate_run(layout.root, split=SPLIT, progress=progress)
+        if evaluate is None:
+            raise ConfigError(
+                f"{layout.root}: no {scores_path.name}; evaluate the run first (medpeft eval {layout.root})"
+            )
+        evaluate(layout.root)
     weights = layout.adapter / WEIGHTS_FILE
     return RunFacts(
         name=layout.root.resolve().name,
@@ -144,7 +150,7 @@ def write_report_page(
     threshold: str | float | None = None,
     resamples: int = 1000,
     seed: int = 0,
-    progress: bool = False,
+    evaluate: Evaluate | None = None,
 ) -> PageResult:
     """Write ``index.html``, the PNGs and ``summary.json`` of a run; default folder ``RUN/report``.
 
@@ -155,9 +161,9 @@ def write_report_page(
             argmax for multiclass, 0.5 for multilabel).
         resamples: Bootstrap resamples of the test set.
         seed: Bootstrap seed.
-        progress: Progress bar if the run must be evaluated first.
+        evaluate: Writes the test scores of a run that saved none (see `read_run`).
     """
-    facts = read_run(run_dir, progress)
+    facts = read_run(run_dir, evaluate)
     folder = Path(out) if out is not None else RunLayout.at(run_dir).page
     folder.mkdir(parents=True, exist_ok=True)
     scores = facts.scores
