@@ -168,13 +168,8 @@ def restore_trainable(model: nn.Module) -> int:
     """
     restored = 0
     for module in model.modules():
-        own = module._parameters
-        if not any(p is not None and p.requires_grad for p in own.values()):
-            continue
-        for name, param in list(own.items()):
-            if param is not None and param.is_floating_point() and param.dtype != torch.float32:
-                own[name] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
-                restored += 1
+        if any(p is not None and p.requires_grad for p in module._parameters.values()):
+            restored += len(_swap_parameters(module, torch.float32))
     return restored
 
 
