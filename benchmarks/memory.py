@@ -15,7 +15,11 @@ Configurations (:data:`CONFIGS`):
 - ``+bf16``: medpeft's ``frozen_dtype=bfloat16`` (frozen Linear/Conv in bf16, built in it;
   activations, adapters, head and optimizer state fp32); for PEFT the usual way: the timm
   model cast to bf16 as a whole (activations and head bf16 too, adapters fp32 by PEFT's
-  ``autocast_adapter_dtype``), a different numeric recipe, not a like-for-like peer.
+  ``autocast_adapter_dtype``), a different numeric recipe, not a like-for-like peer;
+- ``+int8``: medpeft's ``frozen_dtype=int8`` (torchao weight-only int8 Linear weights, one
+  scale per row, matmuls in bf16; patch embedding bf16; the rest as ``+bf16``); for PEFT the
+  timm model cast to bf16 and its Linears but the head quantized with the same torchao config,
+  PEFT's ``TorchaoLoraLinear`` on top (activations bf16, as in ``+bf16``).
 
 Every configuration runs in its own process; the configurations of a model are run in turn,
 ``--repeats`` times (interleaved: config 1, 2, ..., then again), one process at a time. Per
@@ -56,7 +60,7 @@ MODELS = {  # key -> (timm name, GPU only)
     "vit-g": ("vit_giant_patch14_224", True),
 }
 CONFIGS = ("full", "lora", "peft", "lora+ckpt", "peft+ckpt", "lora+bf16", "peft+bf16", "lora+ckpt+bf16",
-           "peft+ckpt+bf16")
+           "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8")
 NUM_CLASSES = 10
 RANK = 4  # medpeft's rank; PEFT's is 2 * RANK on the fused qkv
 OVERHEAD_BYTES = GIB // 2  # libraries and allocator, beyond weights and activations
@@ -75,25 +79,37 @@ def build(name: str, config: str) -> Any:
 
     parts = set(config.split("+"))
     if "peft" in parts:
-        return build_peft(name, "ckpt" in parts, "bf16" in parts)
+        return build_peft(name, "ckpt" in parts, frozen_dtype(parts))
     method = "full" if "full" in parts else "lora"
     settings = LoraSettings(targets=("q", "v"), rank=RANK, alpha=float(RANK)) if method == "lora" else None
-    dtype = torch.bfloat16 if "bf16" in parts else torch.float32
-    model = build_model(ModelSpec(name, NUM_CLASSES, method, settings, img_size=224), frozen_dtype=dtype)
+    model = build_model(ModelSpec(name, NUM_CLASSES, method, settings, img_size=224),
+                        frozen_dtype=frozen_dtype(parts))
     if "ckpt" in parts:
         enable_checkpointing(model)
     return model
 
 
-def build_peft(name: str, checkpointing: bool, bf16: bool) -> Any:
+def frozen_dtype(parts: set[str]) -> Any:
+    """The frozen weights' dtype a configuration names (fp32 unless ``bf16`` or ``int8``)."""
+    import torch
+
+    return torch.int8 if "int8" in parts else torch.bfloat16 if "bf16" in parts else torch.float32
+
+
+def build_peft(name: str, checkpointing: bool, dtype: Any) -> Any:
     """HF PEFT LoRA (rank 2r, scale 1) on timm's fused qkv, as in bench_lora_vs_peft.py."""
     import peft
     import timm
     import torch
 
     model = timm.create_model(name, num_classes=NUM_CLASSES, img_size=224)
-    if bf16:
+    if dtype != torch.float32:
         model.to(torch.bfloat16)
+    if dtype == torch.int8:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False),
+                  filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and not fqn.startswith("head"))
     if checkpointing:
         model.set_grad_checkpointing(True)
     config = peft.LoraConfig(r=2 * RANK, lora_alpha=2 * RANK, target_modules=["qkv"], modules_to_save=["head"])
@@ -191,11 +207,11 @@ def estimate_gib(name: str, config: str, batch: int) -> float:
         model = timm.create_model(name, num_classes=NUM_CLASSES, img_size=224)
     params = sum(p.numel() for p in model.parameters())
     parts = set(config.split("+"))
-    weight_bytes = 2 if "bf16" in parts else 4
+    weight_bytes = 1 if "int8" in parts else 2 if "bf16" in parts else 4
     weights = params * (16 if "full" in parts else weight_bytes)
     tokens = (224 // model.patch_embed.patch_size[0]) ** 2 + 1
     linear = sum(m.in_features + m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    act_bytes = 2 if parts >= {"peft", "bf16"} else 4
+    act_bytes = 2 if "peft" in parts and parts & {"bf16", "int8"} else 4
     activations = batch * tokens * linear * act_bytes
     if "ckpt" in parts:
         depth = len(model.blocks)

@@ -107,7 +107,7 @@ def test_float32_leaves_the_model_as_it_is():
 def test_frozen_dtype_config_is_checked_with_a_hint():
     assert ModelSettings(frozen_dtype="bfloat16").frozen_dtype == "bfloat16"
     with pytest.raises(ConfigError, match=r"^model.frozen_dtype: 'bfloat' is not one of "
-                       r"\['float32', 'bfloat16', 'float16'\]; did you mean 'bfloat16'\?$"):
+                       r"\['float32', 'bfloat16', 'float16', 'int8'\]; did you mean 'bfloat16'\?$"):
         ModelSettings(frozen_dtype="bfloat")
 
 
@@ -232,5 +232,5 @@ def test_adapt_builds_in_bf16_and_names_a_bad_dtype():
     assert model.model.get_parameter("blocks.0.mlp.fc1.weight").dtype == torch.bfloat16
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     with pytest.raises(ConfigError, match=r"^frozen_dtype: 'bf16' is not one of \['float32', 'bfloat16', "
-                       r"'float16'\]; did you mean 'bfloat16'\?$"):
+                       r"'float16', 'int8'\]; did you mean 'bfloat16'\?$"):
         medpeft.adapt("vit_tiny_patch16_224", num_classes=3, frozen_dtype="bf16")

@@ -9,10 +9,16 @@ defines the missing schemas and runs torchvision's import again. Nothing is
 imported before that, so ``import medpeft`` (and ``medpeft --help``) stays light.
 Compiled ops (nms, image decoding) stay unavailable, which is fine: medpeft loads
 images with PIL. On a normal install the hook changes nothing.
+
+It also drops three notes that optional libraries log when they load on a CPU, for anyone
+who imports them (transformers imports torchao when it is installed): torchao's CUDA-only
+extensions and Triton kernels that are absent, and torch's note on the enums torchao
+registers. Records are filtered by logger and message; nothing else is silenced.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec, PathFinder
@@ -22,6 +28,11 @@ from typing import Any
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_LIBRARY_NOTES = {  # logger -> a part of the message it logs on every CPU import
+    "torchao": "Failed to load ",
+    "torchao.kernel.intmm": "Detected no triton",
+    "torch.utils._pytree": "is an Enum subclass and is now natively supported",
 }
 _library = None  # keeps the torch.library.Library alive for the process
 
@@ -78,4 +89,24 @@ def install() -> None:
         sys.meta_path.insert(0, _TorchvisionFinder())
 
 
+class _DropNote(logging.Filter):
+    """Drops a logger's records whose message (before formatting) contains ``part``."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__()
+        self.part = part
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.part not in str(record.msg)
+
+
+def quiet_library_notes() -> None:
+    """Filter the load-time notes of :data:`_LIBRARY_NOTES` (once per process)."""
+    for name, part in _LIBRARY_NOTES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNote) for f in logger.filters):
+            logger.addFilter(_DropNote(part))
+
+
 install()
+quiet_library_notes()

@@ -32,7 +32,7 @@ from medpeft.checkpointing import enable_checkpointing
 from medpeft.errors import ConfigError
 from medpeft.frozen_dtype import cast_frozen, frozen_dtype_named
 from medpeft.methods import method_for_settings
-from medpeft.model import ModelSpec, attach_method, build_model, wrap_backbone
+from medpeft.model import ModelSpec, attach_method, build_model, check_frozen_dtype, wrap_backbone
 
 
 class AdaptedModel(nn.Module):
@@ -138,8 +138,9 @@ def adapt(
         activation_checkpointing: Recompute each backbone block's activations in backward
             instead of keeping them (:func:`medpeft.checkpointing.enable_checkpointing`;
             per-call routing holds during the recomputation).
-        frozen_dtype: ``float32``, ``bfloat16`` or ``float16``: dtype of the frozen Linear and
-            Conv layers (:mod:`medpeft.frozen_dtype`; adapters and head stay fp32). A named
+        frozen_dtype: ``float32``, ``bfloat16``, ``float16`` or ``int8`` (weight-only, torchao):
+            dtype of the frozen Linear and Conv layers (:mod:`medpeft.frozen_dtype`; adapters and
+            head stay fp32). A named
             backbone is built in it layer by layer (never as a whole fp32 model); a module
             passed in is cast.
         **model_kwargs: For a name: architecture arguments of the library's constructor.
@@ -160,6 +161,7 @@ def adapt(
         adapted = AdaptedModel(model, spec, adapter_name, _weights_record(weights, pretrained))
     elif isinstance(backbone, nn.Module):
         spec = module_spec(backbone, num_classes, method.name, settings)
+        check_frozen_dtype(method, dtype)
         model = wrap_backbone(backbone, num_classes)
         attach_method(model, method, settings, adapter_name)
         cast_frozen(model, dtype)

@@ -9,6 +9,10 @@ matmul and its output back to fp32, so activations between layers, adapter updat
 gradients, optimizer state and saved adapters stay fp32 and no layer of a method needs
 to know. Parameter names are unchanged.
 
+``int8`` is weight-only int8 through torchao (``pip install 'medpeft[scale]'``): each frozen
+Linear's weight is held as int8 with one bf16 scale per output row (a quarter of fp32) and
+its matmul runs in bf16; frozen Conv layers (the patch embedding) are held in bf16.
+
 :func:`low_precision_build` builds a model without ever holding its fp32 copy: inside the
 block, each Linear/Conv layer created is cast to the low dtype as soon as the next layer
 starts registering parameters (its own ``__init__``, random init included, ran in fp32), and
@@ -20,8 +24,9 @@ low-precision layer) back in fp32.
 
 from __future__ import annotations
 
+import importlib.util
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,12 +35,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from medpeft.errors import ConfigError, did_you_mean
+from medpeft.heap import trim_heap
 
 FROZEN_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
+    "int8": torch.int8,
 }
+INT8_COMPUTE = torch.bfloat16  # the matmul dtype of int8 weight-only layers
 CAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -43,11 +51,19 @@ def frozen_dtype_named(name: str, key: str = "frozen_dtype") -> torch.dtype:
     """The dtype called ``name`` in :data:`FROZEN_DTYPES`.
 
     Raises:
-        ConfigError: ``name`` is not one of them (``key`` names the setting).
+        ConfigError: ``name`` is not one of them (``key`` names the setting), or it is ``int8``
+            and torchao is not installed.
     """
     if name not in FROZEN_DTYPES:
         raise ConfigError(f"{key}: {name!r} is not one of {list(FROZEN_DTYPES)}{did_you_mean(name, FROZEN_DTYPES)}")
+    if name == "int8" and importlib.util.find_spec("torchao") is None:
+        raise ConfigError(f"{key}: 'int8' needs torchao: pip install 'medpeft[scale]'")
     return FROZEN_DTYPES[name]
+
+
+def build_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the frozen layers are built and cast in for ``dtype`` (int8 is quantized from bf16)."""
+    return INT8_COMPUTE if dtype == torch.int8 else dtype
 
 
 def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
@@ -55,29 +71,39 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
 
     A layer counts as frozen when none of its own parameters requires grad (a LoRA
     layer's wrapped ``base`` is frozen, the LoRA layer itself is not a cast layer).
-    ``float32`` leaves the model as it is.
+    ``float32`` leaves the model as it is; ``int8`` casts to bf16 and then quantizes the
+    frozen Linear weights (torchao weight-only int8, one scale per output row).
 
     Returns:
-        The number of parameter elements now held in ``dtype``.
+        The number of parameter elements now held in ``dtype`` (bf16 for int8's Conv layers).
     """
     if dtype == torch.float32:
         return 0
+    quantize = _int8_weight_only() if dtype == torch.int8 else None
     cast = 0
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         if not isinstance(module, CAST_LAYERS) or not params or any(p.requires_grad for p in params):
             continue
-        module.to(dtype)
+        module.to(build_dtype(dtype))
+        if quantize is not None and isinstance(module, nn.Linear):
+            quantize(module)
         module.register_forward_pre_hook(_inputs_to_own_dtype)
         module.register_forward_hook(_output_to_float32)
         cast += sum(p.numel() for p in params)
     return cast
 
 
+def is_quantized(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is a quantized tensor (``int8``), which cannot be written or merged into."""
+    return type(weight.data) is not torch.Tensor
+
+
 @contextmanager
 def low_precision_build(dtype: torch.dtype) -> Iterator[None]:
     """Inside the block, every Linear/Conv layer built is held in ``dtype`` once its own
-    ``__init__`` has run; ``float32`` changes nothing.
+    ``__init__`` has run (``int8``: in bf16, quantized later by :func:`cast_frozen`);
+    ``float32`` changes nothing.
 
     Each layer's floating parameters are swapped for new ``dtype`` parameters (the fp32 ones are
     freed) when a parameter of another module is registered, and the last ones when the block
@@ -87,6 +113,7 @@ def low_precision_build(dtype: torch.dtype) -> Iterator[None]:
     after it, and at most about one layer is ever alive in fp32. The layers get no hooks here:
     :func:`cast_frozen` adds them once the trainable parameters are known.
     """
+    dtype = build_dtype(dtype)
     if dtype == torch.float32:
         yield
         return
@@ -181,6 +208,21 @@ def _swap_parameters(module: nn.Module, dtype: torch.dtype) -> list[nn.Parameter
             module._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
             swapped.append(module._parameters[name])
     return swapped
+
+
+def _int8_weight_only() -> Callable[[nn.Linear], Any]:
+    """torchao's weight-only int8 quantization of one Linear (one scale per output row)."""
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError as e:
+        raise ConfigError(f"frozen_dtype: 'int8' needs torchao: pip install 'medpeft[scale]' ({e})") from e
+    config = Int8WeightOnlyConfig(set_inductor_config=False)
+
+    def quantize(layer: nn.Linear) -> None:
+        quantize_(layer, config)
+        trim_heap()  # the freed bf16 weight and fp32 temporaries, else held between the int8 weights
+
+    return quantize
 
 
 def _inputs_to_own_dtype(module: nn.Module, args: tuple) -> tuple:

@@ -135,12 +135,22 @@ def build_model(
             never as a whole fp32 model, unless the method trains everything.
     """
     method = get_method(spec.method)
+    check_frozen_dtype(method, frozen_dtype)
     with low_precision_build(torch.float32 if method.trains_everything else frozen_dtype):
         model = _fusion_model(spec, pretrained, weights)
     attach_method(model, method, spec.settings, adapter_name)
     restore_trainable(model)
     cast_frozen(model, frozen_dtype)
     return model
+
+
+def check_frozen_dtype(method: Method, frozen_dtype: torch.dtype) -> None:
+    """ConfigError when ``method`` cannot run on frozen weights held in ``frozen_dtype``."""
+    if frozen_dtype == torch.int8 and method.reads_frozen_weights:
+        raise ConfigError(
+            f"model.frozen_dtype: int8 does not apply to method {method.name!r}: its layers compute "
+            "with the frozen weights' values; use bfloat16"
+        )
 
 
 def attach_method(model: nn.Module, method: Method, settings: Any, adapter_name: str = "default") -> None:

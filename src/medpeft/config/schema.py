@@ -54,7 +54,8 @@ class ModelSettings:
             transformers config fields (``model_type`` for a random model) or
             ``open_clip.create_model`` arguments.
         frozen_dtype: storage and matmul dtype of the frozen Linear and Conv layers:
-            ``float32``, ``bfloat16`` or ``float16`` (half the memory); adapters, head,
+            ``float32``, ``bfloat16`` or ``float16`` (half the memory), or ``int8`` (weight-only
+            through torchao, a quarter; matmuls in bf16; not with DoRA); adapters, head,
             norms, optimizer state and saved adapters stay fp32 (`medpeft.frozen_dtype`).
             A training option: ``eval``/``predict``/``serve`` rebuild in fp32.
     """

@@ -29,6 +29,8 @@ class Method:
             adapter file stores their entries under keys without the name.
         trains_everything: every parameter trains (full fine-tuning).
         identity_at_init: a fresh adapter leaves the base model's output unchanged.
+        reads_frozen_weights: its layers compute with the frozen weights' values (DoRA's row
+            norms), so they cannot be held as int8 (``model.frozen_dtype``).
 
     Registry metadata (what the rest of medpeft asks instead of keeping lists of names):
         mergeable: the update folds into the frozen weights (``merge``/``unmerge``;
@@ -48,6 +50,7 @@ class Method:
     adapter_dicts: ClassVar[tuple[str, ...]] = ()
     trains_everything: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = True
+    reads_frozen_weights: ClassVar[bool] = False
     mergeable: ClassVar[bool] = False
     mixable: ClassVar[bool] = False
     needs_tokens: ClassVar[bool] = False

@@ -21,6 +21,7 @@ class DoRA(LoRA):
     settings_type = DoraSettings
     adapter_dicts = ("lora_A", "lora_B", "lora_magnitude")
     mixable = False
+    reads_frozen_weights = True  # the row norms of W + s·B·A
     layer_type = DoraLinear
 
 

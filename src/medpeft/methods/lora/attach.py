@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import is_quantized
 from medpeft.methods.lora.layer import LoRALinear, Segment
 from medpeft.methods.reach import check_on_first_forward
 from medpeft.methods.targets import (
@@ -138,8 +139,19 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module, name: str | None = None) -> None:
-    """Fold adapter ``name`` (default: each layer's first) into the base weights."""
-    for layer in lora_layers(model).values():
+    """Fold adapter ``name`` (default: each layer's first) into the base weights.
+
+    Raises:
+        ConfigError: the base weights are int8 (``model.frozen_dtype: int8``), which hold no update.
+    """
+    layers = lora_layers(model)
+    quantized = next((n for n, layer in layers.items() if is_quantized(layer.base.weight)), None)
+    if quantized is not None:
+        raise ConfigError(
+            f"{quantized}: cannot merge an adapter into int8 frozen weights (model.frozen_dtype: int8); "
+            "build the model in float32 to merge (medpeft export does)"
+        )
+    for layer in layers.values():
         layer.merge(name)
 
 

@@ -1,0 +1,156 @@
+"""Frozen Linear weights held as int8 (``model.frozen_dtype: int8``, torchao weight-only)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medpeft.checkpointing import enable_checkpointing
+from medpeft.cli import main
+from medpeft.config.schema import ModelSettings
+from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import is_quantized
+from medpeft.heap import trim_heap
+from medpeft.methods.lora.attach import merge_lora
+from medpeft.model import ModelSpec, build_model
+from tests.test_frozen_dtype import BACKBONES
+
+X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _build(backbone: str, method: str = "lora", dtype: torch.dtype = torch.int8) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelSpec(num_classes=3, method=method, **BACKBONES[backbone]), frozen_dtype=dtype)
+
+
+def _stored_bytes(param: torch.Tensor) -> int:
+    """Bytes a parameter holds: a quantized one's int8 values and scales, else its own."""
+    if not is_quantized(param):
+        return param.nbytes
+    names, _ = param.__tensor_flatten__()
+    return sum(getattr(param, n).nbytes for n in names if getattr(param, n) is not None)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_frozen_linear_weights_are_int8_with_a_scale_per_row(backbone):
+    model, reference = _build(backbone), _build(backbone, dtype=torch.float32)
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    quantized = {n: p for n, p in frozen.items() if is_quantized(p)}
+    assert quantized and all(n.endswith("weight") for n in quantized)
+    assert any("base.weight" in n for n in quantized) and any("mlp" in n or "intermediate" in n for n in quantized)
+    for name, weight in quantized.items():
+        assert weight.qdata.dtype == torch.int8 and weight.scale.shape == (weight.shape[0], 1)
+        want = reference.get_parameter(name).detach()
+        row_step = want.abs().amax(dim=1, keepdim=True) / 127  # one int8 step of the row
+        assert ((weight.dequantize().float() - want).abs() <= row_step * 0.51 + want.abs() * 2**-7).all()
+    assert {p.dtype for n, p in model.named_parameters() if p.requires_grad} == {torch.float32}
+    int8_bytes = sum(_stored_bytes(p) for p in quantized.values())
+    assert int8_bytes < 0.3 * sum(p.numel() * 4 for p in quantized.values())
+
+
+@pytest.mark.parametrize("method", ["lora", "mor", "linear"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_one_int8_step_moves_only_adapter_and_head(backbone, method):
+    model = _build(backbone, method)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not is_quantized(p)}
+    quantized = {n: p.qdata.clone() for n, p in model.named_parameters() if is_quantized(p)}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    logits = model(X[:2])
+    assert logits.dtype == torch.float32
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert moved and moved <= {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(model.get_parameter(n).qdata, q) for n, q in quantized.items())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_int8_logits_agree_with_fp32(backbone):
+    reference, low = _build(backbone, dtype=torch.float32).eval(), _build(backbone).eval()
+    for name, p in reference.named_parameters():  # non-zero adapters: the update path is compared too
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(len(name)))
+            low.get_parameter(name).data.copy_(p)
+    with torch.no_grad():
+        want, got = reference(X), low(X)
+    assert not torch.equal(want, got) and (want - got).abs().max() < 0.05
+    assert (want.argmax(1) == got.argmax(1)).float().mean() >= 0.85
+
+
+def test_checkpointed_int8_gradients_equal_stored_ones():
+    grads = []
+    for checkpointed in (False, True):
+        model = _build("vit")
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+        if checkpointed:
+            enable_checkpointing(model)
+        model(X).logsumexp(1).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any(g.abs().sum() > 0 for g in grads[0].values())
+    assert all((grads[0][n] - grads[1][n]).abs().max() <= 1e-6 for n in grads[0])
+
+
+def test_int8_refuses_dora_and_merging_in_one_line():
+    with pytest.raises(ConfigError, match=r"^model.frozen_dtype: int8 does not apply to method 'dora': its "
+                       r"layers compute with the frozen weights' values; use bfloat16$"):
+        _build("vit", "dora")
+    with pytest.raises(ConfigError, match=r"^blocks.0.attn.qkv: cannot merge an adapter into int8 frozen "
+                       r"weights \(model.frozen_dtype: int8\); build the model in float32 to merge"):
+        merge_lora(_build("vit"))
+
+
+def test_int8_needs_torchao(monkeypatch):
+    assert ModelSettings(frozen_dtype="int8").frozen_dtype == "int8"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^model.frozen_dtype: 'int8' needs torchao: pip install "
+                       r"'medpeft\[scale\]'$"):
+        ModelSettings(frozen_dtype="int8")
+
+
+def test_a_run_trains_with_int8_frozen_weights_and_checkpointing(tmp_path):
+    run = tmp_path / "run"
+    argv = [
+        "train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
+        "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "data.num_samples=40", "data.batch_size=16", "missing.grid.etas=[0.9]",
+        "train.device=cpu", "data.num_workers=0", "train.epochs=1",
+        "model.frozen_dtype=int8", "train.activation_checkpointing=true", "--quiet",
+    ]
+    assert main(argv) == 0
+    tensors = {}
+    for path in run.rglob("adapter_model.safetensors"):
+        tensors.update(load_file(path))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+    assert "frozen_dtype: int8" in (run / "config.yaml").read_text()
+
+
+def test_torchao_load_notes_are_dropped_and_other_records_kept(caplog):
+    notes = {
+        "torchao": "Failed to load /x/_C_mxfp8.so: Could not load this library",
+        "torchao.kernel.intmm": "Warning: Detected no triton, on systems without Triton certain kernels will not work",
+        "torch.utils._pytree": "%s is an Enum subclass and is now natively supported by torch.compile",
+    }
+    with caplog.at_level(logging.WARNING):
+        for name, message in notes.items():
+            args = ("<enum 'X'>",) if "%s" in message else ()
+            logging.getLogger(name).warning(message, *args)
+            logging.getLogger(name).warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"] * 3
+
+
+def test_each_quantized_layer_gives_its_freed_heap_back(monkeypatch):
+    import medpeft.frozen_dtype as frozen_dtype
+
+    calls = []
+    monkeypatch.setattr(frozen_dtype, "trim_heap", lambda: calls.append(1) or True)
+    model = _build("vit")
+    assert len(calls) == sum(is_quantized(p) for p in model.parameters()) > 0
+    assert trim_heap() is sys.platform.startswith("linux")  # glibc here; nothing to call elsewhere
