@@ -71,7 +71,6 @@ OVERHEAD_BYTES = GIB // 2  # libraries and allocator, beyond weights and activat
 
 def build(name: str, config: str) -> Any:
     """The model of ``config`` (random init; call after seeding)."""
-    import torch
 
     from medpeft.checkpointing import enable_checkpointing
     from medpeft.methods import LoraSettings

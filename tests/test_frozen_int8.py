@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 import logging
+import sys
 
 import pytest
 import torch
