@@ -19,7 +19,9 @@ Configurations (:data:`CONFIGS`):
 - ``+int8``: medpeft's ``frozen_dtype=int8`` (torchao weight-only int8 Linear weights, one
   scale per row, matmuls in bf16; patch embedding bf16; the rest as ``+bf16``); for PEFT the
   timm model cast to bf16 and its Linears but the head quantized with the same torchao config,
-  PEFT's ``TorchaoLoraLinear`` on top (activations bf16, as in ``+bf16``).
+  PEFT's ``TorchaoLoraLinear`` on top (activations bf16, as in ``+bf16``);
+- ``+amp``: the forward under bf16 autocast (``train.amp: true, amp_dtype: bf16``): the
+  adapters' and head's matmuls in bf16 too.
 
 Every configuration runs in its own process; the configurations of a model are run in turn,
 ``--repeats`` times (interleaved: config 1, 2, ..., then again), one process at a time. Per
@@ -60,7 +62,7 @@ MODELS = {  # key -> (timm name, GPU only)
     "vit-g": ("vit_giant_patch14_224", True),
 }
 CONFIGS = ("full", "lora", "peft", "lora+ckpt", "peft+ckpt", "lora+bf16", "peft+bf16", "lora+ckpt+bf16",
-           "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8")
+           "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8", "lora+ckpt+bf16+amp")
 NUM_CLASSES = 10
 RANK = 4  # medpeft's rank; PEFT's is 2 * RANK on the fused qkv
 OVERHEAD_BYTES = GIB // 2  # libraries and allocator, beyond weights and activations
@@ -150,9 +152,12 @@ class Meter:
         return self.torch.cuda.max_memory_allocated() if self.cuda else status_kib("VmHWM") * 1024
 
 
-def train_steps(model: Any, batch: int, steps: int, device: str) -> list[float]:
-    """``steps`` AdamW steps on a fixed random batch; the seconds of each."""
+def train_steps(model: Any, batch: int, steps: int, device: str, amp: bool = False) -> list[float]:
+    """``steps`` AdamW steps on a fixed random batch (``amp``: forward under bf16 autocast); the
+    seconds of each."""
     import torch
+
+    from medpeft.train.evaluation import autocast
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -163,7 +168,9 @@ def train_steps(model: Any, batch: int, steps: int, device: str) -> list[float]:
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+        with autocast(torch.device(device), torch.bfloat16 if amp else None):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -184,7 +191,7 @@ def measure(name: str, config: str, batch: int, steps: int, device: str) -> dict
     build_s = time.perf_counter() - start
     built, build_peak = meter.now(), meter.peak()
     meter.reset_peak()
-    times = train_steps(model, batch, steps, device)
+    times = train_steps(model, batch, steps, device, amp="amp" in config.split("+"))
     increment = meter.peak_since_reset() - built
     return {"peak_gib": max(build_peak, meter.peak()) / GIB, "increment_gib": increment / GIB,
             "step_s": statistics.median(times[1:] or times), "build_s": build_s,

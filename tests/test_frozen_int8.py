@@ -14,7 +14,7 @@ from medpeft.checkpointing import enable_checkpointing
 from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
-from medpeft.frozen_dtype import is_quantized
+from medpeft.frozen_dtype import Int8WeightLinear, is_quantized
 from medpeft.heap import trim_heap
 from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
@@ -154,3 +154,26 @@ def test_each_quantized_layer_gives_its_freed_heap_back(monkeypatch):
     model = _build("vit")
     assert len(calls) == sum(is_quantized(p) for p in model.parameters()) > 0
     assert trim_heap() is sys.platform.startswith("linux")  # glibc here; nothing to call elsewhere
+
+
+def test_int8_backward_keeps_no_dense_copy_of_a_weight_and_matches_the_dequantized_one():
+    model = _build("vit")
+    quantized = [p for p in model.parameters() if is_quantized(p)]
+    shapes = {tuple(p.shape) for p in quantized} | {tuple(p.shape[::-1]) for p in quantized}
+    dense_copies = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if tuple(t.shape) in shapes and not is_quantized(t):
+            dense_copies.append(tuple(t.shape))
+        return t
+
+    x = X[:2].clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    assert not dense_copies and x.grad.abs().sum() > 0
+    layer = next(m for m in model.modules() if isinstance(m, Int8WeightLinear))
+    inputs = torch.randn(4, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    dense = inputs.detach().clone().requires_grad_(True)
+    layer(inputs).float().pow(2).sum().backward()
+    torch.nn.functional.linear(dense, layer.weight.dequantize(), layer.bias).float().pow(2).sum().backward()
+    assert torch.allclose(inputs.grad.float(), dense.grad.float(), rtol=0.02, atol=0.02)

@@ -88,6 +88,8 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
         module.to(build_dtype(dtype))
         if quantize is not None and isinstance(module, nn.Linear):
             quantize(module)
+            if type(module) is nn.Linear:
+                module.__class__ = Int8WeightLinear
         module.register_forward_pre_hook(_inputs_to_own_dtype)
         module.register_forward_hook(_output_to_float32)
         cast += sum(p.numel() for p in params)
@@ -223,6 +225,32 @@ def _int8_weight_only() -> Callable[[nn.Linear], Any]:
         trim_heap()  # the freed bf16 weight and fp32 temporaries, else held between the int8 weights
 
     return quantize
+
+
+class Int8WeightLinear(nn.Linear):
+    """A frozen Linear whose weight torchao holds as int8, and whose backward multiplies by that
+    weight dequantized on the fly: through torchao's own linear, autograd would keep a bf16
+    copy of every layer's weight until the backward reaches it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Int8WeightMatmul.apply(x, self.weight, self.bias)
+
+
+class _Int8WeightMatmul(torch.autograd.Function):
+    """``linear(x, W, b)`` for a frozen quantized ``W``: saves ``W`` itself (no copy); the input's
+    gradient is ``grad @ dequantize(W)``, built in the gradient's dtype and freed at once."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.dequantize(grad.dtype), None, None
 
 
 def _inputs_to_own_dtype(module: nn.Module, args: tuple) -> tuple:
