@@ -177,3 +177,13 @@ def test_int8_backward_keeps_no_dense_copy_of_a_weight_and_matches_the_dequantiz
     layer(inputs).float().pow(2).sum().backward()
     torch.nn.functional.linear(dense, layer.weight.dequantize(), layer.bias).float().pow(2).sum().backward()
     assert torch.allclose(inputs.grad.float(), dense.grad.float(), rtol=0.02, atol=0.02)
+
+
+def test_a_dora_run_with_int8_weights_stops_before_writing(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "mora_synthetic", f"output_dir={run}", "method=dora", "model.frozen_dtype=int8", "--quiet"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "model.frozen_dtype: int8 does not apply to method 'dora': its layers compute with the frozen "
+        "weights' values; use bfloat16")
+    assert not (run / "config.yaml").exists()

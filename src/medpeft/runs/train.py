@@ -30,7 +30,14 @@ from medpeft.errors import ConfigError
 from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen
 from medpeft.methods import get_method
 from medpeft.methods.layers import ParameterCount, count_parameters
-from medpeft.model import DEFAULT_BACKBONES, ModelSpec, build_model, check_architecture, set_backbone_dropout
+from medpeft.model import (
+    DEFAULT_BACKBONES,
+    ModelSpec,
+    build_model,
+    check_architecture,
+    check_frozen_dtype,
+    set_backbone_dropout,
+)
 from medpeft.reports import markdown_table, summary_header, summary_row
 from medpeft.run_layout import RunLayout
 from medpeft.runs.backbone_record import check_backbone_record, write_backbone_record
@@ -170,6 +177,7 @@ def train_run(config: RunConfig, resume: bool = True, progress: bool = True) -> 
 
 def _train_unfinished(config: RunConfig, layout: RunLayout, resume: bool, progress: bool) -> RunReport:
     """`train_run` of a run that has not finished, its folder locked: read, build, fit."""
+    check_frozen_dtype(get_method(config.method), FROZEN_DTYPES[config.model.frozen_dtype])
     own = RunLayout.at(distributed.writable_folder(layout.root))
     own.root.mkdir(parents=True, exist_ok=True)
     source = load_source(config, own)
