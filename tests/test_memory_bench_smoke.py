@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medpeft.frozen_dtype import is_quantized
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("memory_bench", ROOT / "benchmarks" / "memory.py")
 bench = importlib.util.module_from_spec(SPEC)
@@ -17,7 +19,8 @@ SPEC.loader.exec_module(bench)
 SMALL = "vit_tiny_patch16_224"
 
 
-@pytest.mark.parametrize("config", ["full", "lora+ckpt+bf16", "peft+ckpt+bf16"])
+@pytest.mark.parametrize("config", ["full", "lora+ckpt+bf16", "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8",
+                                    "lora+ckpt+bf16+amp"])
 def test_each_kind_of_configuration_trains_and_is_measured(config):
     row = bench.measure(SMALL, config, batch=2, steps=2, device="cpu")
     assert row["peak_gib"] > row["increment_gib"] > 0 and row["step_s"] > 0
@@ -29,6 +32,11 @@ def test_the_builds_are_what_the_configuration_names():
     lora = bench.build(SMALL, "lora+ckpt+bf16")
     assert lora.get_parameter("blocks.0.attn.qkv.base.weight").dtype == torch.bfloat16
     assert lora.blocks[0].forward.__func__.__name__ == "_checkpointed_forward"
+    int8 = bench.build(SMALL, "lora+ckpt+int8")
+    assert is_quantized(int8.get_parameter("blocks.0.attn.qkv.base.weight"))
+    peft_int8 = bench.build(SMALL, "peft+ckpt+int8")
+    assert is_quantized(peft_int8.get_parameter("base_model.model.blocks.0.mlp.fc1.weight"))
+    assert not is_quantized(peft_int8.get_parameter("base_model.model.head.weight"))
     peft = bench.build(SMALL, "peft+ckpt")
     assert peft.base_model.model.grad_checkpointing
     assert sum(p.numel() for p in peft.parameters() if p.requires_grad) > sum(
