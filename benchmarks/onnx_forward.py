@@ -14,7 +14,7 @@ process warms up, then times forwards for ``--seconds`` (wall time) and reports 
 median. The logits of both runtimes on one batch of 16 are compared (max abs difference).
 
 Run: ``python benchmarks/onnx_forward.py`` (ViT-S/16 at 224 and 112 px, batches 1 and 16,
-1 and 2 threads, about 6 minutes); the table goes to ``benchmarks/results/onnx_forward.md``.
+1 and 2 threads, about 10 minutes on 2 idle cores); the table goes to ``benchmarks/results/onnx_forward.md``.
 """
 
 from __future__ import annotations
