@@ -260,5 +260,8 @@ def _inputs_to_own_dtype(module: nn.Module, args: tuple) -> tuple:
 
 
 def _output_to_float32(module: nn.Module, args: tuple, output: Any) -> Any:
-    """Forward hook: the layer's output back in fp32 for the rest of the model."""
-    return output.float() if torch.is_tensor(output) else output
+    """Forward hook: the layer's output back in fp32 for the rest of the model (under autocast
+    it stays in the autocast dtype, as autocast leaves every matmul's output)."""
+    if not torch.is_tensor(output) or torch.is_autocast_enabled(output.device.type):
+        return output
+    return output.float()
