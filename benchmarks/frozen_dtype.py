@@ -4,12 +4,14 @@ Each configuration (``model.frozen_dtype`` x ``train.amp_dtype``) runs in its ow
 one after the other:
 
 1. build ViT-S/16 (``vit_small_patch16_224``, random init, seed 0) with MeLo LoRA and a
-   10-class head, then cast its frozen Linear/Conv layers (`medpeft.frozen_dtype.cast_frozen`);
+   10-class head by ``build_model(spec, frozen_dtype=...)``: layer by layer in the low dtype
+   (`medpeft.frozen_dtype.low_precision_build`), never as a whole fp32 model;
 2. eval-mode logits of a fixed random batch of ``--batch`` images, compared with the fp32
    configuration's: max abs diff and top-1 agreement (the fraction of images whose arg-max
    class is the same);
 3. ``--steps`` LoRA training steps (AdamW, cross-entropy) after one warm-up step: median step
-   time; peak resident memory of the process (``ru_maxrss``: build, steps and libraries).
+   time; peak resident memory of the process (``ru_maxrss``) after the build and at the end
+   (build, steps and libraries).
 
 The machine is a shared, loaded 2-core CPU: step times are indicative only.
 
@@ -45,7 +47,7 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
     """One configuration in this process: its logits (saved to ``logits_out``), step time, peak RSS."""
     import torch
 
-    from medpeft.frozen_dtype import FROZEN_DTYPES, cast_frozen
+    from medpeft.frozen_dtype import FROZEN_DTYPES
     from medpeft.model import ModelSpec, build_model
     from medpeft.train.evaluation import autocast
     from medpeft.train.settings import AMP_DTYPES
@@ -54,8 +56,8 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
     size = 32 if quick else 224
     spec = ModelSpec("vit_small_patch16_224", NUM_CLASSES, "lora", img_size=size,
                      model_kwargs=TINY_KWARGS if quick else {})
-    model = build_model(spec)
-    cast_frozen(model, FROZEN_DTYPES[frozen])
+    model = build_model(spec, frozen_dtype=FROZEN_DTYPES[frozen])
+    build_rss = _peak_rss_mib()
     cpu, dtype = torch.device("cpu"), AMP_DTYPES[amp] if amp else None
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     model.eval()
@@ -73,9 +75,14 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times[1:]), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"step_s": statistics.median(times[1:]), "build_rss_mib": build_rss, "peak_rss_mib": _peak_rss_mib(),
             "frozen_mib": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) / 2**20,
             "load_avg": os.getloadavg()[0]}
+
+
+def _peak_rss_mib() -> float:
+    """The process's peak resident memory so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_config(frozen: str, amp: str | None, args: argparse.Namespace, folder: Path) -> tuple[dict, Any]:
@@ -103,14 +110,15 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         "*max abs diff* and *top-1 agreement*: eval logits of the same model and batch against the "
         "fp32 configuration (first row). *frozen*: bytes of the frozen parameters. *step*: median "
         f"of {args.steps} LoRA training steps after one warm-up. *peak RSS*: the process's peak "
-        "resident memory (build, steps, libraries).", "",
+        "resident memory once the model is built (libraries, build) and at the end (and the steps).", "",
         "| frozen_dtype | amp_dtype (CPU autocast) | max abs diff | top-1 agreement | frozen (MiB) "
-        "| step (s) | peak RSS (MiB) | load avg |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step (s) | peak RSS after build (MiB) | peak RSS (MiB) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['frozen']} | {r['amp'] or '-'} | {r['max_abs_diff']:.3g} | {r['top1']:.0%} "
-                     f"| {r['frozen_mib']:.1f} | {r['step_s']:.2f} | {r['peak_rss_mib']:,.0f} | {r['load_avg']:.1f} |")
+                     f"| {r['frozen_mib']:.1f} | {r['step_s']:.2f} | {r['build_rss_mib']:,.0f} "
+                     f"| {r['peak_rss_mib']:,.0f} | {r['load_avg']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Inference overhead of one LoRA adapter: medpeft vs the plain timm model, PEFT alongside.
+"""Inference overhead of one LoRA (or DoRA) adapter: medpeft vs the plain timm model, PEFT alongside.
 
 For each backbone and batch size, in a fresh process: the plain timm ViT (the base), the
 model :func:`medpeft.adapt` gives (q+v LoRA r=4 + head, random ``B`` so the adapter acts;
@@ -13,8 +13,12 @@ median over rounds of its time divided by the geometric mean of those two base t
 load from other processes cancels. Times are the process's CPU time (``time.process_time``):
 on a machine shared with other jobs, wall time also counts the waits for a core.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/inference_overhead.py [--seconds 60]``; the table
-is printed and written to ``benchmarks/results/inference_overhead.md``.
+``--method dora`` runs the same with DoRA adapters (random ``B`` and magnitudes; PEFT with
+``use_dora=True``): there the cache holds DoRA's merged ``W'`` and "cache off" recomputes
+the row norms at every call.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/inference_overhead.py [--seconds 60] [--method dora]``;
+the table is printed and written to ``benchmarks/results/inference_overhead[_dora].md``.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ import timm
 import torch
 from torch import nn
 
-from medpeft.methods import LoraSettings
+from medpeft.methods import DoraSettings, LoraSettings
+from medpeft.methods.dora.attach import add_dora
 from medpeft.methods.lora.attach import add_lora, cache_merged_weights, merge_lora
 from medpeft.routing import route
 
 NUM_CLASSES = 4
 RANK = 4
-RESULTS = Path(__file__).parent / "results" / "inference_overhead.md"
+RESULTS = Path(__file__).parent / "results"
+METHODS = {"lora": (LoraSettings, add_lora, "LoRA"), "dora": (DoraSettings, add_dora, "DoRA")}
 VARIANTS = ("medpeft", "cache off", "merged", "2 tasks alternating", "peft unmerged")
 
 
@@ -53,49 +59,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget of each configuration")
     parser.add_argument("--min-rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    parser.add_argument("--method", choices=sorted(METHODS), default="lora")
+    parser.add_argument("--output", type=Path, help="default: results/inference_overhead.md (_dora.md for DoRA)")
+    args = parser.parse_args(argv)
+    suffix = "" if args.method == "lora" else f"_{args.method}"
+    args.output = args.output or RESULTS / f"inference_overhead{suffix}.md"
+    return args
 
 
 def randomize_lora(model: nn.Module, seed: int) -> None:
-    """Random ``B`` (zero at init) so the adapter changes the output."""
+    """Random ``B`` (zero at init) and DoRA magnitudes so the adapter changes the output."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+            if "lora_magnitude" in name:
+                param.mul_(1 + 0.1 * torch.randn(param.shape, generator=generator))
 
 
-def medpeft_model(name: str, img_size: int, tasks: int = 1) -> nn.Module:
+def medpeft_model(name: str, img_size: int, method: str, tasks: int = 1) -> nn.Module:
     """What :func:`medpeft.adapt` gives (eval mode), with ``tasks`` adapters ``t0``, ``t1``..."""
     torch.manual_seed(0)
-    settings = LoraSettings(rank=RANK, alpha=float(RANK))
+    settings_type, add_adapter, _ = METHODS[method]
+    settings = settings_type(rank=RANK, alpha=float(RANK))
     adapted = medpeft.adapt(name, settings, NUM_CLASSES, img_size=img_size, adapter_name="t0")
     for task in range(1, tasks):
-        add_lora(adapted.model, rank=RANK, alpha=float(RANK), adapter_name=f"t{task}")
+        add_adapter(adapted.model, rank=RANK, alpha=float(RANK), adapter_name=f"t{task}")
     randomize_lora(adapted, seed=1)
     return adapted.eval()
 
 
-def peft_model(name: str, img_size: int) -> nn.Module:
+def peft_model(name: str, img_size: int, method: str) -> nn.Module:
     """PEFT's LoRA on timm's fused ``qkv`` (rank 2r: q and v of medpeft's r each, as a free LoRA)."""
     torch.manual_seed(0)
     base = timm.create_model(name, num_classes=NUM_CLASSES, img_size=img_size)
-    config = peft.LoraConfig(r=2 * RANK, lora_alpha=2 * RANK, target_modules=["qkv"])
+    config = peft.LoraConfig(r=2 * RANK, lora_alpha=2 * RANK, target_modules=["qkv"], use_dora=method == "dora")
     model = peft.get_peft_model(base, config)
     randomize_lora(model, seed=1)
     return model.eval()
 
 
-def variants(name: str, batch: int, img_size: int) -> tuple[dict[str, Callable[[], torch.Tensor]], dict]:
+def variants(
+    name: str, batch: int, img_size: int, method: str
+) -> tuple[dict[str, Callable[[], torch.Tensor]], dict]:
     """One no-argument forward per variant (plus the base), and the exactness checks."""
     torch.manual_seed(0)
     base = timm.create_model(name, num_classes=NUM_CLASSES, img_size=img_size).eval()
-    ours, off, merged = (medpeft_model(name, img_size) for _ in range(3))
+    ours, off, merged = (medpeft_model(name, img_size, method) for _ in range(3))
     cache_merged_weights(off, False)
     merge_lora(merged)
-    two = medpeft_model(name, img_size, tasks=2)
-    theirs = peft_model(name, img_size)
+    two = medpeft_model(name, img_size, method, tasks=2)
+    theirs = peft_model(name, img_size, method)
     x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(2))
     turn = iter(range(10**9))
 
@@ -123,7 +138,7 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
     """Median ratio to the base of each variant: each timed between two base forwards and
     divided by their geometric mean, so load that changes during a round cancels too."""
     torch.set_num_threads(args.threads)
-    forwards, checks = variants(name, batch, args.img_size)
+    forwards, checks = variants(name, batch, args.img_size, args.method)
     base = forwards.pop("base")
     ratios: dict[str, list[float]] = {v: [] for v in VARIANTS}
     base_times: list[float] = []
@@ -185,15 +200,16 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['model']} | {r['batch']} | {r['base_ms']:.1f} | {ratios} | {r['rounds']} | {load} |"
         )
     worst = max(max(r["checks"].values()) for r in results)
+    label = METHODS[args.method][2]
     setup = (
         f"CPU, {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
         f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}, timm {timm.__version__}, "
-        f"peft {peft.__version__}; {args.img_size} px, eval + no_grad; q+v LoRA r={RANK} (PEFT: qkv r={2 * RANK}); "
+        f"peft {peft.__version__}; {args.img_size} px, eval + no_grad; q+v {label} r={RANK} (PEFT: qkv r={2 * RANK}); "
         f"CPU time of the process per forward; ratios: medians over rounds of time / geometric "
         f"mean of the base runs just before and after; "
         f"largest |medpeft - unmerged or merged| logit difference {worst:.1e}"
     )
-    return "\n".join(["# Inference overhead of one LoRA adapter", "", setup, "", *rows, ""])
+    return "\n".join([f"# Inference overhead of one {label} adapter", "", setup, "", *rows, ""])
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -4,8 +4,13 @@ import csv
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 
+import medpeft.demo
+from medpeft.backbones import build_vit
+from medpeft.backbones.weights import fit_state_dict
+from medpeft.cli import main
 from medpeft.data.synthetic import PAIR_CLASSES, make_pairs_dataset
 from medpeft.demo import METHODS, run_demo
 
@@ -51,3 +56,17 @@ def test_pairs_dataset_is_balanced_and_reproducible(tmp_path):
     mean = {c: np.mean([np.asarray(Image.open(first.parent / r["image"])).mean() for r in rows
                         if r["label"] == c]) for c in PAIR_CLASSES}
     assert mean["normal"] < mean["one_sided"] < min(mean["symmetric"], mean["asymmetric"])
+
+
+def _load_pretrained_with_a_head(out, **_) -> None:
+    """What the demo's adaptation runs do with the pretrained checkpoint: leave its head out."""
+    model = build_vit("vit_tiny_patch16_224", 2, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    fit_state_dict(model.state_dict(), model.state_dict(), out / "backbone.safetensors", "timm", fresh=("head.",))
+
+
+@pytest.mark.parametrize(("options", "shown"), [(["--quiet"], False), ([], True)])
+def test_demo_quiet_leaves_out_the_log_lines(tmp_path, monkeypatch, capsys, options, shown):
+    monkeypatch.setattr(medpeft.demo, "run_demo", _load_pretrained_with_a_head)
+    assert main(["demo", "--output", str(tmp_path), *options]) == 0
+    line = f"{tmp_path / 'backbone.safetensors'}: left out 2 tensor(s) that are not part of the encoder: head.* (2)"
+    assert (line in capsys.readouterr().err) is shown

@@ -150,6 +150,8 @@ def test_benchmark_quick_run_compares_every_configuration_with_fp32(tmp_path):
                                      ["float32", "bf16"], ["bfloat16", "bf16"]]
     assert rows[0][2:4] == ["0", "100%"]
     assert all(0 < float(r[2]) < 0.05 for r in rows[1:])
+    build_rss, peak_rss = ([float(r[i].replace(",", "")) for r in rows] for i in (6, 7))
+    assert all(0 < built <= peak for built, peak in zip(build_rss, peak_rss))  # after the build, at the end
 
 
 def _fp32_parameter_peak(build) -> tuple[object, int]:

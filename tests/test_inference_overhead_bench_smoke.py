@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_presets_bench_smoke import table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,8 @@ COLUMNS = [
 ]
 
 
-def test_tiny_run_writes_a_measured_row_and_the_exactness_check(tmp_path):
+@pytest.mark.parametrize(("method", "title"), [("lora", "LoRA"), ("dora", "DoRA")])
+def test_tiny_run_writes_a_measured_row_and_the_exactness_check(tmp_path, method, title):
     out = tmp_path / "overhead.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     args = [
@@ -43,11 +46,14 @@ def test_tiny_run_writes_a_measured_row_and_the_exactness_check(tmp_path):
         "2",
         "--output",
         str(out),
+        "--method",
+        method,
     ]
     subprocess.run(
         [sys.executable, str(SCRIPT), *args], env=env, check=True, capture_output=True, text=True, timeout=300
     )
     text = out.read_text()
+    assert text.startswith(f"# Inference overhead of one {title} adapter")
     header, _separator, *rows = table_rows(text)
     assert header == COLUMNS and len(rows) == 1
     row = dict(zip(COLUMNS, rows[0], strict=True))

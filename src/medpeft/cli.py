@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,7 +194,8 @@ def cmd_import(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from medpeft.demo import run_demo
 
-    run_demo(Path(args.output), epochs=args.epochs, progress=not args.quiet)
+    with _messages_from(logging.WARNING if args.quiet else logging.INFO):
+        run_demo(Path(args.output), epochs=args.epochs, progress=not args.quiet)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -267,6 +268,18 @@ def _show_messages() -> None:
         logger.setLevel(logging.INFO)
     if not os.environ.get("MEDPEFT_DEBUG"):
         warnings.formatwarning = _one_line_warning
+
+
+@contextlib.contextmanager
+def _messages_from(level: int) -> Iterator[None]:
+    """Print only medpeft's log messages at ``level`` and above while the block runs."""
+    logger = logging.getLogger("medpeft")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 class _StderrHandler(logging.Handler):
@@ -373,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline demo: synthetic data, tiny ViT, LoRA vs baselines")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--epochs", type=int, default=25, help="epochs of each adaptation run")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines (warnings still show)")
     p.set_defaults(func=cmd_demo, default_threads=DEMO_THREADS)
 
     p = sub.add_parser("report", help="HTML report page of a finished run (plots, CIs, per-class table)")

@@ -36,9 +36,9 @@ def _randomize(model: nn.Module, seed: int = 1) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if ".lora_B." in name:
+            if "lora_B." in name:  # "lora_B.<adapter>" on a bare layer, ".lora_B." in a model
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-            if ".lora_magnitude." in name:
+            if "lora_magnitude." in name:
                 param.mul_(1 + 0.3 * torch.randn(param.shape, generator=generator))
 
 

@@ -11,13 +11,16 @@ and Hugging Face PEFT). :class:`DoraLinear` is a
 :class:`~medpeft.methods.lora.layer.LoRALinear` (segments of a fused ``qkv``, named
 adapters, routing) plus ``lora_magnitude[name]`` of shape ``(segments, seg_out)``.
 
-The forward never builds ``W'``: with ``g = m / ||W0 + s B A||_c`` on the adapted rows
-(1 elsewhere) and LoRA's output ``y = W0 x + b + s B A x``::
+The training forward never builds ``W'``: with ``g = m / ||W0 + s B A||_c`` on the
+adapted rows (1 elsewhere) and LoRA's output ``y = W0 x + b + s B A x``::
 
     out = g * (y - b) + b  =  W0 x + b + (g - 1) * W0 x + g * s B A x
 
 which is PEFT's formula; the bias is not scaled. LoRA dropout acts on ``x`` of the
 low-rank branch only (PEFT also feeds the dropped ``x`` to the ``(g - 1) W0 x`` term).
+Inference with one adapter (eval mode, no gradients) runs on ``W'`` itself, built once
+and cached by LoRA's :meth:`~medpeft.methods.lora.layer.LoRALinear.merged_for` (its key
+also holds the magnitude), so the row norms are not recomputed at every call.
 """
 
 from __future__ import annotations
@@ -58,6 +61,19 @@ class DoraLinear(LoRALinear):
         weight = self.base.weight
         return weight if self.covers_all else weight[self.segment_index]
 
+    def merged_rows(self, name: str) -> torch.Tensor:
+        """``W'`` on the adapted rows ``(S*seg, in)``: ``m * (W0 + s B A) / ||W0 + s B A||_c``."""
+        return self.row_scale(name)[:, None] * (self.adapted_rows() + self.delta_weight(name))
+
+    def merged_inputs(self, name: str) -> tuple[torch.Tensor, ...]:
+        """LoRA's ``A``, ``B`` and base weight, and the magnitude (the cache key of ``W'``)."""
+        return *super().merged_inputs(name), self.lora_magnitude[name]
+
+    def merged_weight(self, name: str) -> torch.Tensor:
+        """A new tensor ``W'`` of adapter ``name``: the base weight with its adapted rows merged."""
+        rows = self.merged_rows(name)
+        return rows if self.covers_all else self.base.weight.index_copy(0, self.segment_index, rows)
+
     def row_scale(self, name: str) -> torch.Tensor:
         """``m / ||W0 + s B A||_c`` on the adapted rows ``(S*seg,)``; the norm is detached."""
         with torch.no_grad():
@@ -84,9 +100,11 @@ class DoraLinear(LoRALinear):
                 f"adapter {self.merged_adapters[0]!r} is merged into this layer; unmerge it "
                 f"before running adapter {name!r}"
             )
-        out = super().forward(x)  # W0 x + b + s B A x (W' x + b when merged)
-        if name not in self.lora_A or name in self.merged_adapters:
-            return out
+        return super().forward(x)  # W' x + b: merged, cached (merged_for) or unmerged_forward
+
+    def unmerged_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """``g * (y - b) + b`` from LoRA's ``y = W0 x + b + s B A x`` (see the module docstring)."""
+        out = super().unmerged_forward(x, name)
         scale = self.output_scale(name).to(out.dtype)
         bias = self.base.bias
         if bias is None:
@@ -104,10 +122,8 @@ class DoraLinear(LoRALinear):
                 f"DoRA merges one adapter at a time; unmerge {self.merged_adapters[0]!r} first"
             )
         weight = self.base.weight
-        rows = self.adapted_rows().clone()
-        merged = self.row_scale(name)[:, None] * (rows + self.delta_weight(name))
-        weight.index_copy_(0, self.segment_index, merged.to(weight.dtype))
-        self.original_rows[name] = rows
+        self.original_rows[name] = self.adapted_rows().clone()
+        weight.index_copy_(0, self.segment_index, self.merged_rows(name).to(weight.dtype))
         self.merged_adapters.append(name)
 
     @torch.no_grad()

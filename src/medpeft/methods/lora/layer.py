@@ -20,10 +20,10 @@ the product unchanged) from stacks cached per layer, and applied with two
 batched matmuls.
 
 Inference with one adapter for the whole batch (eval mode, no gradients) runs the
-frozen Linear on a cached merged weight ``W + scale * B @ A`` instead: one matmul,
-the base model's cost. The cache holds one weight per layer (a copy of the frozen
-weight, for the adapter routed last) and is dropped when the layer goes back to
-training; a change to the adapter or the base weight, or another routed adapter,
+frozen Linear on a cached merged weight ``W + scale * B @ A`` (DoRA's own ``W'``)
+instead: one matmul, the base model's cost. The cache holds one weight per layer (a
+copy of the frozen weight, for the adapter routed last) and is dropped when the layer
+goes back to training; a change to the adapter or the base weight, or another routed adapter,
 rebuilds it. Results depend only on the weights and the routing, not on earlier calls.
 :attr:`LoRALinear.cache_merged` turns it off (the adapter bank does: its tasks alternate).
 """
@@ -158,6 +158,10 @@ class LoRALinear(WrappedLinear):
         merged = self.merged_for(name, x)
         if merged is not None:
             return F.linear(x, merged, self.base.bias)
+        return self.unmerged_forward(x, name)
+
+    def unmerged_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The layer's output with adapter ``name`` applied as ``W x + b + scale * B A x``."""
         out = self.base(x)
         # One matmul with the dense B over the full output, added in place (no scatter,
         # no delta-sized temporary: the output is read and written once).
@@ -225,7 +229,7 @@ class LoRALinear(WrappedLinear):
         return sum(t.numel() * t.element_size() for t in self._stack_cache[2:])
 
     def merged_for(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
-        """The cached ``W + scale * B @ A`` of adapter ``name`` to run ``x`` through, or None
+        """The cached :meth:`merged_weight` of adapter ``name`` to run ``x`` through, or None
         (run unmerged).
 
         Only for inference, when :attr:`cache_merged` is on (the default): eval mode, no
@@ -233,23 +237,27 @@ class LoRALinear(WrappedLinear):
         whose weight has the dtype of ``x`` and of the adapter (so never with
         ``model.frozen_dtype``). Built by the first such call and
         reused while its key holds: the adapter's name and scale and the identity
-        (storage and version counter) of ``A``, ``B`` and the base weight, so an optimizer
-        step, a load, a merge or another routed adapter rebuilds it. One weight per layer,
+        (storage and version counter) of its :meth:`merged_inputs` (``A``, ``B``, the base
+        weight), so an optimizer step, a load, a merge or another routed adapter rebuilds it. One weight per layer,
         read into a local first, so threads routing different adapters each get their own.
         """
         base = self.base
         if not self.cache_merged or self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
-        a, b = self.lora_A[name], self.lora_B[name]
+        a = self.lora_A[name]
         plain = type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
         if not plain or not base.weight.dtype == a.dtype == x.dtype:
             return None
-        key = (name, self.scaling[name], *map(_storage_version, (a, b, base.weight)))
+        key = (name, self.scaling[name], *map(_storage_version, self.merged_inputs(name)))
         cache = self._merged_cache
         if cache is None or cache[0] != key:
             cache = (key, self.merged_weight(name))
             self._merged_cache = cache
         return cache[1]
+
+    def merged_inputs(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The tensors :meth:`merged_weight` of adapter ``name`` is built from (its cache key)."""
+        return self.lora_A[name], self.lora_B[name], self.base.weight
 
     def merged_weight(self, name: str) -> torch.Tensor:
         """A new tensor ``W + scale * B @ A`` of adapter ``name`` (the base weight is unchanged).
