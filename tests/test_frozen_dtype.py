@@ -236,3 +236,13 @@ def test_adapt_builds_in_bf16_and_names_a_bad_dtype():
     with pytest.raises(ConfigError, match=r"^frozen_dtype: 'bf16' is not one of \['float32', 'bfloat16', "
                        r"'float16', 'int8'\]; did you mean 'bfloat16'\?$"):
         medpeft.adapt("vit_tiny_patch16_224", num_classes=3, frozen_dtype="bf16")
+
+
+def test_a_frozen_layer_returns_fp32_and_under_autocast_the_autocast_dtype():
+    """Under autocast every matmul's output is bf16 anyway: casting it to fp32 would only make
+    the next layer cast it back and keep fp32 activations for the backward."""
+    fc1 = _model("vit").get_submodule("blocks.0.mlp.fc1")
+    x = torch.randn(2, 5, fc1.in_features)
+    assert fc1.weight.dtype == torch.bfloat16 and fc1(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert fc1(x).dtype == torch.bfloat16
