@@ -37,7 +37,8 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results" / "frozen_dtype.md"
 CONFIGS = (  # (frozen_dtype, autocast dtype or None); the first is the reference
-    ("float32", None), ("bfloat16", None), ("float16", None), ("float32", "bf16"), ("bfloat16", "bf16"),
+    ("float32", None), ("bfloat16", None), ("float16", None), ("int8", None), ("float32", "bf16"),
+    ("bfloat16", "bf16"), ("int8", "bf16"),
 )
 NUM_CLASSES = 10
 TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
@@ -47,7 +48,7 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
     """One configuration in this process: its logits (saved to ``logits_out``), step time, peak RSS."""
     import torch
 
-    from medpeft.frozen_dtype import FROZEN_DTYPES
+    from medpeft.frozen_dtype import FROZEN_DTYPES, stored_bytes
     from medpeft.model import ModelSpec, build_model
     from medpeft.train.evaluation import autocast
     from medpeft.train.settings import AMP_DTYPES
@@ -76,7 +77,7 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return {"step_s": statistics.median(times[1:]), "build_rss_mib": build_rss, "peak_rss_mib": _peak_rss_mib(),
-            "frozen_mib": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) / 2**20,
+            "frozen_mib": sum(stored_bytes(p) for p in model.parameters() if not p.requires_grad) / 2**20,
             "load_avg": os.getloadavg()[0]}
 
 

@@ -146,8 +146,8 @@ def test_benchmark_quick_run_compares_every_configuration_with_fp32(tmp_path):
                     "--steps", "1", "--out", str(out)], env=env, check=True, capture_output=True, timeout=300)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| frozen_dtype")]
-    assert [r[:2] for r in rows] == [["float32", "-"], ["bfloat16", "-"], ["float16", "-"],
-                                     ["float32", "bf16"], ["bfloat16", "bf16"]]
+    assert [r[:2] for r in rows] == [["float32", "-"], ["bfloat16", "-"], ["float16", "-"], ["int8", "-"],
+                                     ["float32", "bf16"], ["bfloat16", "bf16"], ["int8", "bf16"]]
     assert rows[0][2:4] == ["0", "100%"]
     assert all(0 < float(r[2]) < 0.05 for r in rows[1:])
     build_rss, peak_rss = ([float(r[i].replace(",", "")) for r in rows] for i in (6, 7))

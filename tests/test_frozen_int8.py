@@ -14,7 +14,7 @@ from medpeft.checkpointing import enable_checkpointing
 from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
-from medpeft.frozen_dtype import Int8WeightLinear, is_quantized
+from medpeft.frozen_dtype import Int8WeightLinear, is_quantized, stored_bytes
 from medpeft.heap import trim_heap
 from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
@@ -26,14 +26,6 @@ X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 def _build(backbone: str, method: str = "lora", dtype: torch.dtype = torch.int8) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(ModelSpec(num_classes=3, method=method, **BACKBONES[backbone]), frozen_dtype=dtype)
-
-
-def _stored_bytes(param: torch.Tensor) -> int:
-    """Bytes a parameter holds: a quantized one's int8 values and scales, else its own."""
-    if not is_quantized(param):
-        return param.nbytes
-    names, _ = param.__tensor_flatten__()
-    return sum(getattr(param, n).nbytes for n in names if getattr(param, n) is not None)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -49,7 +41,7 @@ def test_frozen_linear_weights_are_int8_with_a_scale_per_row(backbone):
         row_step = want.abs().amax(dim=1, keepdim=True) / 127  # one int8 step of the row
         assert ((weight.dequantize().float() - want).abs() <= row_step * 0.51 + want.abs() * 2**-7).all()
     assert {p.dtype for n, p in model.named_parameters() if p.requires_grad} == {torch.float32}
-    int8_bytes = sum(_stored_bytes(p) for p in quantized.values())
+    int8_bytes = sum(stored_bytes(p) for p in quantized.values())
     assert int8_bytes < 0.3 * sum(p.numel() * 4 for p in quantized.values())
 
 

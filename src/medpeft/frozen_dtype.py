@@ -101,6 +101,15 @@ def is_quantized(weight: torch.Tensor) -> bool:
     return type(weight.data) is not torch.Tensor
 
 
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes ``tensor`` holds: a quantized one's int8 values and scales (its ``element_size`` is
+    that of the dtype it computes in), any other its own."""
+    if not is_quantized(tensor):
+        return tensor.nbytes
+    names, _ = tensor.__tensor_flatten__()
+    return sum(getattr(tensor, n).nbytes for n in names if getattr(tensor, n) is not None)
+
+
 @contextmanager
 def low_precision_build(dtype: torch.dtype) -> Iterator[None]:
     """Inside the block, every Linear/Conv layer built is held in ``dtype`` once its own
