@@ -18,6 +18,7 @@ from medpeft.frozen_dtype import Int8WeightLinear, is_quantized, stored_bytes
 from medpeft.heap import trim_heap
 from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
+from medpeft.train.evaluation import autocast
 from tests.test_frozen_dtype import BACKBONES
 
 X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -179,3 +180,12 @@ def test_a_dora_run_with_int8_weights_stops_before_writing(tmp_path, capsys):
         "model.frozen_dtype: int8 does not apply to method 'dora': its layers compute with the frozen "
         "weights' values; use bfloat16")
     assert not (run / "config.yaml").exists()
+
+
+def test_an_int8_step_under_bf16_autocast_trains_the_adapters():
+    model = _build("vit")
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        logits = model(X[:2])
+    torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 2])).backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -252,7 +252,8 @@ class _Int8WeightMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        return nn.functional.linear(x, weight, bias)
+        out = nn.functional.linear(x, weight, bias)
+        return out.clone() if out._is_view() else out  # torchao returns a reshaped view; layers add in place
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
