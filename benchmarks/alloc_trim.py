@@ -11,7 +11,7 @@ interleaved, ``--repeats`` rounds; the table holds medians.
 
 Per process: *built*: RSS after the build; *step peak*: the highest ``VmHWM`` above *built*
 over the steps' forwards and backwards (``VmHWM`` reset through ``/proc/self/clear_refs``
-before each and read after it); *whole*: the larger of the build's peak and built + step peak; *s/step*, *cpu s/step* (the process's CPU time, less load-dependent), *faults*
+before each and read after it); *whole*: the larger of the build's peak and built + step peak; *s/step*, *cpu s/step* (the process's CPU time, less load-dependent; *sys*: its kernel part), *faults*
 (minor page faults per step, thousands): medians of the steps after the first.
 
 Run: ``python benchmarks/alloc_trim.py --model vit-l --repeats 3``.
@@ -89,11 +89,11 @@ def run_worker(key: str, config: str, variant: str, steps: int, batch: int) -> d
     model.train()
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     built = memory.status_kib("VmRSS") * 1024
-    forward_peaks, backward_peaks, times, cpu, faults = [], [], [], [], []
+    forward_peaks, backward_peaks, times, cpu, system, faults = [], [], [], [], [], []
     for _ in range(steps):
         phase_peak(built)
         start, cpu_start = time.perf_counter(), time.process_time()
-        faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         if "fwd" in points:
             trim()
@@ -105,7 +105,9 @@ def run_worker(key: str, config: str, variant: str, steps: int, batch: int) -> d
             trim()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        system.append(after.ru_stime - usage.ru_stime)
+        faults.append(after.ru_minflt - usage.ru_minflt)
         backward_peaks.append(phase_peak(built))
     step_peak = max(forward_peaks + backward_peaks)
     return {"built_mib": built / MIB, "step_peak_mib": step_peak / MIB,
@@ -113,6 +115,7 @@ def run_worker(key: str, config: str, variant: str, steps: int, batch: int) -> d
             "backward_peaks_mib": [round(p / MIB) for p in backward_peaks],
             "whole_gib": max(build_peak, built + step_peak) / 1024 ** 3,
             "step_s": statistics.median(times[1:] or times), "cpu_s": statistics.median(cpu[1:] or cpu),
+            "system_s": statistics.median(system[1:] or system),
             "faults_k": statistics.median(faults[1:] or faults) / 1000, "trims_per_step": TRIMS["count"] // steps,
             "load": os.getloadavg()[0]}
 
@@ -148,14 +151,14 @@ def main() -> None:
             print(variant, json.dumps(result), flush=True)
     print(f"\n{args.model} {args.config}, batch {args.batch}, {args.steps} steps, {args.threads} threads, "
           f"{args.repeats} rounds (medians)")
-    print("| variant | built MiB | step peak above built MiB | whole GiB | s/step | cpu s/step | faults k/step "
-          "| trims/step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    keys = ("built_mib", "step_peak_mib", "whole_gib", "step_s", "cpu_s", "faults_k", "trims_per_step")
+    print("| variant | built MiB | step peak above built MiB | whole GiB | s/step | cpu s/step | sys s/step "
+          "| faults k/step | trims/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    keys = ("built_mib", "step_peak_mib", "whole_gib", "step_s", "cpu_s", "system_s", "faults_k", "trims_per_step")
     for variant, runs in results.items():
         cell = [statistics.median(r[k] for r in runs) for k in keys]
         print(f"| {variant} | {cell[0]:.0f} | {cell[1]:.0f} | {cell[2]:.2f} | {cell[3]:.2f} | {cell[4]:.2f} | "
-              f"{cell[5]:.0f} | {cell[6]:.0f} |")
+              f"{cell[5]:.2f} | {cell[6]:.0f} | {cell[7]:.0f} |")
 
 
 if __name__ == "__main__":
