@@ -14,7 +14,7 @@ over the steps' forwards and backwards (``VmHWM`` reset through ``/proc/self/cle
 before each and read after it); *whole*: the larger of the build's peak and built + step peak; *s/step*, *cpu s/step* (the process's CPU time, less load-dependent; *sys*: its kernel part), *faults*
 (minor page faults per step, thousands): medians of the steps after the first.
 
-Run: ``python benchmarks/alloc_trim.py --model vit-l --repeats 3``.
+Run: ``python benchmarks/alloc_trim.py --model vit-l`` (results: benchmarks/results/memory-breakdown.md).
 """
 
 from __future__ import annotations
@@ -124,11 +124,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=list(memory.MODELS), default="vit-l")
     parser.add_argument("--config", default="lora+ckpt+bf16")
-    parser.add_argument("--variants", nargs="+", default=["none", "fwd", "block1", "block4", "step", "fwd,step"])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--variants", nargs="+", default=["none", "build,fblock1,block1,step", "build,fblock2,block2,step", "build,fblock4,block4,step"])
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
