@@ -62,7 +62,7 @@ MODELS = {  # key -> (timm name, GPU only)
     "vit-g": ("vit_giant_patch14_224", True),
 }
 CONFIGS = ("full", "lora", "peft", "lora+ckpt", "peft+ckpt", "lora+bf16", "peft+bf16", "lora+ckpt+bf16",
-           "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8", "lora+bf16+amp", "lora+ckpt+bf16+amp")
+           "peft+ckpt+bf16", "lora+ckpt+int8", "peft+ckpt+int8", "lora+bf16+amp", "lora+ckpt+bf16+amp", "lora+ckpt+int8+amp")
 NUM_CLASSES = 10
 RANK = 4  # medpeft's rank; PEFT's is 2 * RANK on the fused qkv
 OVERHEAD_BYTES = GIB // 2  # libraries and allocator, beyond weights and activations
