@@ -7,10 +7,11 @@ normalisation layers, class/register tokens and position embeddings stay fp32. E
 cast layer gets two hooks: its floating inputs are cast to its own dtype before the
 matmul and its output back to fp32, so activations between layers, adapter updates,
 gradients, optimizer state and saved adapters stay fp32 and no layer of a method needs
-to know. Parameter names are unchanged.
+to know (under autocast the output keeps autocast's dtype, as every other matmul's does).
+Parameter names are unchanged.
 
 ``int8`` is weight-only int8 through torchao (``pip install 'medpeft[scale]'``): each frozen
-Linear's weight is held as int8 with one bf16 scale per output row (a quarter of fp32) and
+Linear's weight is held as int8 with one scale per output row (about a quarter of fp32) and
 its matmul runs in bf16; frozen Conv layers (the patch embedding) are held in bf16.
 
 :func:`low_precision_build` builds a model without ever holding its fp32 copy: inside the
