@@ -273,7 +273,7 @@ def cells(row: dict[str, Any] | None, full: dict[str, Any] | None) -> list[str]:
 
 METHOD = """\
 {command} on {day}: {device}, torch {torch}, timm {timm}, peft {peft}, {threads} torch thread(s),
-OMP_NUM_THREADS={threads}, batch {batch}, 224 px, random init, fp32 compute, AdamW. A shared machine
+OMP_NUM_THREADS={threads}, batch {batch}, 224 px, random init, fp32 compute but for `+amp`, AdamW. A shared machine
 (other people's jobs ran at the same time): the range of the 1-minute load average at the end of
 each model's configurations is in the notes; step times are indicative only, memory hardly
 depends on the load.
@@ -290,7 +290,10 @@ fused `attn.qkv` at rank 8, scale 1 (PEFT cannot target q and v of a fused qkv a
 `set_grad_checkpointing`, torch.utils.checkpoint per block); `+bf16` = medpeft `frozen_dtype:
 bfloat16` (frozen Linear/Conv in bf16, built in it; activations, adapters, head, optimizer
 state fp32); for PEFT, the timm model cast to bf16 as a whole (activations and head bf16 too:
-less memory for the activations, a different numeric recipe). Estimated peaks above {limit:g} GiB
+less memory for the activations, a different numeric recipe); `+int8` = medpeft `frozen_dtype: int8`
+(torchao weight-only int8 Linear weights, bf16 matmuls; PEFT: the bf16 timm model's Linears but the
+head quantized with the same torchao config, PEFT's TorchaoLoraLinear on top); `+amp` = the forward
+under bf16 autocast (`train.amp: true, amp_dtype: bf16`). Estimated peaks above {limit:g} GiB
 are skipped (weights x 4 bytes, x 16 under full fine-tuning, + stored activations + 0.5 GiB).
 """
 
