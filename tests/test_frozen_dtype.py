@@ -121,19 +121,24 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_stays_off():
         assert not torch.is_autocast_enabled("cpu")
 
 
-def test_a_run_trains_with_bf16_frozen_weights_and_cpu_autocast(tmp_path):
-    run = tmp_path / "run"
+def train_tiny_run(run: Path, *options: str) -> dict[str, torch.Tensor]:
+    """A one-epoch MoRA run of a 1-block ViT in ``run`` with ``options``; its saved adapter tensors."""
     argv = [
         "train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
         "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
         "data.num_samples=40", "data.batch_size=16", "missing.grid.etas=[0.9]",
-        "train.device=cpu", "data.num_workers=0", "train.epochs=1",
-        "model.frozen_dtype=bfloat16", "train.amp=true", "train.amp_dtype=bf16", "--quiet",
+        "train.device=cpu", "data.num_workers=0", "train.epochs=1", *options, "--quiet",
     ]
     assert main(argv) == 0
     tensors = {}
     for path in run.rglob("adapter_model.safetensors"):
         tensors.update(load_file(path))
+    return tensors
+
+
+def test_a_run_trains_with_bf16_frozen_weights_and_cpu_autocast(tmp_path):
+    run = tmp_path / "run"
+    tensors = train_tiny_run(run, "model.frozen_dtype=bfloat16", "train.amp=true", "train.amp_dtype=bf16")
     assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
     assert "frozen_dtype: bfloat16" in (run / "config.yaml").read_text()
 

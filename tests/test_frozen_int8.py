@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from medpeft.checkpointing import enable_checkpointing
 from medpeft.cli import main
@@ -19,7 +18,7 @@ from medpeft.heap import trim_heap
 from medpeft.methods.lora.attach import merge_lora
 from medpeft.model import ModelSpec, build_model
 from medpeft.train.evaluation import autocast
-from tests.test_frozen_dtype import BACKBONES
+from tests.test_frozen_dtype import BACKBONES, train_tiny_run
 
 X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -110,17 +109,7 @@ def test_int8_needs_torchao(monkeypatch):
 
 def test_a_run_trains_with_int8_frozen_weights_and_checkpointing(tmp_path):
     run = tmp_path / "run"
-    argv = [
-        "train", "mora_synthetic", f"output_dir={run}", "model.img_size=16",
-        "model.kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
-        "data.num_samples=40", "data.batch_size=16", "missing.grid.etas=[0.9]",
-        "train.device=cpu", "data.num_workers=0", "train.epochs=1",
-        "model.frozen_dtype=int8", "train.activation_checkpointing=true", "--quiet",
-    ]
-    assert main(argv) == 0
-    tensors = {}
-    for path in run.rglob("adapter_model.safetensors"):
-        tensors.update(load_file(path))
+    tensors = train_tiny_run(run, "model.frozen_dtype=int8", "train.activation_checkpointing=true")
     assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
     assert "frozen_dtype: int8" in (run / "config.yaml").read_text()
 
