@@ -424,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loaded", type=int, help="most adapters on the backbone at once (default: all)")
     p.add_argument("--frozen-dtype", choices=SERVE_FROZEN_DTYPES, default="float32",
                    help="dtype of the shared backbone's frozen Linear/Conv weights; bfloat16: half their "
-                   "memory and bf16 matmuls (faster on CPUs with native bf16, slightly different outputs); "
-                   "adapters and heads stay float32")
+                   "memory, forwards under bf16 autocast (faster on CPUs with native bf16 and on GPUs, "
+                   "slightly different outputs); adapters and heads stay float32")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--weights", help="backbone checkpoint file (default: the one the adapters record)")
     backbone.add_argument(

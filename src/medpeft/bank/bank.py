@@ -142,11 +142,11 @@ class AdapterBank:
                 reason; every servable one refused at registration: the first reason.
             frozen_dtype: dtype of the shared backbone's frozen Linear/Conv layers
                 (:mod:`medpeft.frozen_dtype`: ``torch.bfloat16`` halves them); adapters and heads
-                stay fp32, as trained. With bf16 or fp16, forwards run under autocast to it
-                (the matmuls, attention and adapter updates in low precision: 1.4-2x faster
-                than fp32 activations between the bf16 layers on a CPU with native bf16,
-                benchmarks/results/serve_precision.md). A fully fine-tuned model's backbone
-                is its adapter, so it stays fp32.
+                are held in fp32, as trained. With bf16 or fp16, forwards run under autocast to
+                it (matmuls, attention and adapter updates in low precision; on a CPU with
+                native bf16 about half fp32's CPU time, and within 7% of fp32 activations
+                between the bf16 layers: benchmarks/results/serve_precision.md). A fully
+                fine-tuned model's backbone is its adapter: it keeps fp32 weights.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,

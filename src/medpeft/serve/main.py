@@ -40,8 +40,8 @@ def serve(
         allow_random_backbone: Serve tasks that record neither weights nor a seed.
         allow_other_weights: Serve tasks trained on other backbone weights (a warning each).
         frozen_dtype: ``float32`` or ``bfloat16``: dtype of the shared backbone's frozen
-            Linear/Conv weights (``bfloat16``: half their memory, bf16 matmuls, fast on CPUs with
-            native bf16; adapters, heads and activations stay fp32).
+            Linear/Conv weights (``bfloat16``: half their memory, forwards under bf16 autocast,
+            fast on CPUs with native bf16; adapters and heads held in fp32).
     """
     try:
         import uvicorn
