@@ -1,11 +1,13 @@
 """Serving throughput: ``medpeft serve`` vs a naive FastAPI app, both over real HTTP, in one run.
 
-Both servers run the same adapter bank (two LoRA tasks on one ViT, random weights written
+All servers run the same adapter bank (two LoRA tasks on one ViT, random weights written
 by this script, offline) in a process of their own:
 
 * ``medpeft serve DIR`` started by the CLI: uploads decoded in a pool sized to the cores,
   deadline-formed micro-batches (``--max-batch``, ``--max-wait-ms``), the forward in one
-  worker thread.
+  worker thread; once per ``--frozen-dtypes`` (``serve``: float32, ``serve-bf16``:
+  ``--frozen-dtype bfloat16``, the backbone's frozen layers in bf16, forwards under bf16
+  autocast).
 * the naive baseline (``--naive DIR``, this script): one ``def`` endpoint per request, as
   FastAPI runs sync endpoints, in a thread each: read the upload, ``bank.preprocess``,
   ``bank.predict`` of that one sample.
@@ -17,10 +19,12 @@ each round runs every level on both servers, in a rotated order, so load from ot
 processes hits both alike; the table aggregates the rounds. Mean batch comes from
 the server's ``/metrics`` (``medpeft_batch_size``); the baseline's is 1 by construction.
 The stage profile times one request's parts in this process (decode, preprocess, forward
-at batch 1 and at ``--max-batch``, JSON) on the same bank.
+at batch 1 and at ``--max-batch``, JSON) on the same bank, the forwards in every frozen dtype;
+the agreement of each low-precision bank with the float32 one is measured on
+``--agreement-images`` random preprocessed images (max abs probability difference, top-1).
 
-Run: ``python benchmarks/serve.py`` (ViT-S/16 at 64, 112 and 224 px, 1/8/32/128 clients, about
-10 minutes; tables to ``benchmarks/results/serve.md``).
+Run: ``python benchmarks/serve.py`` (ViT-S/16 at 64, 112 and 224 px, 1/8/32/128 clients, three
+servers, about 20 minutes; tables to ``benchmarks/results/serve.md``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ TASKS = {"tb": 4, "blood": 8}  # task -> LoRA rank (q, v); 3 classes each
 LABELS = ["a", "b", "c"]
 STARTUP_S = 180
 TARGET_CLIENTS, TARGET_RATIO = 32, 2.0
+SERVERS = {"float32": "serve", "bfloat16": "serve-bf16"}  # serve --frozen-dtype -> server name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=16, help="serve --max-batch (and the profile's)")
     parser.add_argument("--serve-options", default="", help="more serve options, e.g. '--threads 1'")
+    parser.add_argument("--frozen-dtypes", nargs="+", default=list(SERVERS), choices=list(SERVERS),
+                        help="a medpeft serve server for each (serve --frozen-dtype)")
+    parser.add_argument("--agreement-images", type=int, default=256,
+                        help="random images comparing each low-precision bank's probabilities with float32's")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--naive", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # the baseline server
     return parser.parse_args(argv)
@@ -265,14 +274,13 @@ def measure(servers: list[Server], args: argparse.Namespace, bodies: list[bytes]
 # ---------------------------------------------------------------- profile
 
 
-def profile(directory: Path, body: bytes, max_batch: int) -> list[tuple[str, float]]:
-    """Median ms of each part of one request, in this process (the server's torch threads)."""
+def profile(banks: dict[str, AdapterBank], body: bytes, max_batch: int) -> list[tuple[str, float]]:
+    """Median ms of each part of one request, in this process (the server's torch threads); the
+    forwards on each bank of ``banks`` (frozen dtype -> bank)."""
     from medpeft.bank.inputs import read_image
     from medpeft.serve.schemas import Prediction, Task
-    from medpeft.threads import configure_threads, resolve_threads
 
-    configure_threads(resolve_threads())
-    bank = AdapterBank.from_directory(directory, device="cpu")
+    bank = next(iter(banks.values()))
     names = [list(TASKS)[i % len(TASKS)] for i in range(max_batch)]
     x = bank.preprocess(names[0], {"image": body})
     info = Task(**bank.task(names[0]).__dict__)
@@ -287,17 +295,41 @@ def profile(directory: Path, body: bytes, max_batch: int) -> list[tuple[str, flo
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1000
 
-    batch = ms(lambda: bank.predict(names, [x] * max_batch), repeats=5)
+    forwards = []
+    for dtype, each in banks.items():
+        batch = ms(lambda each=each: each.predict(names, [x] * max_batch), repeats=5)
+        forwards += [(f"forward, batch of 1, {dtype}", ms(lambda each=each: each.predict(names[:1], [x]))),
+                     (f"forward, batch of {max_batch}, per sample, {dtype}", batch / max_batch)]
     return [
         ("decode PNG (bytes -> image)", ms(lambda: read_image("image", body))),
         ("decode + preprocess (bank.preprocess)", ms(lambda: bank.preprocess(names[0], {"image": body}))),
-        ("forward, batch of 1", ms(lambda: bank.predict(names[:1], [x]))),
-        (f"forward, batch of {max_batch}, per sample", batch / max_batch),
+        *forwards,
         ("answer as JSON", ms(lambda: Prediction.of(info, scores, ["image"]).model_dump_json())),
     ]
 
 
+def bank_probabilities(bank: AdapterBank, size: int, count: int, batch: int = 16) -> torch.Tensor:
+    """The bank's probabilities (rows) of ``count`` random preprocessed ``size`` px images
+    (normal noise, one seed for all banks), tasks alternating, in batches of ``batch``."""
+    generator = torch.Generator().manual_seed(1)
+    names = [list(TASKS)[i % len(TASKS)] for i in range(count)]
+    inputs = [{"image": torch.randn(3, size, size, generator=generator)} for _ in names]
+    rows: list[torch.Tensor] = []
+    for start in range(0, count, batch):
+        rows += bank.predict(names[start:start + batch], inputs[start:start + batch])
+    return torch.stack(rows)
+
+
+def agreement(reference: torch.Tensor, probs: torch.Tensor) -> tuple[float, float]:
+    """(max abs probability difference, share of rows with the same top class) of two banks' answers."""
+    return (probs - reference).abs().max().item(), (probs.argmax(1) == reference.argmax(1)).float().mean().item()
+
+
 # ---------------------------------------------------------------- report
+
+
+def server_names(args: argparse.Namespace) -> list[str]:
+    return [SERVERS[dtype] for dtype in args.frozen_dtypes] + ["naive"]
 
 
 def table(results: Results, args: argparse.Namespace) -> list[str]:
@@ -305,7 +337,7 @@ def table(results: Results, args: argparse.Namespace) -> list[str]:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for clients in args.clients:
         naive = results["naive", clients]
-        for name in ("serve", "naive"):
+        for name in server_names(args):
             level = results[name, clients]
             batch = level.samples / level.batches if level.batches else 1.0
             ratio = level.throughput / naive.throughput if naive.throughput else float("nan")
@@ -316,22 +348,41 @@ def table(results: Results, args: argparse.Namespace) -> list[str]:
     return rows
 
 
-def verdict(results: Results) -> str:
-    """Whether ``serve`` met the target at `TARGET_CLIENTS`: throughput, p99, no errors at any level."""
-    ours, naive = results.get(("serve", TARGET_CLIENTS)), results.get(("naive", TARGET_CLIENTS))
+def verdict(results: Results, server: str) -> str:
+    """Whether ``server`` met the target at `TARGET_CLIENTS`: throughput, p99, no errors at any level."""
+    ours, naive = results.get((server, TARGET_CLIENTS)), results.get(("naive", TARGET_CLIENTS))
     if ours is None or naive is None:
         return f"(no {TARGET_CLIENTS}-client level: no verdict)"
     ratio = ours.throughput / naive.throughput if naive.throughput else float("nan")
     p99_ok = ours.percentile(99) <= naive.percentile(99)
-    errors = sum(level.errors for (name, _), level in results.items() if name == "serve")
+    errors = sum(level.errors for (name, _), level in results.items() if name == server)
     ok = ratio >= TARGET_RATIO and p99_ok and errors == 0
-    return (f"At {TARGET_CLIENTS} clients: {ratio:.2f}x the baseline's throughput (target >= "
+    return (f"`{server}` at {TARGET_CLIENTS} clients: {ratio:.2f}x the baseline's throughput (target >= "
             f"{TARGET_RATIO}x), p99 {ours.percentile(99):.0f} vs {naive.percentile(99):.0f} ms; "
-            f"serve's errors at all levels: {errors}. " + ("Target met." if ok else "Target NOT met."))
+            f"errors at all levels: {errors}. " + ("Target met." if ok else "Target NOT met."))
+
+
+def measure_banks(args: argparse.Namespace, directory: Path, img_size: int, body: bytes) -> tuple[list, list[str]]:
+    """The stage profile, and a line on each low-precision bank's agreement with float32's."""
+    from medpeft.frozen_dtype import FROZEN_DTYPES
+    from medpeft.threads import configure_threads, resolve_threads
+
+    configure_threads(resolve_threads())
+    banks = {dtype: AdapterBank.from_directory(directory, device="cpu", frozen_dtype=FROZEN_DTYPES[dtype])
+             for dtype in dict.fromkeys(["float32", *args.frozen_dtypes])}
+    stages = profile(banks, body, args.max_batch)
+    reference = bank_probabilities(banks["float32"], img_size, args.agreement_images)
+    lines = []
+    for dtype in args.frozen_dtypes:
+        if dtype != "float32":
+            difference, top1 = agreement(reference, bank_probabilities(banks[dtype], img_size, args.agreement_images))
+            lines.append(f"`{SERVERS[dtype]}` vs float32 on {args.agreement_images} random images (3 classes): "
+                         f"max abs probability difference {difference:.1e}, top-1 agreement {top1:.1%}.")
+    return stages, lines
 
 
 def run_size(args: argparse.Namespace, img_size: int) -> list[str]:
-    """Profile and benchmark both servers on adapters of one input size; the section's markdown lines."""
+    """Profile and benchmark the servers on adapters of one input size; the section's markdown lines."""
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         directory = write_adapters(Path(tmp), args.model, img_size)
@@ -340,8 +391,9 @@ def run_size(args: argparse.Namespace, img_size: int) -> list[str]:
                       "--device", "cpu", "--no-auth", "--max-batch", str(args.max_batch),
                       *args.serve_options.split()]
         naive_argv = [sys.executable, __file__, "--naive", str(directory)]
-        stages = profile(directory, bodies[0], args.max_batch)
-        servers = [Server("serve", serve_argv), Server("naive", naive_argv)]
+        stages, agreements = measure_banks(args, directory, img_size, bodies[0])
+        servers = [Server(SERVERS[dtype], [*serve_argv, "--frozen-dtype", dtype]) for dtype in args.frozen_dtypes]
+        servers.append(Server("naive", naive_argv))
         try:
             results = measure(servers, args, bodies)
         finally:
@@ -360,9 +412,11 @@ def run_size(args: argparse.Namespace, img_size: int) -> list[str]:
         "|---|---:|",
         *[f"| {name} | {value:.2f} |" for name, value in stages],
         "",
+        *agreements,
+        "",
         *table(results, args),
         "",
-        verdict(results),
+        *[verdict(results, name) for name in server_names(args)[:-1]],
     ]
     errors = {f"{n} {c}": level.first_error for (n, c), level in results.items() if level.first_error}
     if errors:
@@ -377,14 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "# Serving throughput: `medpeft serve` vs a naive FastAPI app",
+        "# Serving throughput: `medpeft serve` (float32 and bfloat16 frozen weights) vs a naive FastAPI app",
         "",
         f"Command: `{command.strip()}`",
         "",
         f"torch {torch.__version__}, {os.cpu_count()} CPUs shared with other work (see the load averages); "
         f"{args.rounds} interleaved rounds of {args.seconds:g} s per level and server; "
-        f"`medpeft serve {f'--max-batch {args.max_batch} {args.serve_options}'.strip()}`, "
-        "other options at their defaults.",
+        f"`medpeft serve {f'--max-batch {args.max_batch} {args.serve_options}'.strip()}` "
+        f"(`--frozen-dtype` {' and '.join(args.frozen_dtypes)}), other options at their defaults; "
+        "the naive baseline runs float32.",
         "",
     ]
     for img_size in args.img_size:

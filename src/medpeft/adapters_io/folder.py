@@ -45,6 +45,7 @@ from medpeft.backbones.checkpoints import BackboneIdentity, backbone_identity, i
 from medpeft.backbones.timm_vit import timm_input
 from medpeft.backbones.weights import copy_weights, read_state_dict, write_state_dict
 from medpeft.errors import ConfigError, WeightsError
+from medpeft.frozen_dtype import restore_trainable
 from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
 from medpeft.methods.layers import adapter_names, delete_adapter
@@ -334,13 +335,19 @@ def _comparable(recorded: BackboneIdentity, actual: BackboneIdentity) -> bool:
 
 
 def build_adapter_model(
-    config: AdapterConfig, weights: str | None, pretrained: bool, adapter_name: str
+    config: AdapterConfig,
+    weights: str | None,
+    pretrained: bool,
+    adapter_name: str,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """The adapter's model; a random backbone is drawn from its recorded seed (caller's RNG kept)."""
+    """The adapter's model (frozen Linear/Conv layers in ``frozen_dtype``, :func:`build_model`);
+    a random backbone is drawn from its recorded seed (caller's RNG kept)."""
     with torch.random.fork_rng(devices=[]):
         if weights is None and not pretrained and config.backbone_seed is not None:
             torch.manual_seed(config.backbone_seed)
-        return build_model(config.to_spec(), pretrained=pretrained, weights=weights, adapter_name=adapter_name)
+        return build_model(config.to_spec(), pretrained=pretrained, weights=weights, adapter_name=adapter_name,
+                           frozen_dtype=frozen_dtype)
 
 
 def add_adapter_weights(
@@ -364,6 +371,7 @@ def add_adapter_weights(
     try:
         method.attach(model, settings, name)
         _add_head(model, name, head_weight.shape[0])
+        restore_trainable(model)  # adapters attached to low-precision frozen layers: fp32, as trained
         copy_weights(adapter_parameters(model, name, method), state, source)
     except (ConfigError, WeightsError):
         delete_adapter(model, name)

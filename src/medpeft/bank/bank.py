@@ -53,12 +53,16 @@ from medpeft.methods import Method, get_method, method_names
 from medpeft.methods.layers import delete_adapter
 from medpeft.methods.lora.attach import cache_merged_weights, lora_layers
 from medpeft.routing import route
+from medpeft.train.evaluation import autocast
 
 BASE_HEAD = "base"  # the backbone's own head, which no task uses
 
 
 class AdapterBank:
     """Task adapters on one frozen backbone; build with :meth:`from_directory`.
+
+    ``autocast_dtype``: forwards run under autocast to it (bf16 or fp16 on CUDA, bf16 on
+    the CPU; :func:`medpeft.train.evaluation.autocast`), None: in the model's own dtypes.
 
     Thread-safe: loading, eviction and forwards are serialised by one lock.
     """
@@ -74,6 +78,7 @@ class AdapterBank:
         explicit_backbone: bool = False,
         weights_identity: BackboneIdentity | None = None,
         allow_other_weights: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if max_loaded is not None and max_loaded < 1:
             raise ConfigError(f"max_loaded: expected an integer >= 1 or None, got {max_loaded}")
@@ -88,6 +93,7 @@ class AdapterBank:
         self._explicit_backbone = explicit_backbone
         self._weights_identity = weights_identity or BackboneIdentity()
         self._allow_other_weights = allow_other_weights
+        self.autocast_dtype = autocast_dtype  # forwards under autocast to it (None: in the model's own dtypes)
         self._backbone_bytes = _module_bytes(self.model)
         self._folders: dict[str, Path] = {}
         self._configs: dict[str, AdapterConfig] = {}
@@ -112,6 +118,7 @@ class AdapterBank:
         allow_random_backbone: bool = False,
         allow_other_weights: bool = False,
         skip_unservable: bool = False,
+        frozen_dtype: torch.dtype = torch.float32,
     ) -> AdapterBank:
         """A bank of the adapter folders of ``directory`` (:func:`~medpeft.bank.tasks.task_folders`:
         subfolders holding ``adapter_config.json``, run folders, or the folder itself).
@@ -133,11 +140,18 @@ class AdapterBank:
                 backbone or weights) and name each with its reason in :attr:`skipped`,
                 instead of refusing them all. None servable: ConfigError naming every
                 reason; every servable one refused at registration: the first reason.
+            frozen_dtype: dtype of the shared backbone's frozen Linear/Conv layers
+                (:mod:`medpeft.frozen_dtype`: ``torch.bfloat16`` halves them); adapters and heads
+                are held in fp32, as trained. With bf16 or fp16, forwards run under autocast to
+                it (matmuls, attention and adapter updates in low precision; on a CPU with
+                native bf16 about half fp32's CPU time, and within 7% of fp32 activations
+                between the bf16 layers: benchmarks/results/serve_precision.md). A fully
+                fine-tuned model's backbone is its adapter: it keeps fp32 weights.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
             weights=weights, pretrained=pretrained, allow_random_backbone=allow_random_backbone,
-            allow_other_weights=allow_other_weights, skip_unservable=skip_unservable,
+            allow_other_weights=allow_other_weights, skip_unservable=skip_unservable, frozen_dtype=frozen_dtype,
         )
 
     @classmethod
@@ -153,6 +167,7 @@ class AdapterBank:
         allow_random_backbone: bool = False,
         allow_other_weights: bool = False,
         skip_unservable: bool = False,
+        frozen_dtype: torch.dtype = torch.float32,
     ) -> AdapterBank:
         """A bank of the given ``{task name: adapter folder}``; arguments as :meth:`from_directory`."""
         if not folders:
@@ -168,11 +183,12 @@ class AdapterBank:
             weights, pretrained = recorded_backbone(reference, first, allow_random_backbone)
         base = dataclasses.replace(reference, method="linear", settings={})
         weights = None if weights is None else str(weights)
-        model = build_adapter_model(base, weights, pretrained, BASE_HEAD)
+        model = build_adapter_model(base, weights, pretrained, BASE_HEAD, frozen_dtype)
         identity = backbone_identity(base.kind, base.backbone, weights, pretrained, model)
         backbone_id = _backbone_id(reference, first, explicit)
+        autocast_dtype = frozen_dtype if frozen_dtype in (torch.bfloat16, torch.float16) else None
         bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit, identity,
-                   allow_other_weights)
+                   allow_other_weights, autocast_dtype)
         bank.skipped = skipped
         errors = []
         for name, folder in folders.items():
@@ -398,7 +414,7 @@ class AdapterBank:
     def _forward(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         """Each sample's probabilities by its own task (one forward; tasks loaded)."""
         model = self.model
-        with torch.inference_mode(), route(adapters=tuple(names)):
+        with torch.inference_mode(), route(adapters=tuple(names)), autocast(self.device, self.autocast_dtype):
             features = model.features(images.to(self.device))
             logits, widths = model.head.padded_logits(features, names)
         logits = logits.float().cpu()
