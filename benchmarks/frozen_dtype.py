@@ -49,8 +49,8 @@ def measure(frozen: str, amp: str | None, batch: int, steps: int, quick: bool, l
     import torch
 
     from medpeft.frozen_dtype import FROZEN_DTYPES, stored_bytes
+    from medpeft.mixed_precision import autocast
     from medpeft.model import ModelSpec, build_model
-    from medpeft.train.evaluation import autocast
     from medpeft.train.settings import AMP_DTYPES
 
     torch.manual_seed(0)

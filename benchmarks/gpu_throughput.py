@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from medpeft.methods import LoraSettings
+from medpeft.mixed_precision import autocast
 from medpeft.model import ModelSpec, build_model
-from medpeft.train.evaluation import autocast
 from medpeft.train.trainer import to_channels_last, use_fused_attention
 
 ARMS = ("lora", "full", "linear")

@@ -157,7 +157,7 @@ def train_steps(model: Any, batch: int, steps: int, device: str, amp: bool = Fal
     seconds of each."""
     import torch
 
-    from medpeft.train.evaluation import autocast
+    from medpeft.mixed_precision import autocast
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)

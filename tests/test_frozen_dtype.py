@@ -18,8 +18,8 @@ from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
 from medpeft.frozen_dtype import cast_frozen
+from medpeft.mixed_precision import autocast
 from medpeft.model import ModelSpec, build_model
-from medpeft.train.evaluation import autocast
 
 VIT = dict(
     backbone="vit_tiny_patch16_224", img_size=32,

@@ -16,8 +16,8 @@ from medpeft.errors import ConfigError
 from medpeft.frozen_dtype import Int8WeightLinear, is_quantized, stored_bytes
 from medpeft.heap import trim_heap
 from medpeft.methods.lora.attach import merge_lora
+from medpeft.mixed_precision import autocast
 from medpeft.model import ModelSpec, build_model
-from medpeft.train.evaluation import autocast
 from tests.test_frozen_dtype import BACKBONES, train_tiny_run
 
 X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -52,8 +52,8 @@ from medpeft.errors import ConfigError, WeightsError, did_you_mean
 from medpeft.methods import Method, get_method, method_names
 from medpeft.methods.layers import delete_adapter
 from medpeft.methods.lora.attach import cache_merged_weights, lora_layers
+from medpeft.mixed_precision import autocast
 from medpeft.routing import route
-from medpeft.train.evaluation import autocast
 
 BASE_HEAD = "base"  # the backbone's own head, which no task uses
 
@@ -62,7 +62,7 @@ class AdapterBank:
     """Task adapters on one frozen backbone; build with :meth:`from_directory`.
 
     ``autocast_dtype``: forwards run under autocast to it (bf16 or fp16 on CUDA, bf16 on
-    the CPU; :func:`medpeft.train.evaluation.autocast`), None: in the model's own dtypes.
+    the CPU; :func:`medpeft.mixed_precision.autocast`), None: in the model's own dtypes.
 
     Thread-safe: loading, eviction and forwards are serialised by one lock.
     """

@@ -9,7 +9,6 @@ sample order, each sample counted once.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from medpeft.data.loader import EvalShard
 from medpeft.errors import DataError
 from medpeft.metrics import compute_metrics
+from medpeft.mixed_precision import autocast
 from medpeft.tasks import check_task
 from medpeft.train.distributed import gather_rows
 from medpeft.train.losses import build_loss, to_scores
@@ -50,16 +50,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
 def logits_of(outputs: Any) -> torch.Tensor:
     """The logits of a model's outputs: a tensor, or an object with ``.logits``."""
     return getattr(outputs, "logits", outputs)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (fp16 or bf16) and on the CPU (bf16 only: CPU fp16 matmuls
-    are slow); a no-op elsewhere, for CPU fp16, or when ``dtype`` is None."""
-    if dtype is None or device.type not in ("cuda", "cpu"):
-        return contextlib.nullcontext()
-    if device.type == "cpu" and dtype is not torch.bfloat16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:

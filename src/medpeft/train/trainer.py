@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medpeft.errors import ConfigError, DataError, TrainingError
+from medpeft.mixed_precision import autocast
 from medpeft.tasks import check_task
 from medpeft.train import distributed
 from medpeft.train.checkpoint import (
@@ -39,7 +40,7 @@ from medpeft.train.checkpoint import (
     save_trainable,
     seed_everything,
 )
-from medpeft.train.evaluation import autocast, evaluate, logits_of, to_device
+from medpeft.train.evaluation import evaluate, logits_of, to_device
 from medpeft.train.files import BEST, CHECKPOINT
 from medpeft.train.losses import build_loss
 from medpeft.train.runlog import RunLog
