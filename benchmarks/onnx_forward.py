@@ -34,13 +34,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
-from serve import write_adapters  # benchmarks/serve.py: the adapters of the serving benchmark
+from serve import time_calls, write_adapters  # benchmarks/serve.py: its adapters, the timing loop
 
 from medpeft.adapters_io.export import export_onnx, merged_model
 
@@ -88,17 +87,7 @@ def time_one(runtime: str, adapter: Path, onnx_file: Path, batch: int, threads: 
 
         def forward() -> None:
             session.run(["logits"], {"image": array})
-    for _ in range(2):
-        forward()
-    wall: list[float] = []
-    cpu: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(wall) < 3:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        forward()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu), "calls": len(wall)}
+    return time_calls(forward, seconds)
 
 
 def run_child(runtime: str, adapter: Path, onnx_file: Path, batch: int, threads: int, seconds: float) -> dict:

@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -422,6 +423,21 @@ def run_size(args: argparse.Namespace, img_size: int) -> list[str]:
     if errors:
         lines += ["", "First error per level: " + "; ".join(f"{k}: {v}" for k, v in errors.items())]
     return [*lines, ""]
+
+
+def time_calls(forward: Callable[[], None], seconds: float) -> dict:
+    """Median wall and CPU ms of ``forward()`` over ``seconds`` (at least 3 calls, after 2 warm-ups)."""
+    for _ in range(2):
+        forward()
+    wall: list[float] = []
+    cpu: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(wall) < 3:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        forward()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu), "calls": len(wall)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,11 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from serve import TASKS, agreement, bank_probabilities, write_adapters  # benchmarks/serve.py's bank
+from serve import TASKS, agreement, bank_probabilities, time_calls, write_adapters  # benchmarks/serve.py
 
 from medpeft.bank import AdapterBank
 
@@ -84,17 +83,7 @@ def time_one(recipe: str, directory: Path, size: int, seconds: float) -> dict:
     def forward() -> None:
         bank.predict(names, inputs)
 
-    for _ in range(2):
-        forward()
-    wall: list[float] = []
-    cpu: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(wall) < 3:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        forward()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu), "calls": len(wall)}
+    return time_calls(forward, seconds)
 
 
 def run_child(recipe: str, directory: Path, size: int, args: argparse.Namespace) -> dict:
