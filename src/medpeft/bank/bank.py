@@ -144,8 +144,8 @@ class AdapterBank:
                 (:mod:`medpeft.frozen_dtype`: ``torch.bfloat16`` halves them); adapters and heads
                 are held in fp32, as trained. With bf16 or fp16, forwards run under autocast to
                 it (matmuls, attention and adapter updates in low precision; on a CPU with
-                native bf16 about half fp32's CPU time, and within 7% of fp32 activations
-                between the bf16 layers: benchmarks/results/serve_precision.md). A fully
+                native bf16 about 0.37x fp32's CPU time at 224 px, 0.63x that of bf16 layers with
+                fp32 activations between them: benchmarks/results/serve_precision.md). A fully
                 fine-tuned model's backbone is its adapter: it keeps fp32 weights.
         """
         return cls.from_folders(
