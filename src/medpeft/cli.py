@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from medpeft.config import RunConfig
 
 DEMO_THREADS = 1  # the demo's tiny ViT: 42 s on one thread, 56 s on two idle cores (benchmarks/demo_threads.py)
-SERVE_FROZEN_DTYPES = ("float32", "bfloat16")  # medpeft serve --frozen-dtype (docs/serving.md)
+INFERENCE_FROZEN_DTYPES = ("float32", "bfloat16", "int8")  # serve/predict --frozen-dtype (docs/serving.md)
 
 
 def builtin_configs() -> dict[str, Path]:
@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from medpeft.frozen_dtype import frozen_dtype_named
     from medpeft.runs.predict import predict_files, predict_manifest, predict_tasks
     from medpeft.train import distributed
     from medpeft.train.settings import resolve_device
@@ -116,6 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         weights=args.weights, pretrained=args.pretrained, batch_size=args.batch_size,
         device=args.device, progress=not args.quiet, allow_random_backbone=args.random_backbone,
         allow_other_weights=args.allow_other_weights,
+        frozen_dtype=frozen_dtype_named(args.frozen_dtype, "--frozen-dtype"),
     )
     if args.adapters:
         del common["progress"]
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an adapter that records no backbone weights on a random backbone (meaningless outputs)",
     )
     _allow_other_weights(p)
+    _frozen_dtype(p, "the backbone's")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--output", help="CSV file to write (default: stdout)")
@@ -435,10 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true",
                    help="serve without a token even if MEDPEFT_TOKEN is set (empty)")
     p.add_argument("--max-loaded", type=int, help="most adapters on the backbone at once (default: all)")
-    p.add_argument("--frozen-dtype", choices=SERVE_FROZEN_DTYPES, default="float32",
-                   help="dtype of the shared backbone's frozen Linear/Conv weights; bfloat16: half their "
-                   "memory, forwards under bf16 autocast (faster on CPUs with native bf16 and on GPUs, "
-                   "slightly different outputs); adapters and heads stay float32")
+    _frozen_dtype(p, "the shared backbone's")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--weights", help="backbone checkpoint file (default: the one the adapters record)")
     backbone.add_argument(
@@ -472,6 +472,16 @@ def _allow_other_weights(parser: argparse.ArgumentParser) -> None:
         "--allow-other-weights", action="store_true",
         help="load adapters onto backbone weights other than those they record (another sha256), "
         "with a warning instead of an error",
+    )
+
+
+def _frozen_dtype(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument(
+        "--frozen-dtype", choices=INFERENCE_FROZEN_DTYPES, default="float32",
+        help=f"dtype of {whose} frozen Linear/Conv weights, forwards under bf16 autocast when not float32 "
+        "(faster on CPUs with native bf16 and on GPUs, slightly different outputs): bfloat16 halves "
+        "their memory, int8 (torchao, pip install 'medpeft[scale]') quarters the Linear ones; "
+        "adapters and heads stay float32",
     )
 
 

@@ -67,6 +67,13 @@ def build_dtype(dtype: torch.dtype) -> torch.dtype:
     return INT8_COMPUTE if dtype == torch.int8 else dtype
 
 
+def inference_autocast(dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype of forwards over frozen layers held in ``dtype`` when nothing trains
+    (serving, prediction): the low dtype itself (int8's: bf16, its matmuls' dtype), so the
+    activations between layers stay low too; None for fp32."""
+    return None if dtype == torch.float32 else build_dtype(dtype)
+
+
 def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
     """Cast every frozen Linear/Conv layer of ``model`` to ``dtype`` in place.
 

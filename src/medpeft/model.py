@@ -144,11 +144,12 @@ def build_model(
     return model
 
 
-def check_frozen_dtype(method: Method, frozen_dtype: torch.dtype) -> None:
-    """ConfigError when ``method`` cannot run on frozen weights held in ``frozen_dtype``."""
+def check_frozen_dtype(method: Method, frozen_dtype: torch.dtype, key: str = "model.frozen_dtype") -> None:
+    """ConfigError when ``method`` cannot run on frozen weights held in ``frozen_dtype`` (``key``
+    names the setting)."""
     if frozen_dtype == torch.int8 and method.reads_frozen_weights:
         raise ConfigError(
-            f"model.frozen_dtype: int8 does not apply to method {method.name!r}: its layers compute "
+            f"{key}: int8 does not apply to method {method.name!r}: its layers compute "
             "with the frozen weights' values; use bfloat16"
         )
 

@@ -49,7 +49,7 @@ from medpeft.frozen_dtype import restore_trainable
 from medpeft.heads import HEAD_NAME, HEADS_DICT, TaskHeads, head_of
 from medpeft.methods import Method, get_method
 from medpeft.methods.layers import adapter_names, delete_adapter
-from medpeft.model import ModelSpec, build_architecture, build_model
+from medpeft.model import ModelSpec, build_architecture, build_model, check_frozen_dtype
 
 HUB = "hub"  # backbone_weights value: pretrained weights from the hub
 _WRAPPED = re.compile(r"\.base(?=\.)")
@@ -193,6 +193,7 @@ def load_adapter(
     pretrained: bool = False,
     allow_random_backbone: bool = False,
     allow_other_weights: bool = False,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, AdapterConfig]:
     """Load a saved adapter, building its model or adding it to a given one.
 
@@ -210,6 +211,9 @@ def load_adapter(
             meaningless; tests and demos only).
         allow_other_weights: Build on backbone weights other than those the adapter
             records (another sha256 or hub repo) with a warning, instead of refusing.
+        frozen_dtype: dtype of the built model's frozen Linear/Conv layers
+            (:mod:`medpeft.frozen_dtype`: bf16 halves them, int8 quarters the Linear ones); the
+            adapter and head are loaded in fp32, as saved.
 
     Returns:
         The model and the adapter's config. A call serves the adapter it routes
@@ -224,9 +228,10 @@ def load_adapter(
     name = adapter_name or folder.resolve().name
     method = get_method(config.method)
     if model is None:
+        check_frozen_dtype(method, frozen_dtype, "frozen_dtype")
         if weights is None and not pretrained:
             weights, pretrained = recorded_backbone(config, folder, allow_random_backbone)
-        model = build_adapter_model(config, weights, pretrained, name)
+        model = build_adapter_model(config, weights, pretrained, name, frozen_dtype)
         actual = backbone_identity(config.kind, config.backbone, weights, pretrained, model)
         verify_weights(config, folder, actual, allow_other_weights)
         check_input_size(model, config, folder)

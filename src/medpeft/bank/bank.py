@@ -49,6 +49,7 @@ from medpeft.bank.errors import BadInput, UnknownTask, WrongModality
 from medpeft.bank.inputs import Input, Preprocessor
 from medpeft.bank.tasks import TaskInfo, check_task_name, task_folders, tensor_bytes
 from medpeft.errors import ConfigError, WeightsError, did_you_mean
+from medpeft.frozen_dtype import inference_autocast, stored_bytes
 from medpeft.methods import Method, get_method, method_names
 from medpeft.methods.layers import delete_adapter
 from medpeft.methods.lora.attach import cache_merged_weights, lora_layers
@@ -183,12 +184,12 @@ class AdapterBank:
             weights, pretrained = recorded_backbone(reference, first, allow_random_backbone)
         base = dataclasses.replace(reference, method="linear", settings={})
         weights = None if weights is None else str(weights)
-        model = build_adapter_model(base, weights, pretrained, BASE_HEAD, frozen_dtype)
+        owned = get_method(reference.method).trains_everything  # its backbone is its adapter: fp32, as saved
+        model = build_adapter_model(base, weights, pretrained, BASE_HEAD, torch.float32 if owned else frozen_dtype)
         identity = backbone_identity(base.kind, base.backbone, weights, pretrained, model)
         backbone_id = _backbone_id(reference, first, explicit)
-        autocast_dtype = frozen_dtype if frozen_dtype in (torch.bfloat16, torch.float16) else None
         bank = cls(model, reference, backbone_id, device, max_loaded, max_bytes, explicit, identity,
-                   allow_other_weights, autocast_dtype)
+                   allow_other_weights, inference_autocast(frozen_dtype))
         bank.skipped = skipped
         errors = []
         for name, folder in folders.items():
@@ -499,5 +500,4 @@ def _describe(config: AdapterConfig) -> str:
 
 
 def _module_bytes(module: nn.Module) -> int:
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(stored_bytes(t) for t in [*module.parameters(), *module.buffers()])

@@ -29,6 +29,7 @@ from medpeft.config.paths import PATH_KEYS
 from medpeft.data.missing import MissingTable
 from medpeft.data.records import Source
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import FROZEN_DTYPES
 from medpeft.metrics import format_metrics_table
 from medpeft.reports import Results, missing_grid_table, plot_missing_curves, plot_missing_heatmap
 from medpeft.reports.scores import SplitScores, path_columns
@@ -134,6 +135,8 @@ def evaluate_run(
     ``data.*`` override, other settings, ``allow_other_weights``) writes into a new
     ``RUN/evals/<name>/`` folder, never over the run's own results. Backbone weights other
     than those the adapter records (another sha256) are refused unless ``allow_other_weights``.
+    The backbone's frozen layers are held in the run's ``model.frozen_dtype``, as in training
+    (``model.frozen_dtype=float32`` evaluates the same adapter on fp32 ones, into a new folder).
 
     Args:
         run_dir: Run folder (``config.yaml``, ``adapter/``).
@@ -162,7 +165,7 @@ def evaluate_run(
     model, adapter_config = load_adapter(
         adapter, weights=backbone, pretrained=config.model.pretrained and not backbone,
         allow_random_backbone=not backbone and not config.model.pretrained,
-        allow_other_weights=allow_other_weights,
+        allow_other_weights=allow_other_weights, frozen_dtype=FROZEN_DTYPES[config.model.frozen_dtype],
     )
     model.to(resolve_device(config.train.device, "train.device"))
     run = run_data(config, source, model)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -39,6 +40,7 @@ from medpeft.data.sources.csv import read_inputs
 from medpeft.data.sources.folder import image_files
 from medpeft.data.transforms import image_transforms
 from medpeft.errors import ConfigError, DataError, did_you_mean
+from medpeft.frozen_dtype import inference_autocast
 from medpeft.runs.data import make_collate
 from medpeft.train import predict
 from medpeft.train.settings import resolve_device
@@ -144,11 +146,13 @@ def predict_files(
     progress: bool = False,
     allow_random_backbone: bool = False,
     allow_other_weights: bool = False,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> Predictions:
-    """Scores of image files (a folder: the image files under it) with an adapter of one image modality."""
+    """Scores of image files (a folder: the image files under it) with an adapter of one image
+    modality (``frozen_dtype``: the backbone's frozen layers' dtype, :func:`load_adapter`)."""
     model, config = load_adapter(adapter, weights=weights, pretrained=pretrained,
                                  allow_random_backbone=allow_random_backbone,
-                                 allow_other_weights=allow_other_weights)
+                                 allow_other_weights=allow_other_weights, frozen_dtype=frozen_dtype)
     if len(config.modalities) != 1:
         raise ConfigError(
             f"{adapter} reads modalities {list(config.modalities)}: pass a manifest with one "
@@ -156,7 +160,7 @@ def predict_files(
         )
     modality = next(iter(config.modalities))
     records = [Record(p, {modality: (p,)}, UNKNOWN_TARGET) for p in image_inputs(paths)]
-    return _predict(model, config, records, batch_size, device, progress)
+    return _predict(model, config, records, batch_size, device, progress, frozen_dtype)
 
 
 def predict_manifest(
@@ -170,13 +174,14 @@ def predict_manifest(
     root: str | Path | None = None,
     allow_random_backbone: bool = False,
     allow_other_weights: bool = False,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> Predictions:
     """Scores of the rows of a manifest with one column per modality of the adapter."""
     model, config = load_adapter(adapter, weights=weights, pretrained=pretrained,
                                  allow_random_backbone=allow_random_backbone,
-                                 allow_other_weights=allow_other_weights)
+                                 allow_other_weights=allow_other_weights, frozen_dtype=frozen_dtype)
     records = read_inputs(manifest, config.modalities, root=root)
-    return _predict(model, config, records, batch_size, device, progress)
+    return _predict(model, config, records, batch_size, device, progress, frozen_dtype)
 
 
 def _predict(
@@ -186,16 +191,20 @@ def _predict(
     batch_size: int,
     device: str,
     progress: bool,
+    frozen_dtype: torch.dtype,
 ) -> Predictions:
     """Scores of unlabelled records (read as in training, genuine gaps only); a record with an
-    image that does not decode gets its first error instead, the others are predicted."""
+    image that does not decode gets its first error instead, the others are predicted. Frozen
+    layers in a low dtype run under autocast to it (:func:`inference_autocast`), fp32 ones under
+    fp16 autocast on CUDA."""
     errors: dict[int, str] = {}
     for index, _, error in unreadable_images(records, config.modalities, "input", progress, read_options(config)):
         errors.setdefault(index, error)
     readable = [r for i, r in enumerate(records) if i not in errors]
     model.to(resolve_device(device)).eval()
     loader = records_loader(config, readable, batch_size)
-    scores = predict(model, loader, config.task, progress=progress).tolist() if readable else []
+    amp = inference_autocast(frozen_dtype) or torch.float16
+    scores = predict(model, loader, config.task, progress=progress, amp_dtype=amp).tolist() if readable else []
     rows, messages = merged(len(records), errors, scores)
     return Predictions([r.id for r in records], config.labels, rows, config.task, messages)
 
@@ -251,6 +260,7 @@ def predict_tasks(
     device: str = "auto",
     allow_random_backbone: bool = False,
     allow_other_weights: bool = False,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> TaskPredictions:
     """Scores of samples of several tasks on one backbone, in mixed-task batches.
 
@@ -261,10 +271,12 @@ def predict_tasks(
         paths: Image files (a folder: the image files under it), each scored by every task.
         manifest: CSV with a ``task`` column and one column per modality (optional ``id``).
         root: Folder of the manifest's relative paths (default: its folder).
+        frozen_dtype: dtype of the shared backbone's frozen layers (:meth:`AdapterBank.from_folders`).
     """
     bank = AdapterBank.from_folders(
         adapters, device=resolve_device(device), weights=weights, pretrained=pretrained,
         allow_random_backbone=allow_random_backbone, allow_other_weights=allow_other_weights,
+        frozen_dtype=frozen_dtype,
     )
     infos = {t.name: t for t in bank.tasks()}
     if manifest is not None:

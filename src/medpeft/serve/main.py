@@ -39,9 +39,10 @@ def serve(
         weights: Backbone checkpoint for every task (default: the one they record).
         allow_random_backbone: Serve tasks that record neither weights nor a seed.
         allow_other_weights: Serve tasks trained on other backbone weights (a warning each).
-        frozen_dtype: ``float32`` or ``bfloat16``: dtype of the shared backbone's frozen
-            Linear/Conv weights (``bfloat16``: half their memory, forwards under bf16 autocast,
-            fast on CPUs with native bf16; adapters and heads held in fp32).
+        frozen_dtype: ``float32``, ``bfloat16`` or ``int8``: dtype of the shared backbone's frozen
+            Linear/Conv weights (``bfloat16``: half their memory, ``int8``: a quarter of the
+            Linear ones, torchao; both with forwards under bf16 autocast, fast on CPUs with
+            native bf16; adapters and heads held in fp32).
     """
     try:
         import uvicorn

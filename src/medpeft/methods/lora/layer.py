@@ -201,10 +201,10 @@ class LoRALinear(WrappedLinear):
     def _stack(self, names: Sequence[str]) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
         """Slots of ``names`` and their scaled ``A^T`` ``(n+1, in, w)`` and dense ``B^T``
         ``(n+1, w, out)``, zero-padded to the widest ``w = segments * rank``; last slot zero."""
-        ref = self.base.weight
+        ref = self.base.weight  # its dtype: the matmuls' (bf16 for int8 weights)
         width = max((self.rank(n) for n in names), default=0) * len(self.segments)
-        a_cols = ref.new_zeros(len(names) + 1, self.in_features, width)
-        b_rows = ref.new_zeros(len(names) + 1, width, self.out_features)
+        a_cols = torch.zeros(len(names) + 1, self.in_features, width, dtype=ref.dtype, device=ref.device)
+        b_rows = torch.zeros(len(names) + 1, width, self.out_features, dtype=ref.dtype, device=ref.device)
         for i, name in enumerate(names):
             a = self.lora_A[name].flatten(0, 1) * self.scaling[name]
             a_cols[i, :, : a.shape[0]] = a.T
