@@ -253,10 +253,10 @@ def planned_skip(result: dict[str, Any]) -> bool:
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median over the repeats of a configuration (its skip reason if none ran)."""
+    """The median over the repeats of a configuration (the latest skip reason if none ran)."""
     done = [r for r in runs if "skipped" not in r]
     if not done:
-        return runs[0]
+        return runs[-1]
     return {k: statistics.median(r[k] for r in done) for k in done[0]} | {"repeats": len(done)}
 
 
@@ -385,7 +385,7 @@ def write(record: dict[str, Any], keys: list[str], configs: list[str], args: arg
 def notes(runs: dict[tuple[str, str], list[dict]]) -> dict[str, str]:
     """Per model: the rounds its configurations ran and the load averages when they ended."""
     out = {}
-    for key in dict.fromkeys(k for k, _ in runs):
+    for key in [k for k in MODELS if any(k == run_key for run_key, _ in runs)]:
         done = [[r for r in results if "load" in r] for (k, _), results in runs.items() if k == key]
         loads = [r["load"] for results in done for r in results]
         if loads:

@@ -7,6 +7,7 @@ by this script, offline) in a process of their own:
   deadline-formed micro-batches (``--max-batch``, ``--max-wait-ms``), the forward in one
   worker thread; once per ``--frozen-dtypes`` (``serve``: float32, ``serve-bf16``:
   ``--frozen-dtype bfloat16``, the backbone's frozen layers in bf16, forwards under bf16
+  autocast; ``serve-int8`` on request: ``--frozen-dtype int8``, int8 Linear weights, the same
   autocast).
 * the naive baseline (``--naive DIR``, this script): one ``def`` endpoint per request, as
   FastAPI runs sync endpoints, in a thread each: read the upload, ``bank.preprocess``,
@@ -69,7 +70,8 @@ TASKS = {"tb": 4, "blood": 8}  # task -> LoRA rank (q, v); 3 classes each
 LABELS = ["a", "b", "c"]
 STARTUP_S = 180
 TARGET_CLIENTS, TARGET_RATIO = 32, 2.0
-SERVERS = {"float32": "serve", "bfloat16": "serve-bf16"}  # serve --frozen-dtype -> server name
+SERVERS = {"float32": "serve", "bfloat16": "serve-bf16", "int8": "serve-int8"}  # serve --frozen-dtype -> server name
+DEFAULT_DTYPES = ["float32", "bfloat16"]  # int8 runs at bf16's speed (serve_precision.md): on request
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=16, help="serve --max-batch (and the profile's)")
     parser.add_argument("--serve-options", default="", help="more serve options, e.g. '--threads 1'")
-    parser.add_argument("--frozen-dtypes", nargs="+", default=list(SERVERS), choices=list(SERVERS),
+    parser.add_argument("--frozen-dtypes", nargs="+", default=DEFAULT_DTYPES, choices=list(SERVERS),
                         help="a medpeft serve server for each (serve --frozen-dtype)")
     parser.add_argument("--agreement-images", type=int, default=256,
                         help="random images comparing each low-precision bank's probabilities with float32's")

@@ -10,11 +10,14 @@ served as `medpeft serve` serves it (`AdapterBank.predict`, tasks alternating in
 * ``bfloat16+autocast``: what ``medpeft serve --frozen-dtype bfloat16`` runs: the same bank, its
   forwards also under ``torch.autocast('cpu', torch.bfloat16)`` (attention, LoRA and head
   matmuls in bf16 too).
+* ``int8+autocast``: what ``medpeft serve --frozen-dtype int8`` runs: the frozen Linear weights
+  int8 (torchao weight-only, one scale per row), the patch embedding bf16, forwards under bf16
+  autocast as above.
 
 Every recipe runs ``--rounds`` times in a fresh process (``OMP_NUM_THREADS`` = ``--threads``,
 torch ``set_num_threads`` the same, the sleeping-OpenMP settings of ``medpeft serve``),
 recipes alternating; each process warms up, then times forwards for ``--seconds`` and reports
-the median wall and CPU ms. Agreement with ``float32``: the probabilities of ``--images``
+the median wall and CPU ms, and the bank's backbone bytes. Agreement with ``float32``: the probabilities of ``--images``
 random images (normal noise, as preprocessed inputs; tasks alternating), max abs difference
 and top-1 agreement (`serve.agreement`).
 
@@ -47,7 +50,8 @@ from serve import TASKS, agreement, bank_probabilities, time_calls, write_adapte
 from medpeft.bank import AdapterBank
 
 RESULTS = Path(__file__).parent / "results" / "serve_precision.md"
-RECIPES = ("float32", "bfloat16-layers", "bfloat16+autocast")
+RECIPES = ("float32", "bfloat16-layers", "bfloat16+autocast", "int8+autocast")
+DTYPES = {"float32": torch.float32, "int8+autocast": torch.int8}  # the others: bfloat16
 BATCH = 16
 
 
@@ -66,15 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe_bank(recipe: str, directory: Path) -> AdapterBank:
     """The bank of ``recipe``."""
-    dtype = torch.float32 if recipe == "float32" else torch.bfloat16
-    bank = AdapterBank.from_directory(directory, device="cpu", frozen_dtype=dtype)
+    bank = AdapterBank.from_directory(directory, device="cpu", frozen_dtype=DTYPES.get(recipe, torch.bfloat16))
     if recipe == "bfloat16-layers":
         bank.autocast_dtype = None
     return bank
 
 
 def time_one(recipe: str, directory: Path, size: int, seconds: float) -> dict:
-    """Median wall and CPU ms of one batch-16 forward of ``size`` px images (child process)."""
+    """Median wall and CPU ms of one batch-16 forward of ``size`` px images, and the backbone's
+    MiB (child process)."""
     bank = recipe_bank(recipe, directory)
     generator = torch.Generator().manual_seed(0)
     names = [list(TASKS)[i % len(TASKS)] for i in range(BATCH)]
@@ -83,7 +87,7 @@ def time_one(recipe: str, directory: Path, size: int, seconds: float) -> dict:
     def forward() -> None:
         bank.predict(names, inputs)
 
-    return time_calls(forward, seconds)
+    return time_calls(forward, seconds) | {"backbone_mib": bank.memory()["backbone_bytes"] / 2**20}
 
 
 def run_child(recipe: str, directory: Path, size: int, args: argparse.Namespace) -> dict:
@@ -114,11 +118,13 @@ def measure_size(args: argparse.Namespace, folder: Path, size: int) -> list[str]
             runs[recipe].append(run_child(recipe, directory, size, args))
     ms = {recipe: statistics.median(run["ms"] for run in runs[recipe]) for recipe in RECIPES}
     cpu = {recipe: statistics.median(run["cpu_ms"] for run in runs[recipe]) for recipe in RECIPES}
+    mib = {recipe: runs[recipe][0]["backbone_mib"] for recipe in RECIPES}
     rows = []
     for recipe in RECIPES:
         difference, top1 = agree.get(recipe, (0.0, 1.0))
         rows.append(f"| {size} | {recipe} | {ms[recipe]:.0f} | {1000 * BATCH / ms[recipe]:.1f} | "
-                    f"**{ms['float32'] / ms[recipe]:.2f}x** | {cpu[recipe]:.0f} | {difference:.1e} | {top1:.1%} |")
+                    f"**{ms['float32'] / ms[recipe]:.2f}x** | {cpu[recipe]:.0f} | {mib[recipe]:.1f} | {difference:.1e} | "
+                    f"{top1:.1%} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -138,8 +144,8 @@ def report(args: argparse.Namespace, rows: list[str], load: tuple) -> str:
         f"forward over {args.seconds:g} s, median of {args.rounds} rounds (recipes alternating). Agreement "
         f"with float32: {args.images} random images, 3 classes.",
         "",
-        "| px | recipe | ms / batch | img/s | speed-up | CPU ms | max abs prob diff | top-1 agreement |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| px | recipe | ms / batch | img/s | speed-up | CPU ms | backbone MiB | max abs prob diff | top-1 agreement |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ])

@@ -17,9 +17,12 @@ def test_every_recipe_gets_a_row_with_its_agreement(tmp_path, monkeypatch):
     out = tmp_path / "precision.md"
     bench["main"](["--img-size", "32", "--seconds", "0.1", "--rounds", "1", "--images", "16", "--threads", "1",
                    "--output", str(out)])
-    rows = re.findall(r"^\| 32 \| ([\w+-]+) \| (\d+) \| .* \| ([\d.e+-]+) \| ([\d.]+)% \|$", out.read_text(), re.M)
-    assert [row[0] for row in rows] == ["float32", "bfloat16-layers", "bfloat16+autocast"]
-    assert all(int(ms) > 0 for _, ms, _, _ in rows)
-    assert rows[0][2:] == ("0.0e+00", "100.0")
-    for _, _, difference, top1 in rows[1:]:  # bf16: close to float32, not equal
+    rows = re.findall(r"^\| 32 \| ([\w+-]+) \| (\d+) \| .* \| ([\d.]+) \| ([\d.e+-]+) \| ([\d.]+)% \|$",
+                      out.read_text(), re.M)
+    assert [row[0] for row in rows] == ["float32", "bfloat16-layers", "bfloat16+autocast", "int8+autocast"]
+    assert all(int(ms) > 0 for _, ms, _, _, _ in rows)
+    assert rows[0][3:] == ("0.0e+00", "100.0")
+    for _, _, _, difference, top1 in rows[1:]:  # bf16, int8: close to float32, not equal
         assert 0 < float(difference) < 0.05 and float(top1) >= 50
+    mib = {row[0]: float(row[2]) for row in rows}
+    assert mib["int8+autocast"] < mib["bfloat16+autocast"] < mib["float32"]

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medpeft.bank import AdapterBank
@@ -81,3 +82,18 @@ def test_an_unreadable_file_fails_alone_in_every_task(bank_dir, tmp_path, capsys
     assert "modality 'image': cannot read image" in rows[2]["error"] and "img1.png" in rows[2]["error"]
     summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medpeft predict:")]
     assert len(summary) == 1 and summary[0].startswith("medpeft predict: 2 of 4 sample(s) could not be read")
+
+
+def test_several_tasks_on_an_int8_backbone_score_as_its_bank(bank_dir, tmp_path):
+    paths = [str(p) for p in _write_images(tmp_path / "images", n=2)]
+    adapters = {name: bank_dir / name for name in ("tb", "blood")}
+
+    int8 = predict_tasks(adapters, paths, device="cpu", frozen_dtype=torch.int8)
+    fp32 = predict_tasks(adapters, paths, device="cpu")
+
+    bank = AdapterBank.from_directory(bank_dir, frozen_dtype=torch.int8)
+    for task, sample, scores in zip(int8.tasks, int8.ids, int8.scores):
+        expected = bank.predict([task], [bank.preprocess(task, {"image": sample})])[0]
+        assert scores == pytest.approx(expected.tolist(), abs=1e-3)  # bf16 kernels may round by batch shape
+    assert int8.scores != fp32.scores
+    assert all(a == pytest.approx(b, abs=0.06) for a, b in zip(int8.scores, fp32.scores))
