@@ -20,6 +20,7 @@ Without that environment every function here is a no-op (one process, rank 0).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import tempfile
@@ -46,14 +47,23 @@ def _accelerator():
     from accelerate.utils import DistributedDataParallelKwargs
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    atexit.register(_leave)
+    return accelerator
 
 
 def setup() -> bool:
-    """Join the launched processes (nothing to do alone); True when several run."""
+    """Join the launched processes (nothing to do alone); True when several run. The process
+    group is destroyed when the interpreter exits (its threads joined before torch's
+    static destructors run)."""
     if launched_processes() > 1:
         _accelerator()
     return is_distributed()
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
