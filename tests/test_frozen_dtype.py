@@ -17,6 +17,7 @@ from medpeft.adapters_io.folder import save_adapter
 from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
+from medpeft import frozen_dtype
 from medpeft.frozen_dtype import cast_frozen
 from medpeft.mixed_precision import autocast
 from medpeft.model import ModelSpec, build_model
@@ -102,6 +103,15 @@ def test_float32_leaves_the_model_as_it_is():
     model = _model("vit", dtype=torch.float32)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert cast_frozen(model, torch.float32) == 0
+
+
+def test_a_low_precision_build_gives_its_freed_heap_back(monkeypatch):
+    trims = []
+    monkeypatch.setattr(frozen_dtype, "trim_heap", lambda: trims.append(1) or True)
+    build_model(ModelSpec(num_classes=3, **VIT), frozen_dtype=torch.float32)
+    assert trims == []
+    build_model(ModelSpec(num_classes=3, **VIT), frozen_dtype=torch.bfloat16)
+    assert trims == [1]  # once the frozen layers are cast: the fp32 temporaries are all freed by then
 
 
 def test_frozen_dtype_config_is_checked_with_a_hint():

@@ -134,7 +134,7 @@ def test_each_quantized_layer_gives_its_freed_heap_back(monkeypatch):
     calls = []
     monkeypatch.setattr(frozen_dtype, "trim_heap", lambda: calls.append(1) or True)
     model = _build("vit")
-    assert len(calls) == sum(is_quantized(p) for p in model.parameters()) > 0
+    assert len(calls) == sum(is_quantized(p) for p in model.parameters()) + 1 > 1  # and once at the end
     assert trim_heap() is sys.platform.startswith("linux")  # glibc here; nothing to call elsewhere
 
 
