@@ -22,6 +22,7 @@ import medpeft
 from medpeft.adapters_io.folder import add_adapter_weights, read_adapter_folder
 from medpeft.backbones.base import describe
 from medpeft.errors import ConfigError
+from medpeft.frozen_dtype import is_quantized
 from medpeft.methods import get_method
 from medpeft.methods.layers import count_parameters
 from medpeft.routing import route
@@ -104,6 +105,27 @@ def test_adapt_every_family(family, tmp_path):
     loaded = medpeft.load_adapter(folder, backbone=build(family))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("frozen_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("family", ["timm_vit", "hf_dinov2", "open_clip"])
+def test_load_adapter_onto_low_precision_frozen_layers(family, frozen_dtype, tmp_path):
+    x = images(family)
+    model = medpeft.adapt(build(family), medpeft.LoraSettings(rank=2), num_classes=2).train()
+    train_step(model, x)
+    folder = model.eval().save_adapter(tmp_path / "task")
+
+    loaded = medpeft.load_adapter(folder, backbone=build(family), frozen_dtype=frozen_dtype).eval()
+
+    frozen = [p for p in loaded.model.parameters() if not p.requires_grad and p.dim() == 2 and p.shape[1] > 2]
+    low = [p for p in frozen if is_quantized(p)] if frozen_dtype == "int8" else [
+        p for p in frozen if p.dtype == torch.bfloat16]
+    assert low and len(low) >= len(frozen) // 2  # the Linear weights (not embeddings, norms)
+    assert {p.dtype for p in loaded.model.parameters() if p.requires_grad} == {torch.float32}
+    with torch.no_grad():
+        got, want = loaded(x), model(x)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["timm_vit", "hf_dinov2", "open_clip"])

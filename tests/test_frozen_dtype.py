@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medpeft import frozen_dtype
 from medpeft.adapters_io.folder import save_adapter
 from medpeft.cli import main
 from medpeft.config.schema import ModelSettings
 from medpeft.errors import ConfigError
-from medpeft import frozen_dtype
 from medpeft.frozen_dtype import cast_frozen
 from medpeft.mixed_precision import autocast
 from medpeft.model import ModelSpec, build_model

@@ -181,6 +181,7 @@ def load_adapter(
     pretrained: bool = False,
     adapter_name: str | None = None,
     allow_other_weights: bool = False,
+    frozen_dtype: str = "float32",
 ) -> AdaptedModel:
     """Load an adapter folder onto its backbone.
 
@@ -196,10 +197,15 @@ def load_adapter(
         allow_other_weights: When rebuilding, accept backbone weights other than those the
             adapter records (another sha256) with a warning; refused otherwise. A ``backbone``
             module passed in is not checked.
+        frozen_dtype: ``float32``, ``bfloat16``, ``float16`` or ``int8``: dtype of the frozen
+            Linear and Conv layers, as in :func:`adapt` (a rebuilt backbone is built in it, a
+            module passed in is cast); the adapter and head are loaded in fp32, as saved.
     """
+    dtype = frozen_dtype_named(frozen_dtype)
     if backbone is None:
         model, config = load_adapter_folder(folder, adapter_name=adapter_name, weights=weights,
-                                            pretrained=pretrained, allow_other_weights=allow_other_weights)
+                                            pretrained=pretrained, allow_other_weights=allow_other_weights,
+                                            frozen_dtype=dtype)
         name = adapter_name or Path(folder).resolve().name
         recorded = str(weights) if weights else (HUB if pretrained else config.backbone_weights)
         return AdaptedModel(model, config.to_spec(), name, recorded)
@@ -209,10 +215,12 @@ def load_adapter(
                           "needs its own model; load it with backbone=None")
     _, state, source = read_adapter_folder(folder)
     method = method_for_settings(config.method_settings())
+    check_frozen_dtype(method, dtype, "frozen_dtype")
     model = wrap_backbone(backbone, config.num_classes)
     name = adapter_name or Path(folder).resolve().name
     attach_method(model, method, config.method_settings(), name)
     copy_weights(adapter_parameters(model, name, method), state, source)
+    cast_frozen(model, dtype)
     return AdaptedModel(model, config.to_spec(), name, spec_rebuilds=False)
 
 
