@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,19 @@ def test_an_adapter_that_reads_the_frozen_weights_is_refused_on_int8_in_one_line
     )
     with pytest.raises(ConfigError, match="^frozen_dtype: int8 does not apply to method 'dora'"):
         predict_files(folder, [image], device="cpu", frozen_dtype=torch.int8)
+
+
+def test_eval_of_an_fp32_run_on_int8_layers_writes_into_evals(image_run, monkeypatch, capsys):
+    own = (image_run / "predictions_test.csv").read_bytes()
+    built = []
+    real = Int8WeightLinear.forward
+    monkeypatch.setattr(Int8WeightLinear, "forward", lambda self, x: built.append(self) or real(self, x))
+
+    assert main(["eval", str(image_run), "model.frozen_dtype=int8"]) == 0
+
+    assert built
+    folder = Path(re.search(r"results in (\S+)", capsys.readouterr().out).group(1))
+    assert folder.parent == image_run / "evals"
+    int8 = scores(folder / "predictions_test.csv")
+    assert int8 != scores(image_run / "predictions_test.csv")
+    assert (image_run / "predictions_test.csv").read_bytes() == own
