@@ -35,7 +35,8 @@ over the repeats. A configuration whose estimated peak exceeds ``--limit-gib`` i
 Run: ``python benchmarks/memory.py`` (writes benchmarks/results/memory.md and its raw results,
 memory.json, after every process); ``--models vit-b --configs lora peft --steps 2 --repeats 1``
 for a quick run; ``--combine a.json b.json`` makes one page of several runs (models run side by
-side, each with its own ``--out``).
+side, each with its own ``--out``); ``--notes FILE`` appends a markdown file's readings below
+the table, so a rerun or a combine keeps them.
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON", help="one page from earlier runs' .json")
+    parser.add_argument("--notes", type=Path, metavar="MD", help="markdown appended below the table (readings kept "
+                        "across reruns and --combine)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device is None:
@@ -378,7 +381,10 @@ def write(record: dict[str, Any], keys: list[str], configs: list[str], args: arg
     for key, config, result in record["runs"]:
         runs.setdefault((key, config), []).append(result)
     rows = {pair: summary(results) for pair, results in runs.items()}
-    args.out.write_text(render(keys, configs, rows, notes(runs), args, record["commands"]))
+    page = render(keys, configs, rows, notes(runs), args, record["commands"])
+    if args.notes:
+        page += "\n" + args.notes.read_text()
+    args.out.write_text(page)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
 
 
@@ -401,7 +407,9 @@ def combine(args: argparse.Namespace) -> None:
         part = json.loads(path.read_text())
         record["commands"] += part["commands"]
         record["runs"] += part["runs"]
-    record["commands"].append("python benchmarks/memory.py --combine " + " ".join(str(p) for p in args.combine))
+    notes_option = f" --notes {args.notes}" if args.notes else ""
+    record["commands"].append("python benchmarks/memory.py --combine " + " ".join(str(p) for p in args.combine)
+                              + notes_option)
     keys = [k for k in MODELS if any(run[0] == k for run in record["runs"])]
     configs = [c for c in CONFIGS if any(run[1] == c for run in record["runs"])]
     write(record, keys, configs, args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,21 @@ def test_planned_skips_name_their_reason_and_the_table_shows_them():
     # a configuration skipped in every run shows the latest reason (an older one may be obsolete)
     assert bench.summary([{"skipped": "GPU only (no CUDA here)"}, {"skipped": "estimated 22.8 GiB > 16 GiB"}]) == {
         "skipped": "estimated 22.8 GiB > 16 GiB"}
+
+
+def test_combine_makes_one_page_of_several_runs_and_keeps_the_notes(tmp_path):
+    runs = {"a": [["vit-b", "lora", {"peak_gib": 1.0, "increment_gib": 0.5, "step_s": 2.0, "load": 1.0}]],
+            "b": [["vit-b", "lora", {"peak_gib": 3.0, "increment_gib": 0.7, "step_s": 4.0, "load": 2.0}],
+                  ["vit-b", "full", {"peak_gib": 4.0, "increment_gib": 2.0, "step_s": 5.0, "load": 2.0}]]}
+    for name, rows in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"commands": [f"run {name}"], "runs": rows}))
+    (tmp_path / "notes.md").write_text("**Spread between rounds**: kept.\n")
+    out = tmp_path / "page.md"
+
+    bench.main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--notes", str(tmp_path / "notes.md"),
+                "--out", str(out), "--device", "cpu"])
+
+    page = out.read_text()
+    assert "| lora | 2.00 | 0.60 | 3.0 | 0.50x |" in page  # medians over the runs, ratio to full
+    assert page.endswith("**Spread between rounds**: kept.\n")
+    assert "`run a`, `run b`, `python benchmarks/memory.py --combine" in page and "--notes" in page
