@@ -142,12 +142,14 @@ class AdapterBank:
                 instead of refusing them all. None servable: ConfigError naming every
                 reason; every servable one refused at registration: the first reason.
             frozen_dtype: dtype of the shared backbone's frozen Linear/Conv layers
-                (:mod:`medpeft.frozen_dtype`: ``torch.bfloat16`` halves them); adapters and heads
-                are held in fp32, as trained. With bf16 or fp16, forwards run under autocast to
-                it (matmuls, attention and adapter updates in low precision; on a CPU with
-                native bf16 about 0.37x fp32's CPU time at 224 px, 0.63x that of bf16 layers with
-                fp32 activations between them: benchmarks/results/serve_precision.md). A fully
-                fine-tuned model's backbone is its adapter: it keeps fp32 weights.
+                (:mod:`medpeft.frozen_dtype`: ``torch.bfloat16`` halves them, ``torch.int8``
+                quarters the Linear ones); adapters and heads are held in fp32, as trained. With
+                any but fp32, forwards run under autocast (:func:`~medpeft.frozen_dtype.inference_autocast`:
+                bf16 for int8; matmuls, attention and adapter updates in low precision; on a CPU
+                with native bf16, bf16 takes about 0.31x fp32's CPU time at 224 px, 0.54x that of
+                bf16 layers with fp32 activations between them, int8 0.45x:
+                benchmarks/results/serve_precision.md). A fully fine-tuned model's backbone is its
+                adapter: it keeps fp32 weights.
         """
         return cls.from_folders(
             task_folders(directory), device=device, max_loaded=max_loaded, max_bytes=max_bytes,
